@@ -1,0 +1,271 @@
+"""Typed pipeline configuration: defaults live here, YAML files hold what differs.
+
+Loading order (last wins): the dataclass defaults below, then each ``--config`` YAML file (which
+may name ``_base_: other.yaml``, resolved relative to itself, detectron2-style), then the CLI's
+own flags, then ``--set section.key=value`` overrides. Unknown keys are errors that name the key.
+The result is frozen: stages receive it as plain dicts and cannot change it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where frames come from."""
+
+    path: str = ""
+    """Video file to read. Required for ``streamseg run``."""
+    stream_id: str = "0"
+    """Name of this stream in outputs (masks JSONL ``stream`` field, published topic)."""
+    decode_threads: int = 0
+    """FFmpeg decoder threads; 0 lets FFmpeg choose (frame and slice threading, ``AUTO``)."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How frames are grouped for inference."""
+
+    max_batch: int = 4
+    """Most frames per inference batch."""
+    max_wait_ms: float = 50.0
+    """Longest a partial batch waits for more frames before it is sent anyway."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which Mask R-CNN runs, where, and how its outputs are thresholded."""
+
+    name: str = "maskrcnn_resnet50_fpn"
+    """Registry name (``streamseg models`` lists them)."""
+    weights: str | None = None
+    """Local weights file (a state_dict or torchvision checkpoint); None: the registry's default."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    score_thresh: float = 0.5
+    """Instances scoring below this are dropped inside the model (before mask pasting)."""
+    mask_thresh: float = 0.5
+    """Per-pixel probability at or above which a pixel belongs to the mask."""
+    fp16: bool = True
+    """Use fp16 autocast on CUDA (ignored on the CPU)."""
+    torch_threads: int = 0
+    """CPU threads for torch in the inference worker; 0: all cores."""
+    seed: int = 0
+    """Seed for models built without weights (the random-init test model)."""
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """How detections are drawn onto the annotated video."""
+
+    mask_alpha: float = 0.45
+    """Opacity of the mask fill, 0 (none) to 1 (opaque)."""
+    contour_px: int = 2
+    """Mask contour thickness in pixels; 0 for none."""
+    boxes: bool = True
+    """Draw bounding boxes."""
+    labels: bool = True
+    """Draw the class name and score above each box."""
+    keypoints: bool = True
+    """Draw keypoints and skeleton lines where the model gives them."""
+    keypoint_thresh: float = 0.0
+    """Keypoints whose score is below this are not drawn."""
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """The annotated video encoder (H.264 in MP4, yuv420p)."""
+
+    codec: str = "libx264"
+    """FFmpeg encoder name."""
+    crf: int = 20
+    """Constant rate factor: lower is better quality and bigger files."""
+    preset: str = "veryfast"
+    """x264 speed/size preset."""
+    threads: int = 0
+    """Encoder threads; 0 lets FFmpeg choose."""
+    audio: bool = True
+    """Copy the input's audio into the annotated video (remuxed; AAC when MP4 cannot hold it)."""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What the run writes."""
+
+    video: str | None = None
+    """Annotated MP4 path; None: no video."""
+    masks: str | None = None
+    """Per-frame masks JSON Lines path; None: no masks file."""
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """ZeroMQ sockets between the stage workers."""
+
+    hwm_frames: int = 8
+    """High-water mark of every data socket, in messages: at most this many queue per hop."""
+    max_msg_bytes: int = 512 * 1024 * 1024
+    """Largest message a stage accepts (ZMQ_MAXMSGSIZE); bigger ones drop the sending peer."""
+    ipc_dir: str | None = None
+    """Folder for ipc:// socket files; None: a fresh temporary folder per run."""
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The supervisor and its workers."""
+
+    stop_timeout_s: float = 20.0
+    """After Ctrl-C, how long the pipeline may take to drain and finish its outputs."""
+    kill_timeout_s: float = 3.0
+    """After a failure, how long workers get to exit on SIGTERM before SIGKILL."""
+    start_timeout_s: float = 120.0
+    """How long a worker may take to start (load its model) before the run fails."""
+    quiet: bool = False
+    """No progress bar and no summary table."""
+    log_level: str = "WARNING"
+    """Log level of the supervisor and every worker."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole pipeline configuration."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (what travels to the workers)."""
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type hint, converting the harmless cases (int -> float)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': {value!r} is not a {hint}")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    if hint in (int, float, str, bool):
+        raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str) -> Any:
+    """A copy of dataclass ``obj`` with ``data`` merged in; unknown keys raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    changes = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known in this section: {', '.join(names)})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """The mappings of ``path`` and its ``_base_`` chain, base first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} includes itself through _base_")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top")
+    base = data.pop("_base_", None)
+    chain: list[dict[str, Any]] = []
+    if base is not None:
+        chain = _read_yaml((path.parent / base), seen + (path,))
+    return chain + [data]
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b=value`` into ``{"a": {"b": value}}``; the value is read as YAML (``1``, ``true``, ``null``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(files: typing.Sequence[str | os.PathLike[str]] = (),
+                overrides: typing.Sequence[dict[str, Any]] = (),
+                sets: typing.Sequence[str] = ()) -> Config:
+    """Build a validated :class:`Config` from YAML files, then dict overrides, then ``--set`` strings."""
+    config = Config()
+    layers: list[dict[str, Any]] = []
+    for file in files:
+        layers.extend(_read_yaml(Path(file)))
+    layers.extend(overrides)
+    layers.extend(parse_override(s) for s in sets)
+    for layer in layers:
+        config = _merge(config, layer, "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Range checks that types alone cannot express."""
+    checks = [
+        (config.batch.max_batch >= 1, "batch.max_batch must be at least 1"),
+        (config.batch.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0"),
+        (0.0 <= config.model.score_thresh <= 1.0, "model.score_thresh must be within [0, 1]"),
+        (0.0 < config.model.mask_thresh < 1.0, "model.mask_thresh must be within (0, 1)"),
+        (0.0 <= config.render.mask_alpha <= 1.0, "render.mask_alpha must be within [0, 1]"),
+        (config.transport.hwm_frames >= 1, "transport.hwm_frames must be at least 1"),
+        (0 <= config.encode.crf <= 51, "encode.crf must be within [0, 51]"),
+        (config.runtime.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+         "runtime.log_level must be DEBUG, INFO, WARNING or ERROR"),
+    ]
+    device = config.model.device
+    checks.append((device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),
+                   f"model.device must be auto, cpu, cuda or cuda:N, got {device!r}"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,198 @@
+"""The messages that flow between stages: small frozen dataclasses with documented fields.
+
+Each is checked when built (``__post_init__``), so a message decoded from a socket is validated
+by the same code that validates one built in-process. :mod:`streamseg.codec` turns them into
+multipart ZeroMQ frames and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from .errors import MessageError
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise MessageError(message)
+
+
+def _check_array(array: object, name: str, dtype: type, ndim: int) -> None:
+    _check(isinstance(array, np.ndarray), f"{name} must be an ndarray, got {type(array).__name__}")
+    assert isinstance(array, np.ndarray)
+    _check(array.dtype == dtype, f"{name} must be {np.dtype(dtype).name}, got {array.dtype}")
+    _check(array.ndim == ndim, f"{name} must have {ndim} dimensions, got shape {array.shape}")
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """Opens a stream: what downstream stages need before its first frame.
+
+    Sent once per stream, before its frames (and again after a reconnection, for live sources).
+    """
+
+    stream_id: str
+    """Name of the stream (masks JSONL ``stream`` field)."""
+    width: int
+    """Frame width in pixels."""
+    height: int
+    """Frame height in pixels."""
+    rate: Fraction
+    """Average frame rate in frames per second (``30000/1001`` for NTSC)."""
+    time_base: Fraction
+    """Unit of every ``pts`` in this stream, in seconds."""
+    frames: int
+    """Frame count the container announces; 0 when unknown."""
+    source: str
+    """Path or URL the stream was read from (the encoder copies audio from it)."""
+    audio: bool
+    """Whether the source has an audio stream."""
+
+    def __post_init__(self) -> None:
+        _check(self.width > 0 and self.height > 0, f"bad frame size {self.width}x{self.height}")
+        _check(self.rate > 0, f"bad frame rate {self.rate}")
+        _check(self.time_base > 0, f"bad time base {self.time_base}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded (or rendered) video frame."""
+
+    stream_id: str
+    """Stream the frame belongs to."""
+    index: int
+    """0-based position of the frame in its stream, in presentation order."""
+    pts: int
+    """Presentation timestamp, in ``time_base`` units."""
+    time_base: Fraction
+    """Unit of ``pts``, in seconds."""
+    image: np.ndarray
+    """Pixels, ``uint8[H, W, 3]``, RGB."""
+
+    def __post_init__(self) -> None:
+        _check(self.index >= 0, f"bad frame index {self.index}")
+        _check_array(self.image, "Frame.image", np.uint8, 3)
+        _check(self.image.shape[2] == 3, f"Frame.image must be [H, W, 3], got {self.image.shape}")
+
+    @property
+    def time_s(self) -> float:
+        """Presentation time in seconds."""
+        return float(self.pts * self.time_base)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Frames grouped for one inference call (possibly from several streams)."""
+
+    frames: tuple[Frame, ...]
+    """The frames, in the order they arrived."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.frames) > 0, "a Batch must hold at least one frame")
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The instances found in one frame, at the frame's resolution. N may be 0."""
+
+    boxes: np.ndarray
+    """``float32[N, 4]``, ``[x1, y1, x2, y2]`` in pixels."""
+    scores: np.ndarray
+    """``float32[N]``, in [0, 1]."""
+    labels: np.ndarray
+    """``int64[N]``, the model's class ids (0 is background and never appears)."""
+    masks: np.ndarray | None
+    """``bool[N, H, W]``, one binary mask per instance at the frame's resolution; None when the
+    model has no mask head (Keypoint R-CNN)."""
+    keypoints: np.ndarray | None = None
+    """``float32[N, K, 3]`` of ``[x, y, score]``, or None when the model has no keypoint head."""
+
+    def __post_init__(self) -> None:
+        _check_array(self.boxes, "Detections.boxes", np.float32, 2)
+        _check_array(self.scores, "Detections.scores", np.float32, 1)
+        _check_array(self.labels, "Detections.labels", np.int64, 1)
+        n = self.boxes.shape[0]
+        _check(self.boxes.shape[1] == 4, f"Detections.boxes must be [N, 4], got {self.boxes.shape}")
+        _check(self.scores.shape[0] == n and self.labels.shape[0] == n,
+               "Detections fields disagree on the instance count")
+        if self.masks is not None:
+            _check_array(self.masks, "Detections.masks", np.bool_, 3)
+            _check(self.masks.shape[0] == n, "Detections.masks disagrees on the instance count")
+        if self.keypoints is not None:
+            _check_array(self.keypoints, "Detections.keypoints", np.float32, 3)
+            _check(self.keypoints.shape[0] == n and self.keypoints.shape[2] == 3,
+                   f"Detections.keypoints must be [N, K, 3], got {self.keypoints.shape}")
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @classmethod
+    def empty(cls, height: int, width: int, num_keypoints: int | None = None,
+              masks: bool = True) -> Detections:
+        """No instances in a frame of the given size."""
+        keypoints = None if num_keypoints is None else np.zeros((0, num_keypoints, 3), np.float32)
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64),
+                   np.zeros((0, height, width), bool) if masks else None, keypoints)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """A frame's detections, with its pixels when the receiver draws them."""
+
+    stream_id: str
+    """Stream the frame belongs to."""
+    index: int
+    """0-based position of the frame in its stream."""
+    pts: int
+    """Presentation timestamp, in ``time_base`` units."""
+    time_base: Fraction
+    """Unit of ``pts``, in seconds."""
+    width: int
+    """Frame width in pixels."""
+    height: int
+    """Frame height in pixels."""
+    detections: Detections
+    """What the model found."""
+    image: np.ndarray | None = None
+    """``uint8[H, W, 3]`` RGB pixels, or None where the receiver does not need them."""
+
+    def __post_init__(self) -> None:
+        masks = self.detections.masks
+        _check(masks is None or masks.shape[1:] == (self.height, self.width),
+               f"masks are {None if masks is None else masks.shape[1:]}, frame is {(self.height, self.width)}")
+        if self.image is not None:
+            _check_array(self.image, "FrameResult.image", np.uint8, 3)
+            _check(self.image.shape == (self.height, self.width, 3),
+                   f"FrameResult.image is {self.image.shape}, expected {(self.height, self.width, 3)}")
+
+    @property
+    def time_s(self) -> float:
+        """Presentation time in seconds."""
+        return float(self.pts * self.time_base)
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """Closes a stream. Every stage flushes on it and passes it on."""
+
+    stream_id: str
+    """Stream that ended."""
+    frames: int
+    """Frames the source emitted for this stream."""
+    reason: str = "end"
+    """``end`` (the input ended), ``stopped`` (Ctrl-C / SIGTERM) or ``truncated`` (the input broke off)."""
+    skipped: int = 0
+    """Packets or frames the decoder could not decode and skipped."""
+    detail: str = ""
+    """Human-readable explanation for a reason other than ``end``."""
+
+    def __post_init__(self) -> None:
+        _check(self.reason in ("end", "stopped", "truncated"), f"bad end-of-stream reason {self.reason!r}")
+        _check(self.frames >= 0 and self.skipped >= 0, "EndOfStream counts must be >= 0")
+
+
+Message = StreamStart | Frame | Batch | FrameResult | EndOfStream
+MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, Detections, FrameResult, EndOfStream)

@@ -1,0 +1,211 @@
+"""The model registry: names users pass to ``--model``, what each builds, and where its weights come from.
+
+Each entry's ``build()`` returns the architecture with no weights loaded and without touching
+the network; :func:`load_model` then loads a local ``--weights`` file, or the entry's default
+weights (torchvision's cache or download for the COCO models), or keeps the seeded random
+initialisation for the test model. An entry must say, in :class:`ModelInfo`, what its class ids
+and keypoints mean, so that stages that never load the model (render, mask writer) can name them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+                 (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+"""COCO person skeleton as 0-based keypoint index pairs (COCO's own list, minus one)."""
+
+SHAPE_CLASSES = ("__background__", "circle", "rectangle", "triangle", "star")
+SHAPE_KEYPOINTS = ("top", "right", "bottom", "left", "center")
+SHAPE_SKELETON = ((0, 4), (1, 4), (2, 4), (3, 4), (0, 1), (1, 2), (2, 3), (3, 0))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model's outputs mean."""
+
+    name: str
+    """Registry name."""
+    categories: tuple[str, ...]
+    """Class names by class id; id 0 is the background. COCO's unused ids are named ``N/A``."""
+    keypoint_names: tuple[str, ...] = ()
+    """Names of the K keypoints per instance; empty without a keypoint head."""
+    skeleton: tuple[tuple[int, int], ...] = ()
+    """Keypoint index pairs to join with lines when drawing."""
+    masks: bool = True
+    """Whether the model has a mask head."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stage parameters, the masks JSONL header)."""
+        return {"name": self.name, "categories": list(self.categories),
+                "keypoint_names": list(self.keypoint_names),
+                "skeleton": [list(p) for p in self.skeleton], "masks": self.masks}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["name"], tuple(data["categories"]), tuple(data.get("keypoint_names", ())),
+                   tuple(tuple(p) for p in data.get("skeleton", ())), bool(data.get("masks", True)))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registry entry. ``default_weights()`` returns a state_dict or None (keep the random init)."""
+
+    info: ModelInfo
+    build: Callable[[], Any]
+    default_weights: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Add an entry; the name must be new."""
+    if entry.info.name in _REGISTRY:
+        raise ValueError(f"model {entry.info.name!r} is registered twice")
+    _REGISTRY[entry.info.name] = entry
+    return entry
+
+
+def _entries() -> dict[str, ModelEntry]:
+    if not _REGISTRY:
+        _register_builtin()  # on first use: it imports torchvision
+    return _REGISTRY
+
+
+def available() -> dict[str, str]:
+    """Registered names and their one-line descriptions."""
+    _entries()
+    return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The entry for ``name``, or a ModelError listing the known names."""
+    try:
+        return _entries()[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def model_info(name: str) -> ModelInfo:
+    """What ``name``'s outputs mean, without building it."""
+    return get_entry(name).info
+
+
+def _read_weights(path: str) -> dict[str, Any]:
+    import torch
+
+    if not os.path.isfile(path):
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ModelError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(data, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+    if not isinstance(data, dict):
+        raise ModelError(f"weights file {path} holds no state_dict")
+    return data
+
+
+def load_model(name: str, weights: str | None = None, seed: int = 0) -> tuple[Any, ModelInfo]:
+    """Build ``name`` on the CPU in eval mode, with ``weights`` (a file) or the entry's defaults."""
+    import torch
+
+    entry = get_entry(name)
+    torch.manual_seed(seed)
+    model = entry.build()
+    state = _read_weights(weights) if weights else entry.default_weights()
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0:3]
+            raise ModelError(f"weights {weights or '(default)'} do not fit model {name}: {' '.join(first)}") from None
+    return model.eval(), entry.info
+
+
+def _torchvision_weights(weights_enum: Any) -> Callable[[], dict[str, Any]]:
+    """Default weights from torchvision's own cache, downloading them when there is internet."""
+
+    def load() -> dict[str, Any]:
+        import torch
+
+        checkpoint = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
+        try:
+            return weights_enum.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # noqa: BLE001 - URLError, socket errors, hash mismatch...
+            raise ModelError(
+                f"no weights for {weights_enum}: not in torchvision's cache ({checkpoint}) and the download "
+                f"failed ({type(exc).__name__}: {exc}). On a machine with internet run "
+                f"`python -c \"import torchvision; torchvision.models.get_weight('{weights_enum}').get_state_dict()\"`, "
+                f"or download {weights_enum.url} and pass --weights FILE (or put it at {checkpoint})."
+            ) from None
+
+    return load
+
+
+def _tiny_random() -> Any:
+    """The small architecture at its narrowest, with class logits spread out so that random
+    scores are distinct (ties would make instance order depend on floating-point noise)."""
+    from torch import nn
+
+    from .small import small_maskrcnn
+
+    model = small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=(8, 16, 16, 24, 32),
+                           fpn_channels=16, head_channels=16)
+    nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=1.0)
+    return model
+
+
+def _register_builtin() -> None:
+    from torchvision.models import detection as tvd
+
+    coco = tuple(tvd.MaskRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"])
+    person_kp = tuple(tvd.KeypointRCNN_ResNet50_FPN_Weights.DEFAULT.meta["keypoint_names"])
+    person = tuple(tvd.KeypointRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"])
+    no_download = {"weights": None, "weights_backbone": None}
+    register(ModelEntry(
+        ModelInfo("maskrcnn_resnet50_fpn", coco),
+        lambda: tvd.maskrcnn_resnet50_fpn(num_classes=91, **no_download),
+        _torchvision_weights(tvd.MaskRCNN_ResNet50_FPN_Weights.COCO_V1),
+        "torchvision Mask R-CNN ResNet-50-FPN, COCO (box AP 37.9, mask AP 34.6)"))
+    register(ModelEntry(
+        ModelInfo("maskrcnn_resnet50_fpn_v2", coco),
+        lambda: tvd.maskrcnn_resnet50_fpn_v2(num_classes=91, **no_download),
+        _torchvision_weights(tvd.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
+        "torchvision Mask R-CNN ResNet-50-FPN v2, COCO (box AP 47.4, mask AP 41.8)"))
+    register(ModelEntry(
+        ModelInfo("keypointrcnn_resnet50_fpn", person, person_kp, COCO_SKELETON, masks=False),
+        lambda: tvd.keypointrcnn_resnet50_fpn(num_classes=2, num_keypoints=17, **no_download),
+        _torchvision_weights(tvd.KeypointRCNN_ResNet50_FPN_Weights.COCO_V1),
+        "torchvision Keypoint R-CNN ResNet-50-FPN, COCO persons (box AP 54.6, keypoint AP 65.0)"))
+
+    register(ModelEntry(
+        ModelInfo("tiny-random", SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON),
+        _tiny_random,
+        description="test model: the small architecture with seeded random weights (detections are noise)"))
+
+
+def _tiny_random() -> Any:
+    """The small architecture at its narrowest, with class logits spread out so that random
+    scores are distinct (ties would make instance order depend on floating-point noise)."""
+    from torch import nn
+
+    from .small import small_maskrcnn
+
+    model = small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=(8, 16, 16, 24, 32),
+                           fpn_channels=16, head_channels=16)
+    nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=1.0)
+    return model

@@ -1,0 +1,124 @@
+"""Infer: run Mask R-CNN on each batch; CUDA (its RoIAlign kernel, fp16 autocast) when present, else CPU."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..messages import Batch, Detections, FrameResult, StreamStart
+from ..stage import ALL_PORTS, Emit, Stage
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; an explicit CUDA device must exist."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device is {name!r} but no CUDA device is usable here; use --device cpu or auto")
+    return name
+
+
+class Predictor:
+    """A loaded model that turns RGB frames into :class:`Detections`, batch by batch.
+
+    This is the same call the infer stage makes, usable in-process (benchmarks, tests, notebooks).
+    """
+
+    def __init__(self, model_name: str, weights: str | None = None, device: str = "auto",
+                 score_thresh: float = 0.5, mask_thresh: float = 0.5, fp16: bool = True,
+                 torch_threads: int = 0, seed: int = 0) -> None:
+        import torch
+
+        from ..models import load_model
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = torch.device(resolve_device(device))
+        self.model, self.info = load_model(model_name, weights, seed)
+        self.model.roi_heads.score_thresh = score_thresh
+        self.mask_thresh = mask_thresh
+        self.cuda = self.device.type == "cuda"
+        self.fp16 = fp16 and self.cuda
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            self.model.backbone.to(memory_format=torch.channels_last)
+        self.model.to(self.device)
+
+    def __call__(self, images: list[np.ndarray]) -> list[Detections]:
+        """Detections for each ``uint8[H, W, 3]`` RGB image, in order."""
+        import torch
+
+        with torch.inference_mode():
+            tensors = [self._to_tensor(image) for image in images]
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+                outputs = self.model(tensors)
+            return [self._detections(out, image.shape[:2]) for out, image in zip(outputs, images)]
+
+    def _to_tensor(self, image: np.ndarray) -> Any:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        if self.cuda:  # pinned staging memory lets the copy overlap with the previous batch's work
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.float().div_(255.0)
+
+    def _detections(self, out: dict[str, Any], size: tuple[int, int]) -> Detections:
+        keypoints = None
+        if "keypoints" in out:
+            kp = out["keypoints"].float()
+            kp[..., 2] = out["keypoints_scores"].float()
+            keypoints = kp.cpu().numpy().astype(np.float32)
+        masks = None
+        if "masks" in out:
+            masks = (out["masks"][:, 0] >= self.mask_thresh).cpu().numpy()
+        return Detections(out["boxes"].float().cpu().numpy(), out["scores"].float().cpu().numpy(),
+                          out["labels"].cpu().numpy().astype(np.int64), masks, keypoints)
+
+
+class InferStage(Stage):
+    """Runs the model on each Batch and emits one FrameResult per frame, in order.
+
+    Ports: ``render`` gets each result with its image (for drawing); ``masks`` gets it without.
+    Either may be absent from the worker's outputs.
+    """
+
+    outputs = ("render", "masks")
+
+    def __init__(self, model: dict[str, Any], ports: tuple[str, ...] = ("render", "masks")) -> None:
+        super().__init__()
+        self.model_cfg = model
+        self.ports = tuple(ports)
+        self.predictor: Predictor | None = None
+
+    def setup(self) -> None:
+        cfg = self.model_cfg
+        self.predictor = Predictor(cfg["name"], cfg.get("weights"), cfg.get("device", "auto"),
+                                   cfg.get("score_thresh", 0.5), cfg.get("mask_thresh", 0.5),
+                                   cfg.get("fp16", True), cfg.get("torch_threads", 0), cfg.get("seed", 0))
+        log.info("model %s on %s", cfg["name"], self.predictor.device)
+
+    def process(self, message: Any) -> Iterable[Emit]:
+        if isinstance(message, StreamStart):
+            return [(ALL_PORTS, message)]
+        if not isinstance(message, Batch):
+            return []
+        assert self.predictor is not None, "setup() first"
+        results = self.predictor([f.image for f in message.frames])
+        self.count("batches")
+        self.count("frames", len(results))
+        emits: list[Emit] = []
+        for frame, detections in zip(message.frames, results):
+            self.count("instances", len(detections))
+            h, w = frame.image.shape[:2]
+            for port in self.ports:
+                image = frame.image if port == "render" else None
+                emits.append((port, FrameResult(frame.stream_id, frame.index, frame.pts, frame.time_base,
+                                                w, h, detections, image)))
+        return emits

@@ -1,0 +1,286 @@
+"""The worker runtime: runs one stage in its own process and owns its sockets and signals.
+
+Sockets of a worker (upstream binds, downstream connects):
+
+- ``events`` PUSH, connects to the supervisor's PULL: JSON events (ready, progress, stats, error, done);
+- one ``data-in`` PULL, connecting to each upstream worker's output endpoint;
+- one ``data-out`` PUSH per output port, bound at the endpoint the supervisor chose.
+
+Every data socket has an explicit high-water mark (``transport.hwm_frames``): a full downstream
+queue blocks the sender, which is the file-mode backpressure. Sends and receives wait in short
+polls so that SIGTERM and the death of the supervisor are noticed within a fraction of a second.
+
+Signals: SIGINT is ignored (the supervisor owns Ctrl-C). SIGTERM asks a source to end its streams
+cleanly; any other stage stops, and its ``close()`` leaves its output usable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import zmq
+
+from . import codec
+from .errors import MessageError, StreamsegError
+from .messages import EndOfStream
+from .stage import ALL_PORTS, Emit, Source, Stage
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100
+PROGRESS_EVERY_S = 0.1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to run its stage. Plain data: it crosses the spawn boundary."""
+
+    name: str
+    """Stage name used in logs, errors and the summary (``decode``, ``infer``...)."""
+    stage: str
+    """``module:Class`` of the stage."""
+    params: dict[str, Any]
+    """Keyword arguments of the stage's constructor (JSON-like values only)."""
+    events: str
+    """Supervisor's event endpoint."""
+    inputs: tuple[str, ...] = ()
+    """Upstream endpoints to connect the data-in PULL to; empty for a source."""
+    outputs: dict[str, str] = field(default_factory=dict)
+    """Output port name -> endpoint to bind a data-out PUSH at."""
+    streams: int = 1
+    """End-of-stream messages to see before the worker is done."""
+    hwm_frames: int = 8
+    """High-water mark of every data socket, in messages."""
+    max_msg_bytes: int = 512 * 1024 * 1024
+    """ZMQ_MAXMSGSIZE of the data-in socket."""
+    progress: bool = False
+    """Whether this worker reports frame progress (the last sink does)."""
+    log_level: str = "WARNING"
+    """Log level inside the worker."""
+
+
+class _Stopped(Exception):
+    """Raised inside the runtime when SIGTERM or the supervisor's death ends the worker early."""
+
+
+class _Runtime:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.parent = os.getppid()
+        self.terminate = False
+        self.ctx = zmq.Context()
+        self.events = self.ctx.socket(zmq.PUSH)
+        self.events.setsockopt(zmq.LINGER, 2000)
+        self.events.setsockopt(zmq.SNDHWM, 10000)
+        self.events.connect(spec.events)
+        self.data_in: zmq.Socket | None = None
+        self.data_out: dict[str, zmq.Socket] = {}
+        self.stage: Stage | None = None
+        self.busy_s = 0.0
+        self.blocked_s = 0.0
+        self.received = 0
+        self.sent = 0
+        self.rejected = 0
+        self.closed = False
+        self._last_progress = 0.0
+
+    # --- events to the supervisor -------------------------------------------------------------
+    def event(self, event: str, **data: Any) -> None:
+        data.update(event=event, stage=self.spec.name, pid=os.getpid())
+        try:
+            self.events.send(json.dumps(data, default=str).encode(), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            log.warning("%s: could not report %s to the supervisor", self.spec.name, event)
+
+    def stats(self) -> dict[str, Any]:
+        counters = dict(self.stage.counters) if self.stage else {}
+        return {"busy_s": round(self.busy_s, 4), "blocked_s": round(self.blocked_s, 4),
+                "received": self.received, "sent": self.sent, "rejected": self.rejected,
+                "counters": counters}
+
+    # --- sockets ------------------------------------------------------------------------------
+    def open_sockets(self) -> None:
+        for port, endpoint in self.spec.outputs.items():
+            sock = self.ctx.socket(zmq.PUSH)  # data-out: to the downstream stage on this port
+            sock.setsockopt(zmq.SNDHWM, self.spec.hwm_frames)
+            sock.setsockopt(zmq.LINGER, 5000)  # let queued frames reach a live peer at the end
+            sock.bind(endpoint)
+            self.data_out[port] = sock
+        if self.spec.inputs:
+            sock = self.ctx.socket(zmq.PULL)  # data-in: from every upstream worker
+            sock.setsockopt(zmq.RCVHWM, self.spec.hwm_frames)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.spec.max_msg_bytes)
+            sock.setsockopt(zmq.LINGER, 0)
+            for endpoint in self.spec.inputs:
+                sock.connect(endpoint)
+            self.data_in = sock
+
+    def check_alive(self) -> None:
+        if self.terminate:
+            raise _Stopped("terminated")
+        if os.getppid() != self.parent:
+            raise _Stopped("the supervisor is gone")
+
+    def send(self, emits: Iterable[Emit]) -> None:
+        for port, message in emits:
+            ports = self.data_out if port == ALL_PORTS else {port: self.data_out[port]}
+            parts = codec.encode(message)
+            for sock in ports.values():
+                self._send_parts(sock, parts)
+
+    def _send_parts(self, sock: zmq.Socket, parts: list[Any]) -> None:
+        start = time.perf_counter()
+        while True:
+            try:
+                sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                self.check_alive()
+                sock.poll(POLL_MS, zmq.POLLOUT)
+        self.sent += 1
+        self.blocked_s += time.perf_counter() - start
+
+    def progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.spec.progress and (force or now - self._last_progress >= PROGRESS_EVERY_S):
+            self._last_progress = now
+            self.event("progress", frames=self.stage.counters.get("frames", 0) if self.stage else 0)
+
+    def timed(self, call: Callable[[], Iterable[Emit] | None]) -> list[Emit]:
+        """Run one stage call and account its time as busy."""
+        start = time.perf_counter()
+        out = list(call() or ())
+        self.busy_s += time.perf_counter() - start
+        return out
+
+    # --- the loops ----------------------------------------------------------------------------
+    def run_source(self, stage: Source) -> None:
+        iterator = iter(stage.produce())
+        stop_sent = False
+        while True:
+            if self.terminate and not stop_sent:
+                stage.request_stop()
+                stop_sent = True
+            if os.getppid() != self.parent:
+                raise _Stopped("the supervisor is gone")
+            start = time.perf_counter()
+            try:
+                emit = next(iterator)
+            except StopIteration:
+                break
+            finally:
+                self.busy_s += time.perf_counter() - start
+            self.send([emit])
+            self.progress()
+
+    def run_stage(self, stage: Stage) -> None:
+        assert self.data_in is not None
+        ended = 0
+        while ended < self.spec.streams:
+            self.check_alive()
+            timeout = stage.timeout_s()
+            wait_ms = POLL_MS if timeout is None else max(0, min(POLL_MS, int(timeout * 1000)))
+            if not self.data_in.poll(wait_ms, zmq.POLLIN):
+                if timeout is not None and timeout <= wait_ms / 1000:
+                    self.send(self.timed(stage.on_timeout))
+                continue
+            parts = self.data_in.recv_multipart(copy=False)
+            self.received += 1
+            try:
+                message = codec.decode(parts)
+            except MessageError as exc:
+                self.rejected += 1
+                log.warning("%s: rejected a malformed message: %s", self.spec.name, exc)
+                continue
+            if isinstance(message, EndOfStream):
+                self.send(self.timed(lambda: stage.flush(message)))
+                self.send([(ALL_PORTS, message)] if self.data_out else [])
+                ended += 1
+            else:
+                self.send(self.timed(lambda: stage.process(message)))
+            self.progress()
+
+    def run(self) -> int:
+        spec = self.spec
+        try:
+            module, _, cls_name = spec.stage.partition(":")
+            cls = getattr(importlib.import_module(module), cls_name)
+            self.stage = stage = cls(**spec.params)
+            stage.bind_events(self.event)
+            self.open_sockets()
+            start = time.perf_counter()
+            stage.setup()
+            self.event("ready", setup_s=round(time.perf_counter() - start, 3))
+            if isinstance(stage, Source):
+                self.run_source(stage)
+            else:
+                self.run_stage(stage)
+            self.progress(force=True)
+            self.closed = True
+            stage.close()
+            self.event("done", **self.stats())
+            return 0
+        except _Stopped as exc:
+            log.info("%s: stopping: %s", spec.name, exc)
+            self.close_stage()
+            return 3
+        except StreamsegError as exc:
+            self.event("error", error_type=type(exc).__name__, message=str(exc))
+            self.close_stage()
+            return 1
+        except Exception as exc:  # noqa: BLE001 - any stage bug becomes a reported stage error
+            log.exception("%s: unexpected error", spec.name)
+            self.event("error", error_type=type(exc).__name__,
+                       message=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            self.close_stage()
+            return 1
+        finally:
+            for sock in self.data_out.values():
+                sock.close()
+            if self.data_in is not None:
+                self.data_in.close()
+            self.events.close()
+            self.ctx.term()
+
+    def close_stage(self) -> None:
+        if self.stage is None or self.closed:
+            return
+        self.closed = True
+        try:
+            self.stage.close()
+        except Exception:  # noqa: BLE001 - close during abort must not mask the first error
+            log.exception("%s: error while closing", self.spec.name)
+        self.event("stats", **self.stats())
+
+
+def _set_process_name(name: str) -> None:
+    """Show the stage in ps/top (Linux ``comm``, at most 15 characters); harmless elsewhere."""
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point of a worker process (started with the ``spawn`` method)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_process_name(f"sseg-{spec.name}")
+    logging.basicConfig(level=spec.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s")
+    runtime = _Runtime(spec)
+
+    def on_term(signum: int, frame: object) -> None:
+        runtime.terminate = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    code = runtime.run()
+    sys.exit(code)

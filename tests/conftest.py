@@ -1,0 +1,170 @@
+"""Fixtures: clips generated on the fly with real PyAV, the CLI run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+TEST_MODEL = ["--model", "tiny-random", "--score-thresh", "0.25"]
+"""CLI flags for the random-init test model, with a threshold that keeps a few dozen instances."""
+
+
+def make_clip(path: Path | str, frames: int = 48, size: tuple[int, int] = (322, 242),
+              rate: Fraction = Fraction(30000, 1001), audio: bool = False, seed: int = 0) -> Path:
+    """Write an H.264 MP4 of moving coloured shapes (and a sine tone with ``audio``); returns the path."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    out = av.open(str(path), "w")
+    video = out.add_stream("libx264", rate=rate)
+    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    video.options = {"preset": "ultrafast"}
+    tone = None
+    if audio:
+        tone = out.add_stream("aac", rate=48000)
+        tone.layout = "mono"
+    boxes = [(rng.integers(0, width // 2), rng.integers(0, height // 2), rng.integers(20, width // 3),
+              rng.integers(20, height // 3), rng.integers(60, 255, 3)) for _ in range(3)]
+    samples_per_frame = int(48000 / rate)
+    for i in range(frames):
+        image = np.empty((height, width, 3), np.uint8)
+        image[:] = (20 + i % 40, 40, 70)
+        for k, (x, y, w, h, colour) in enumerate(boxes):
+            x0 = int((x + i * (k + 1) * 2) % max(1, width - w))
+            image[y:y + h, x0:x0 + w] = colour
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = i
+        out.mux(video.encode(frame))
+        if tone is not None:
+            t = (np.arange(samples_per_frame) + i * samples_per_frame) / 48000
+            pcm = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+            aframe = av.AudioFrame.from_ndarray(pcm, format="fltp", layout="mono")
+            aframe.sample_rate = 48000
+            aframe.pts = i * samples_per_frame
+            out.mux(tone.encode(aframe))
+    out.mux(video.encode())
+    if tone is not None:
+        out.mux(tone.encode())
+    out.close()
+    return Path(path)
+
+
+def read_video(path: Path | str) -> dict[str, Any]:
+    """Frame count, size, rate, time base, pts list and audio stream info of a video file."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = [f.pts for f in container.decode(stream)]
+        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        return {"frames": len(pts), "width": stream.codec_context.width, "height": stream.codec_context.height,
+                "rate": stream.average_rate, "time_base": stream.time_base, "pts": pts, "audio": audio,
+                "pix_fmt": stream.codec_context.pix_fmt, "codec": stream.codec_context.name}
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    """The records of a JSON Lines file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """PIDs of live (non-zombie) processes whose environment carries ``STREAMSEG_TEST_TAG=tag``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"STREAMSEG_TEST_TAG={tag}".encode() in environ.split(b"\0") and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def worker_pid(tag: str, stage: str) -> int | None:
+    """PID of the worker process of ``stage`` (its comm is ``sseg-<stage>``) in the tagged run."""
+    for pid in tagged_processes(tag):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == f"sseg-{stage}"[:15]:
+                return pid
+        except OSError:
+            pass
+    return None
+
+
+class CLI:
+    """Runs ``python -m streamseg`` as a real subprocess, tagged so its workers can be found."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.tag = uuid.uuid4().hex
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, STREAMSEG_TEST_TAG=self.tag, PYTHONUNBUFFERED="1")
+        env.pop("COLUMNS", None)
+        return env
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run to completion (killed, and the test failed, after ``timeout`` s)."""
+        try:
+            return subprocess.run([sys.executable, "-m", "streamseg", *args], cwd=self.cwd, env=self.env(),
+                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            self.kill_leftovers()
+            pytest.fail(f"streamseg {' '.join(args)} did not finish within {timeout} s")
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """Start in the background."""
+        return subprocess.Popen([sys.executable, "-m", "streamseg", *args], cwd=self.cwd, env=self.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+    def leftovers(self, wait_s: float = 3.0) -> list[int]:
+        """Processes of this run still alive after up to ``wait_s`` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            pids = tagged_processes(self.tag)
+            if not pids or time.monotonic() > deadline:
+                return pids
+            time.sleep(0.1)
+
+    def kill_leftovers(self) -> None:
+        for pid in tagged_processes(self.tag):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Any:
+    runner = CLI(tmp_path)
+    yield runner
+    runner.kill_leftovers()
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 frames, 322x242, 30000/1001 fps, H.264 MP4 (shared, read-only)."""
+    return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4")
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A failed run: non-zero exit, a one-line ``streamseg: error:`` message, no traceback."""
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("streamseg: error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]

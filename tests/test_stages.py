@@ -1,0 +1,151 @@
+"""Stages as plain objects, without processes or sockets: the lifecycle each one promises."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from conftest import make_clip, read_video
+from streamseg.errors import InputError, OutputError
+from streamseg.masks import decode_rle, encode_rle
+from streamseg.messages import Batch, Detections, EndOfStream, Frame, FrameResult, StreamStart
+from streamseg.models import model_info
+from streamseg.stages.batch import BatchStage
+from streamseg.stages.decode import DecodeStage
+from streamseg.stages.encode import EncodeStage
+from streamseg.stages.maskwriter import MaskWriterStage, frame_record
+from streamseg.stages.render import RenderStage, draw
+
+TB = Fraction(1, 30000)
+INFO = model_info("tiny-random")
+
+
+def _frame(i: int, h: int = 48, w: int = 64) -> Frame:
+    return Frame("s", i, i * 1001, TB, np.full((h, w, 3), i, np.uint8))
+
+
+def test_batch_by_size_then_flush_on_end_of_stream() -> None:
+    stage = BatchStage(max_batch=3, max_wait_ms=10_000)
+    out = [e for i in range(7) for e in stage.process(_frame(i))]
+    assert [len(b.frames) for _, b in out] == [3, 3]
+    rest = list(stage.flush(EndOfStream("s", 7)))
+    assert [[f.index for f in b.frames] for _, b in rest] == [[6]]
+
+
+def test_batch_by_deadline() -> None:
+    stage = BatchStage(max_batch=8, max_wait_ms=20)
+    assert list(stage.process(_frame(0))) == []
+    assert 0 < stage.timeout_s() <= 0.02
+    time.sleep(0.03)
+    assert stage.timeout_s() == 0
+    (port, batch), = stage.on_timeout()
+    assert port == "batches" and isinstance(batch, Batch) and len(batch.frames) == 1
+    assert stage.timeout_s() is None
+
+
+def test_batch_passes_stream_start_after_pending_frames() -> None:
+    stage = BatchStage(max_batch=8)
+    stage.process(_frame(0))
+    start = StreamStart("t", 64, 48, Fraction(25), TB, 0, "x", False)
+    out = list(stage.process(start))
+    assert isinstance(out[0][1], Batch) and out[1][1] is start
+
+
+def test_rle_round_trip_is_exact() -> None:
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 37, 53)) > 0.6
+    masks[2] = False  # an empty mask
+    rles = encode_rle(masks)
+    for mask, rle in zip(masks, rles):
+        assert isinstance(rle["counts"], str) and rle["size"] == [37, 53]
+        assert np.array_equal(decode_rle(rle), mask)
+        assert np.array_equal(mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}), mask)
+    assert encode_rle(np.zeros((0, 4, 4), bool)) == []
+
+
+def _result(n: int, h: int = 48, w: int = 64) -> FrameResult:
+    masks = np.zeros((n, h, w), bool)
+    boxes = np.zeros((n, 4), np.float32)
+    for i in range(n):
+        masks[i, 5 + i:20 + i, 10:30] = True
+        boxes[i] = (10, 5 + i, 30, 20 + i)
+    det = Detections(boxes, np.linspace(0.9, 0.5, n).astype(np.float32), np.ones(n, np.int64) * 2, masks,
+                     np.full((n, 5, 3), 12, np.float32))
+    return FrameResult("s", 0, 0, TB, w, h, det, np.zeros((h, w, 3), np.uint8))
+
+
+def test_frame_record_format() -> None:
+    record = frame_record(_result(2), INFO)
+    assert record["width"] == 64 and record["height"] == 48 and record["frame"] == 0 and record["time"] == 0
+    first = record["instances"][0]
+    assert first["class"] == INFO.categories[2] and first["class_id"] == 2
+    assert first["box"] == [10, 5, 30, 20] and len(first["keypoints"]) == 5
+    assert decode_rle(first["mask"]).sum() == 15 * 20
+    assert frame_record(FrameResult("s", 1, 1, TB, 64, 48, Detections.empty(48, 64)), INFO)["instances"] == []
+
+
+def test_render_draws_inside_masks_only_and_handles_no_detections() -> None:
+    stage = RenderStage(INFO.to_dict(), boxes=False, labels=False, keypoints=False, contour_px=0)
+    result = _result(1)
+    (_, frame), = stage.process(result)
+    changed = np.any(frame.image != 0, axis=2)
+    assert np.array_equal(changed, result.detections.masks[0])
+    empty = FrameResult("s", 1, 1, TB, 64, 48, Detections.empty(48, 64), np.zeros((48, 64, 3), np.uint8))
+    (_, frame), = stage.process(empty)
+    assert not frame.image.any()
+    full = draw(result.image, result.detections, INFO)  # everything on: boxes, labels, keypoints
+    assert full.shape == result.image.shape and full.any()
+
+
+def test_decode_then_encode_keeps_count_rate_and_pts(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "in.mp4", frames=12)
+    source = DecodeStage(str(clip))
+    source.setup()
+    messages = [m for _, m in source.produce()]
+    source.close()
+    assert isinstance(messages[0], StreamStart) and isinstance(messages[-1], EndOfStream)
+    assert messages[-1].reason == "end" and messages[-1].frames == 12
+    sink = EncodeStage(str(tmp_path / "out.mp4"))
+    for m in messages[:-1]:
+        sink.process(m)
+    sink.flush(messages[-1])
+    sink.close()
+    got, want = read_video(tmp_path / "out.mp4"), read_video(clip)
+    assert (got["frames"], got["rate"], got["pts"]) == (want["frames"], want["rate"], want["pts"])
+    assert got["pix_fmt"] == "yuv420p" and got["codec"] == "h264"
+    assert (tmp_path / "out.mp4").read_bytes()[:64].find(b"moov") > 0  # index first: streams in a browser
+
+
+def test_encoder_close_without_end_of_stream_leaves_a_playable_file(tmp_path: Path) -> None:
+    sink = EncodeStage(str(tmp_path / "out.mp4"))
+    sink.process(StreamStart("s", 64, 48, Fraction(25), Fraction(1, 25), 0, "x", False))
+    for i in range(5):
+        sink.process(Frame("s", i, i, Fraction(1, 25), np.zeros((48, 64, 3), np.uint8)))
+    sink.close()  # what an abort does
+    assert read_video(tmp_path / "out.mp4")["frames"] == 5
+
+
+def test_encoder_rejects_odd_sizes(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="even"):
+        EncodeStage(str(tmp_path / "o.mp4")).process(StreamStart("s", 63, 48, Fraction(25), TB, 0, "x", False))
+
+
+def test_mask_writer_stream_with_only_end_of_stream(tmp_path: Path) -> None:
+    stage = MaskWriterStage(str(tmp_path / "m.jsonl"), INFO.to_dict())
+    stage.setup()
+    stage.flush(EndOfStream("s", 0))
+    stage.close()
+    assert (tmp_path / "m.jsonl").read_text() == ""
+
+
+def test_decode_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    (tmp_path / "text.mp4").write_text("hello, not a video\n" * 10)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    for name, needle in [("missing.mp4", "not found"), ("text.mp4", "cannot read"), ("empty.mp4", "empty")]:
+        with pytest.raises(InputError, match=needle):
+            DecodeStage(str(tmp_path / name)).setup()
