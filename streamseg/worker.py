@@ -11,7 +11,8 @@ queue blocks the sender, which is the file-mode backpressure. Sends and receives
 polls so that SIGTERM and the death of the supervisor are noticed within a fraction of a second.
 
 Signals: SIGINT is ignored (the supervisor owns Ctrl-C). SIGTERM asks a source to end its streams
-cleanly; any other stage stops, and its ``close()`` leaves its output usable.
+cleanly (the supervisor follows with SIGKILL if that takes too long); any other stage stops, and
+its ``close()`` leaves its output usable.
 """
 
 from __future__ import annotations
@@ -164,13 +165,8 @@ class _Runtime:
     # --- the loops ----------------------------------------------------------------------------
     def run_source(self, stage: Source) -> None:
         iterator = iter(stage.produce())
-        stop_sent = False
         while True:
-            if self.terminate and not stop_sent:
-                stage.request_stop()
-                stop_sent = True
-            if os.getppid() != self.parent:
-                raise _Stopped("the supervisor is gone")
+            self.check_alive()
             start = time.perf_counter()
             try:
                 emit = next(iterator)
@@ -237,7 +233,7 @@ class _Runtime:
             self.close_stage()
             return 1
         except Exception as exc:  # noqa: BLE001 - any stage bug becomes a reported stage error
-            log.exception("%s: unexpected error", spec.name)
+            log.info("%s: unexpected error", spec.name, exc_info=True)  # the traceback with -v
             self.event("error", error_type=type(exc).__name__,
                        message=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             self.close_stage()
@@ -279,7 +275,10 @@ def worker_main(spec: WorkerSpec) -> None:
     runtime = _Runtime(spec)
 
     def on_term(signum: int, frame: object) -> None:
-        runtime.terminate = True
+        if isinstance(runtime.stage, Source):
+            runtime.stage.request_stop()  # a source ends its streams; everything downstream drains
+        else:
+            runtime.terminate = True
 
     signal.signal(signal.SIGTERM, on_term)
     code = runtime.run()

@@ -165,7 +165,7 @@ def _tiny_random() -> Any:
 
     model = small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=(8, 16, 16, 24, 32),
                            fpn_channels=16, head_channels=16)
-    nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=1.0)
+    nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=4.0)
     return model
 
 
@@ -207,5 +207,5 @@ def _tiny_random() -> Any:
 
     model = small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=(8, 16, 16, 24, 32),
                            fpn_channels=16, head_channels=16)
-    nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=1.0)
+    nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=4.0)
     return model

@@ -28,14 +28,18 @@ def open_video(path: str) -> tuple[av.container.InputContainer, av.video.stream.
         container = av.open(path, "r", timeout=10.0)
     except av.FFmpegError as exc:
         raise InputError(f"cannot read {path} as video: {exc.strerror or exc}") from None
+    if not container.streams.video and not container.streams.audio:
+        container.close()
+        raise InputError(f"cannot read {path} as video: it holds no audio or video stream (cut off or damaged?)")
     if not container.streams.video:
-        kinds = ", ".join(f"{s.type} ({s.codec_context.name})" for s in container.streams) or "none"
+        kinds = ", ".join(f"{s.type} ({s.codec_context.name if s.codec_context else 'unknown codec'})"
+                          for s in container.streams) or "none"
         container.close()
         raise InputError(f"{path} has no video stream (streams: {kinds})")
     stream = container.streams.video[0]
-    if not stream.codec_context.width or not stream.codec_context.height:
+    if stream.codec_context is None or not stream.codec_context.width or not stream.codec_context.height:
         container.close()
-        raise InputError(f"{path}: video stream has no frame size (the file is damaged)")
+        raise InputError(f"cannot read {path} as video: its video stream has no codec or frame size (damaged header?)")
     return container, stream
 
 

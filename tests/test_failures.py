@@ -1,0 +1,163 @@
+"""Failures end the run quickly and clearly: dead workers, bad inputs, Ctrl-C. No hang, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import TEST_MODEL, assert_clean_error, make_clip, read_jsonl, read_video, worker_pid
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Long enough (about 15 s through the test model) to be interrupted mid-run."""
+    return make_clip(tmp_path_factory.mktemp("long") / "long.mp4", frames=300)
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _masks_lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+@pytest.mark.parametrize("stage", ["infer", "render"])
+def test_a_killed_worker_ends_the_run_within_seconds(cli, long_clip: Path, tmp_path: Path, stage: str) -> None:
+    proc = cli.start("run", str(long_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL)
+    try:
+        _wait_for(lambda: _masks_lines(tmp_path / "m.jsonl") >= 5 or proc.poll() is not None, 60, "progress")
+        assert proc.poll() is None, proc.stderr.read()
+        pid = worker_pid(cli.tag, stage)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - killed_at
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert took < 10, f"the run took {took:.1f} s to notice"
+    assert f"streamseg: error: {stage}: worker process died (SIGKILL)" in stderr
+    assert "Traceback" not in stderr
+    assert cli.leftovers() == []
+    assert 0 < read_video(tmp_path / "out.mp4")["frames"] < 300  # what was done is playable
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_leaves_complete_playable_outputs(cli, long_clip: Path, tmp_path: Path, sig: int) -> None:
+    proc = cli.start("run", str(long_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL)
+    try:
+        _wait_for(lambda: _masks_lines(tmp_path / "m.jsonl") >= 5 or proc.poll() is not None, 60, "progress")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    video = read_video(tmp_path / "out.mp4")
+    records = read_jsonl(tmp_path / "m.jsonl")
+    assert 0 < video["frames"] < 300
+    assert video["frames"] == len(records)  # both outputs hold every frame that was read
+    assert video["pts"] == [r["pts"] for r in records]
+    assert cli.leftovers() == []
+
+
+def _audio_only(path: Path) -> Path:
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=48000)
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 1024
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
+    clip = make_clip(tmp / "good.mp4", frames=10)
+    fast = make_clip(tmp / "fast.mp4", frames=10, faststart=True)
+    (tmp / "text.mp4").write_text("this is not a video\n" * 50)
+    (tmp / "empty.mp4").write_bytes(b"")
+    (tmp / "header_cut.mp4").write_bytes(fast.read_bytes()[:300])  # cut inside the index (moov)
+    (tmp / "no_index.mp4").write_bytes(clip.read_bytes()[:2000])  # index at the end, cut away
+    return {
+        "missing": (tmp / "missing.mp4", "input not found"),
+        "text": (tmp / "text.mp4", "cannot read"),
+        "zero bytes": (tmp / "empty.mp4", "empty (0 bytes)"),
+        "header cut": (tmp / "header_cut.mp4", "cannot read"),
+        "index cut away": (tmp / "no_index.mp4", "cannot read"),
+        "audio only": (_audio_only(tmp / "audio.mp4"), "no video stream"),
+        "a folder": (tmp, "folder"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "zero bytes", "header cut", "index cut away", "audio only",
+                                  "a folder"])
+def test_bad_inputs_give_one_clear_line(cli, tmp_path: Path, case: str) -> None:
+    path, needle = _bad_inputs(tmp_path)[case]
+    start = time.monotonic()
+    result = cli.run("run", str(path), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, timeout=60)
+    assert_clean_error(result, needle)
+    assert result.returncode == 3
+    assert time.monotonic() - start < 30
+    assert cli.leftovers() == []
+
+
+def _decodable_frames(path: Path) -> list[int]:
+    pts = []
+    with av.open(str(path)) as container:
+        try:
+            for frame in container.decode(video=0):
+                pts.append(frame.pts)
+        except av.FFmpegError:
+            pass
+    return pts
+
+
+def test_a_file_cut_mid_stream_keeps_every_decodable_frame(cli, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "fast.mp4", frames=60, faststart=True)
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    decodable = _decodable_frames(cut)
+    assert 0 < len(decodable) < 60
+    result = cli.run("run", str(cut), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL)
+    assert result.returncode == 0, result.stderr
+    assert read_video(tmp_path / "out.mp4")["pts"] == decodable
+    assert [r["pts"] for r in read_jsonl(tmp_path / "m.jsonl")] == decodable
+    assert f"input ended after {len(decodable)} of 60 frames" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_coco_model_without_weights_says_how_to_get_them(cli, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "c.mp4", frames=4)
+    env_home = tmp_path / "torch-home"  # an empty torch cache, whatever this machine has
+    os.environ["TORCH_HOME"] = str(env_home)
+    try:
+        result = cli.run("run", str(clip), "-o", "out.mp4", "--model", "maskrcnn_resnet50_fpn", timeout=120)
+    finally:
+        del os.environ["TORCH_HOME"]
+    assert_clean_error(result, "infer:", "--weights FILE", "maskrcnn_resnet50_fpn_coco")
+    assert result.returncode == 4
+    assert cli.leftovers() == []
+
+
+def test_weights_that_do_not_fit_are_refused(cli, tmp_path: Path) -> None:
+    import torch
+
+    clip = make_clip(tmp_path / "c.mp4", frames=4)
+    torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pt")
+    result = cli.run("run", str(clip), "-o", "out.mp4", *TEST_MODEL, "--weights", str(tmp_path / "bad.pt"))
+    assert_clean_error(result, "do not fit")
+    assert result.returncode == 4

@@ -1,0 +1,144 @@
+"""The whole pipeline through the real CLI: real PyAV, real ZeroMQ sockets, real worker processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import streamseg
+from conftest import TEST_MODEL, TEST_SCORE_THRESH, make_clip, read_jsonl, read_video
+from streamseg.masks import decode_rle
+from streamseg.models import load_model
+
+
+def test_round_trip_keeps_count_size_rate_and_pts(cli, clip: Path, tmp_path: Path) -> None:
+    result = cli.run("run", str(clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL)
+    assert result.returncode == 0, result.stderr
+    got, want = read_video(tmp_path / "out.mp4"), read_video(clip)
+    for key in ("frames", "width", "height", "rate", "pts"):
+        assert got[key] == want[key], key
+    assert (got["frames"], got["width"], got["height"]) == (48, 322, 242)
+    assert got["pix_fmt"] == "yuv420p" and got["codec"] == "h264"
+    records = read_jsonl(tmp_path / "m.jsonl")
+    assert [r["frame"] for r in records] == list(range(48))
+    assert [r["pts"] for r in records] == want["pts"]
+    assert all(abs(r["time"] - p * float(want["time_base"])) < 1e-6 for r, p in zip(records, want["pts"]))
+    instances = [inst for r in records for inst in r["instances"]]
+    assert instances, "the test model should find something at this threshold"
+    for inst in instances:
+        mask = decode_rle(inst["mask"])
+        assert mask.shape == (242, 322)
+        assert len(inst["keypoints"]) == 5 and len(inst["box"]) == 4 and inst["class"]
+    assert "frames 48" in result.stderr and "bottleneck" in result.stderr  # the summary
+    assert cli.leftovers() == []
+
+
+def _direct(clip: Path, score_thresh: float) -> list[dict]:
+    """What the same model gives when called directly on the same decoded frames."""
+    model, _ = load_model("tiny-random")
+    model.roi_heads.score_thresh = score_thresh
+    out = []
+    with av.open(str(clip)) as container, torch.inference_mode():
+        for frame in container.decode(video=0):
+            image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255
+            o = model([image])[0]
+            out.append({"boxes": o["boxes"].numpy(), "scores": o["scores"].numpy(), "labels": o["labels"].numpy(),
+                        "masks": (o["masks"][:, 0] >= 0.5).numpy()})
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def assert_same_detections(records: list[dict], expected: list[dict]) -> None:
+    """Same instances and classes per frame, scores within 1e-4, boxes within 1e-2 px, mask IoU >= 0.99."""
+    assert len(records) == len(expected)
+    for record, want in zip(records, expected):
+        got = record["instances"]
+        assert len(got) == len(want["scores"]), f"frame {record['frame']}"
+        unmatched = set(range(len(got)))
+        for j in range(len(want["scores"])):
+            # instances are matched by class and box: near-equal scores may swap places
+            candidates = [i for i in unmatched if got[i]["class_id"] == want["labels"][j]
+                          and np.abs(np.array(got[i]["box"]) - want["boxes"][j]).max() < 1e-2]
+            assert candidates, f"frame {record['frame']}: instance {j} missing"
+            i = min(candidates, key=lambda c: abs(got[c]["score"] - want["scores"][j]))
+            unmatched.discard(i)
+            assert abs(got[i]["score"] - want["scores"][j]) <= 1e-4
+            assert _iou(decode_rle(got[i]["mask"]), want["masks"][j]) >= 0.99
+
+
+def test_pipeline_loses_nothing_against_the_model_called_directly(cli, clip: Path, tmp_path: Path) -> None:
+    result = cli.run("run", str(clip), "--masks", "m.jsonl", *TEST_MODEL, "--max-batch", "4")
+    assert result.returncode == 0, result.stderr
+    assert_same_detections(read_jsonl(tmp_path / "m.jsonl"), _direct(clip, TEST_SCORE_THRESH))
+
+
+def test_batch_size_does_not_change_outputs(cli, clip: Path, tmp_path: Path) -> None:
+    for batch in ("1", "4"):
+        result = cli.run("run", str(clip), "--masks", f"m{batch}.jsonl", *TEST_MODEL, "--max-batch", batch)
+        assert result.returncode == 0, result.stderr
+    one, four = read_jsonl(tmp_path / "m1.jsonl"), read_jsonl(tmp_path / "m4.jsonl")
+    as_expected = [{"boxes": np.array([i["box"] for i in r["instances"]], np.float32).reshape(-1, 4),
+                    "scores": np.array([i["score"] for i in r["instances"]]),
+                    "labels": np.array([i["class_id"] for i in r["instances"]]),
+                    "masks": [decode_rle(i["mask"]) for i in r["instances"]]} for r in one]
+    assert_same_detections(four, as_expected)
+
+
+def test_audio_is_copied_in_sync(cli, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "av.mp4", frames=30, audio=True)
+    result = cli.run("run", str(clip), "-o", "out.mp4", *TEST_MODEL)
+    assert result.returncode == 0, result.stderr
+    info = read_video(tmp_path / "out.mp4")
+    assert info["audio"] == "aac" and info["frames"] == 30
+    with av.open(str(tmp_path / "out.mp4")) as out, av.open(str(clip)) as src:
+        got = [p.pts for p in out.demux(audio=0) if p.pts is not None]
+        want = [p.pts for p in src.demux(audio=0) if p.pts is not None]
+        assert got == want  # remuxed packet for packet: same timestamps, so the same sync
+        assert out.streams.audio[0].time_base == src.streams.audio[0].time_base
+
+
+def test_masks_only_run_starts_no_render_or_encode(cli, clip: Path, tmp_path: Path) -> None:
+    result = cli.run("run", str(clip), "--masks", "m.jsonl", *TEST_MODEL)
+    assert result.returncode == 0, result.stderr
+    assert "render" not in result.stderr.split("bottleneck")[0] and len(read_jsonl(tmp_path / "m.jsonl")) == 48
+
+
+def test_python_api_returns_the_summary(clip: Path, tmp_path: Path) -> None:
+    summary = streamseg.run(str(clip), str(tmp_path / "out.mp4"), masks=str(tmp_path / "m.jsonl"),
+                            model__name="tiny-random", model__score_thresh=TEST_SCORE_THRESH, batch__max_batch=2)
+    assert summary.frames == 48 and summary.fps > 0 and not summary.truncated
+    assert set(summary.stages) == {"decode", "batch", "infer", "render", "encode", "masks"}
+    assert summary.stages["infer"]["counters"]["frames"] == 48
+    assert summary.bottleneck() in summary.stages
+    assert read_video(tmp_path / "out.mp4")["frames"] == 48
+
+
+def test_pipeline_config_file(cli, clip: Path, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    result = cli.run("run", str(clip), "--config", str(root / "pipelines" / "file_to_video.yaml"), *TEST_MODEL,
+                     "--set", "batch.max_batch=2", "-q")
+    assert result.returncode == 0, result.stderr
+    assert read_video(tmp_path / "annotated.mp4")["frames"] == 48
+    assert len(read_jsonl(tmp_path / "masks.jsonl")) == 48
+    assert result.stderr == ""  # --quiet
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "batch.max_btch=2"], "batch.max_btch"),
+    (["--model", "no-such-model"], "unknown model"),
+    (["--device", "tpu"], "model.device"),
+])
+def test_bad_settings_fail_fast(cli, clip: Path, args: list[str], needle: str) -> None:
+    from conftest import assert_clean_error
+
+    result = cli.run("run", str(clip), "-o", "out.mp4", *args, timeout=60)
+    assert_clean_error(result, needle)
+    assert result.returncode == 2 or "unknown model" in needle
