@@ -142,3 +142,37 @@ def test_bad_settings_fail_fast(cli, clip: Path, args: list[str], needle: str) -
     result = cli.run("run", str(clip), "-o", "out.mp4", *args, timeout=60)
     assert_clean_error(result, needle)
     assert result.returncode == 2 or "unknown model" in needle
+
+
+def test_progress_bar_on_a_terminal(cli, clip: Path, tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "streamseg", "run", str(clip), "-o", "out.mp4", *TEST_MODEL],
+                            cwd=tmp_path, env=cli.env(), stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    screen = b""
+    try:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            screen += data
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        os.close(master)
+    text = screen.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "48/48" in text and "frame/s" in text  # frames, rate (and tqdm's ETA) on the bar
+    assert "bottleneck" in text
