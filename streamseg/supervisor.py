@@ -7,9 +7,10 @@ error, stats, done), and watches every process's exit. The run ends when every w
 - a worker that reports an error, exits without finishing, or dies (SIGKILL, segfault) fails the
   run: the others get SIGTERM (each finishes its outputs as far as it can), then SIGKILL after
   ``kill_timeout_s``, and :class:`StageError` names the stage and the cause;
-- the first SIGINT/SIGTERM asks the sources to end their streams, so every stage drains and
-  flushes and the outputs are complete for the frames read; a second one, or ``stop_timeout_s``
-  passing, aborts as above.
+- SIGINT or SIGTERM asks the sources to end their streams, so every stage drains and flushes and
+  the outputs are complete for the frames read; a second SIGINT (Ctrl-C pressed again), or
+  ``stop_timeout_s`` passing, aborts as above. Repeated SIGTERMs do not escalate: tools such as
+  ``timeout`` deliver one to the process and again to its group.
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ class Supervisor:
         self.workers: dict[str, WorkerState] = {}
         self.warnings: list[str] = []
         self.stop_requested = 0
+        self.interrupts = 0
         self.started_at = 0.0
 
     # --- signals ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requested += 1
+        if signum == signal.SIGINT:
+            self.interrupts += 1
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -101,7 +105,6 @@ class Supervisor:
 
     def _watch(self, events: zmq.Socket) -> None:
         stop_deadline: float | None = None
-        stop_seen = 0
         while True:
             while events.poll(50 if stop_deadline is None else 20, zmq.POLLIN):
                 self._handle(json.loads(events.recv()))
@@ -112,15 +115,16 @@ class Supervisor:
                 if self.stop_requested:
                     self.on_event({"event": "interrupted"})
                 return
-            if self.stop_requested > stop_seen:
-                stop_seen = self.stop_requested
-                if stop_seen == 1:
-                    log.warning("stopping: the sources end their streams; outputs are being finished")
-                    stop_deadline = time.monotonic() + self.stop_timeout_s
-                    for name in self.sources:
-                        self._signal(self.workers[name], signal.SIGTERM)
-                else:
-                    self._abort("supervisor", "interrupted a second time; outputs may be incomplete", 130)
+            if self.stop_requested and stop_deadline is None:
+                if not all(self.workers[name].ready for name in self.sources):
+                    # SIGUSR1 would kill a source that has not installed its handler yet
+                    self._abort("supervisor", "interrupted before the pipeline started", 130)
+                log.warning("stopping: the sources end their streams; outputs are being finished")
+                stop_deadline = time.monotonic() + self.stop_timeout_s
+                for name in self.sources:
+                    self._signal(self.workers[name], signal.SIGUSR1)
+            if self.interrupts > 1:
+                self._abort("supervisor", "interrupted a second time; outputs may be incomplete", 130)
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 self._abort("supervisor", f"the pipeline did not drain within {self.stop_timeout_s:g} s of the stop", 130)
 

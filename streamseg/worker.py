@@ -10,9 +10,10 @@ Every data socket has an explicit high-water mark (``transport.hwm_frames``): a 
 queue blocks the sender, which is the file-mode backpressure. Sends and receives wait in short
 polls so that SIGTERM and the death of the supervisor are noticed within a fraction of a second.
 
-Signals: SIGINT is ignored (the supervisor owns Ctrl-C). SIGTERM asks a source to end its streams
-cleanly (the supervisor follows with SIGKILL if that takes too long); any other stage stops, and
-its ``close()`` leaves its output usable.
+Signals: each worker runs in its own process group, so signals sent to the job's group (Ctrl-C,
+``timeout``) reach only the supervisor; SIGINT is ignored besides. SIGUSR1 (the supervisor's
+graceful stop) asks a source to end its streams cleanly, so that everything downstream drains.
+SIGTERM stops any worker at once; its stage's ``close()`` still leaves its output usable.
 """
 
 from __future__ import annotations
@@ -268,18 +269,23 @@ def _set_process_name(name: str) -> None:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a worker process (started with the ``spawn`` method)."""
+    # signals meant for the whole job (Ctrl-C on a terminal, `timeout`, `kill -- -PGID`) reach the
+    # supervisor only, which stops the workers in order; SIGINT is ignored for the moment before this
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.setpgrp()
     _set_process_name(f"sseg-{spec.name}")
     logging.basicConfig(level=spec.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s")
     runtime = _Runtime(spec)
 
     def on_term(signum: int, frame: object) -> None:
+        runtime.terminate = True
+
+    def on_drain(signum: int, frame: object) -> None:
         if isinstance(runtime.stage, Source):
             runtime.stage.request_stop()  # a source ends its streams; everything downstream drains
-        else:
-            runtime.terminate = True
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_drain)
     code = runtime.run()
     sys.exit(code)

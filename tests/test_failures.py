@@ -140,6 +140,22 @@ def test_a_file_cut_mid_stream_keeps_every_decodable_frame(cli, tmp_path: Path) 
     assert "Traceback" not in result.stderr
 
 
+def test_a_corrupt_stretch_mid_file_is_skipped_and_the_rest_kept(cli, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "fast.mp4", frames=60, faststart=True)
+    data = bytearray(clip.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(bytes(data))
+    result = cli.run("run", str(bad), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    frames = read_video(tmp_path / "out.mp4")["frames"]
+    records = read_jsonl(tmp_path / "m.jsonl")
+    assert 40 <= frames <= 60 and len(records) == frames  # the stretch costs a few frames, not the file
+    assert [r["frame"] for r in records] == list(range(frames))
+
+
 def test_coco_model_without_weights_says_how_to_get_them(cli, tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "c.mp4", frames=4)
     env_home = tmp_path / "torch-home"  # an empty torch cache, whatever this machine has
