@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from fractions import Fraction
@@ -20,11 +19,10 @@ from pathlib import Path
 
 import av
 import numpy as np
+from common import decoded_frames, model_fps
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import streamseg  # noqa: E402
-from streamseg.stages.infer import Predictor  # noqa: E402
+import streamseg
+from streamseg.stages.infer import Predictor
 
 
 def make_clip(path: Path, frames: int, width: int, height: int) -> None:
@@ -46,19 +44,9 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> None:
         out.mux(stream.encode())
 
 
-def decoded_frames(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
 def model_alone(frames: list[np.ndarray], model: str, batch: int, score_thresh: float) -> float:
     """fps of the model on decoded frames in this process (warm-up batch excluded)."""
-    predictor = Predictor(model, score_thresh=score_thresh)
-    predictor(frames[:batch])
-    start = time.perf_counter()
-    for i in range(0, len(frames), batch):
-        predictor(frames[i:i + batch])
-    return len(frames) / (time.perf_counter() - start)
+    return model_fps(Predictor(model, score_thresh=score_thresh), frames, batch)
 
 
 def main() -> None:

@@ -1,0 +1,57 @@
+"""The CUDA path (torchvision's CUDA RoIAlign, fp16 autocast, pinned copies); skipped without a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TEST_MODEL, TEST_SCORE_THRESH, read_jsonl
+from streamseg.errors import ConfigError
+from streamseg.stages.infer import Predictor, resolve_device
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _frames(n: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (242, 322, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_asking_for_cuda_without_it_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu"
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_fp32_matches_cpu() -> None:
+    frames = _frames()
+    cpu = Predictor("tiny-random", device="cpu", score_thresh=TEST_SCORE_THRESH)(frames)
+    gpu = Predictor("tiny-random", device="cuda", score_thresh=TEST_SCORE_THRESH, fp16=False)(frames)
+    for a, b in zip(cpu, gpu):
+        assert len(a) == len(b)
+        np.testing.assert_allclose(np.sort(a.scores), np.sort(b.scores), atol=1e-3)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_fp16_runs_batched_and_gives_sane_outputs() -> None:
+    out = Predictor("tiny-random", device="cuda", score_thresh=0.0, fp16=True)(_frames(8))
+    assert len(out) == 8
+    for det in out:
+        assert det.boxes.dtype == np.float32 and det.masks is not None and det.masks.shape[1:] == (242, 322)
+        assert np.isfinite(det.boxes).all() and np.isfinite(det.scores).all()
+
+
+@cuda
+@pytest.mark.cuda
+def test_pipeline_on_cuda(cli, clip: Path, tmp_path: Path) -> None:
+    result = cli.run("run", str(clip), "--masks", "m.jsonl", *TEST_MODEL, "--device", "cuda")
+    assert result.returncode == 0, result.stderr
+    assert len(read_jsonl(tmp_path / "m.jsonl")) == 48
