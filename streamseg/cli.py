@@ -8,7 +8,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import Interrupted, StreamsegError
+from .errors import ConfigError, Interrupted, StreamsegError
 
 log = logging.getLogger("streamseg")
 
@@ -64,6 +64,139 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
+    if w <= 0 or h <= 0 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"size must be positive and even (H.264 yuv420p), got {text!r}")
+    return w, h
+
+
+def _rate(text: str) -> Any:
+    from fractions import Fraction
+
+    try:
+        rate = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"fps must be a number or a fraction like 30000/1001, got {text!r}") from None
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"fps must be positive, got {text!r}")
+    return rate
+
+
+def _add_synth(sub: Any) -> None:
+    p = sub.add_parser("synth", help="write a synthetic clip of moving shapes with exact COCO ground truth")
+    p.add_argument("output", metavar="OUT.mp4", help="clip to write (H.264 MP4)")
+    p.add_argument("--gt", metavar="OUT.json", required=True, help="COCO ground truth to write")
+    p.add_argument("--seed", type=int, default=0, help="scene seed (default 0); the same seed gives the same clip")
+    p.add_argument("--frames", type=int, default=300, help="frame count (default 300)")
+    p.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="frame size (default 320x240)")
+    p.add_argument("--fps", type=_rate, default="30", metavar="R", help="frame rate, e.g. 25 or 30000/1001 (default 30)")
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import write_video
+
+    if args.frames < 1:
+        raise ConfigError("--frames must be at least 1")
+    gt = write_video(args.output, args.gt, args.seed, args.frames, *args.size, fps=args.fps)
+    print(f"wrote {args.output} ({args.frames} frames) and {args.gt} ({len(gt['annotations'])} instances)",
+          file=sys.stderr)
+    return 0
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train the small default model on synthetic frames (CPU, about 35 min)")
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for streamseg_small.pt and its model card")
+    p.add_argument("--iters", type=int, default=4000, help="optimizer steps (default 4000)")
+    p.add_argument("--batch", type=int, default=4, help="frames per step (default 4)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: all cores")
+    p.add_argument("--eval-frames", type=int, default=300,
+                   help="length of the held-out clip the model card's accuracy is measured on (default 300)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from .train import train
+
+    logging.getLogger("streamseg").setLevel(logging.INFO)
+    if args.iters < 1 or args.batch < 1 or args.eval_frames < 1:
+        raise ConfigError("--iters, --batch and --eval-frames must be at least 1")
+    card = train(args.out, args.iters, args.batch, args.lr, args.seed, threads=args.threads,
+                 eval_frames=args.eval_frames, progress=not args.quiet and sys.stderr.isatty())
+    print(json.dumps(card["accuracy"], indent=2))
+    return 0
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="COCO AP (box, mask, keypoints) of a masks JSONL against COCO ground truth")
+    p.add_argument("predictions", metavar="PRED.jsonl", help="masks JSON Lines from `streamseg run --masks`")
+    p.add_argument("ground_truth", metavar="GT.json", help="COCO ground truth (streamseg synth, or val2017-style)")
+    p.add_argument("--kpt-sigma", type=float, metavar="S",
+                   help="OKS sigma of every keypoint (default: COCO's for 17 person keypoints, else 0.05)")
+    p.add_argument("--json", metavar="FILE", help="also write the stats as JSON")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate, load_ground_truth, read_predictions
+
+    stats = evaluate(read_predictions(args.predictions), load_ground_truth(args.ground_truth), args.kpt_sigma)
+    print(" ".join(f"{task} AP {values['AP']:.3f}" for task, values in stats.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(stats, f, indent=2)
+    return 0
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the main job: a held-out synthetic clip through the whole pipeline, with AP and fps")
+    p.add_argument("--out", metavar="DIR", default="streamseg-demo", help="output folder (default ./streamseg-demo)")
+    p.add_argument("--frames", type=int, default=300, help="clip length (default 300)")
+    p.add_argument("--seed", type=int, default=7, help="held-out scene seed, never used in training (default 7)")
+    p.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="frame size (default 320x240)")
+    p.add_argument("--model", default="streamseg-small", help="model name (default: the shipped streamseg-small)")
+    p.add_argument("--weights", metavar="FILE", help="local weights file for the model")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import os
+
+    from .evaluate import evaluate, load_ground_truth, read_predictions
+    from .pipeline import run
+    from .synth import write_video
+    from .train import TRAIN_SEED_FLOOR
+
+    if args.seed >= TRAIN_SEED_FLOOR:
+        raise ConfigError(f"--seed must be below {TRAIN_SEED_FLOOR}: higher seeds are training scenes")
+    os.makedirs(args.out, exist_ok=True)
+    clip, gt_path = os.path.join(args.out, "input.mp4"), os.path.join(args.out, "ground_truth.json")
+    video, masks = os.path.join(args.out, "annotated.mp4"), os.path.join(args.out, "masks.jsonl")
+    print(f"streamseg demo: generating a held-out clip (seed {args.seed}, {args.frames} frames, "
+          f"{args.size[0]}x{args.size[1]})", file=sys.stderr)
+    write_video(clip, gt_path, args.seed, args.frames, *args.size)
+    print(f"streamseg demo: running the pipeline with {args.model}", file=sys.stderr)
+    summary = run(clip, video, masks=masks, model__name=args.model, model__weights=args.weights,
+                  runtime__quiet=args.quiet or not sys.stderr.isatty())
+    if not args.quiet:
+        print(summary.table(), file=sys.stderr)
+    stats = evaluate(read_predictions(masks), load_ground_truth(gt_path), verbose=False)
+    kp = stats.get("keypoints", {}).get("AP")
+    print(f"mask AP {stats['segm']['AP']:.3f}  mask AP50 {stats['segm']['AP50']:.3f}  "
+          f"box AP {stats['bbox']['AP']:.3f}  keypoint AP {'n/a' if kp is None else f'{kp:.3f}'}  "
+          f"{summary.fps:.1f} fps end to end ({summary.frames} frames, {summary.wall_s:.1f} s with start-up)")
+    print(f"wrote {video}, {masks}, {clip}, {gt_path}")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from .models import available
 
@@ -78,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
+    _add_demo(sub)
+    _add_synth(sub)
+    _add_train(sub)
+    _add_eval(sub)
     sub.add_parser("models", help="list the models streamseg can run")
     return parser
 
@@ -87,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="streamseg: %(levelname)s %(message)s")
-    handlers = {"run": _run, "models": _models}
+    handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval, "models": _models}
     try:
         return handlers[args.command](args)
     except StreamsegError as exc:

@@ -46,8 +46,8 @@ class BatchConfig:
 class ModelConfig:
     """Which Mask R-CNN runs, where, and how its outputs are thresholded."""
 
-    name: str = "maskrcnn_resnet50_fpn"
-    """Registry name (``streamseg models`` lists them)."""
+    name: str = "streamseg-small"
+    """Registry name (``streamseg models`` lists them); the default is the shipped small model."""
     weights: str | None = None
     """Local weights file (a state_dict or torchvision checkpoint); None: the registry's default."""
     device: str = "auto"

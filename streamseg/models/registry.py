@@ -156,6 +156,25 @@ def _torchvision_weights(weights_enum: Any) -> Callable[[], dict[str, Any]]:
     return load
 
 
+SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "streamseg_small.pt")
+
+
+def build_streamseg_small() -> Any:
+    """The shipped model's architecture (1.2 M parameters), trained by ``streamseg train``."""
+    from .small import small_maskrcnn
+
+    return small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=(16, 32, 48, 64, 96),
+                          fpn_channels=48, head_channels=48, box_batch_size_per_image=128,
+                          rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300)
+
+
+def _shipped_weights() -> dict[str, Any]:
+    if not os.path.isfile(SHIPPED_WEIGHTS):
+        raise ModelError(f"the shipped weights are missing ({SHIPPED_WEIGHTS}): reinstall streamseg, "
+                         "or train them with `streamseg train --out DIR` and pass --weights DIR/streamseg_small.pt")
+    return _read_weights(SHIPPED_WEIGHTS)
+
+
 def _tiny_random() -> Any:
     """The small architecture at its narrowest, with class logits spread out so that random
     scores are distinct (ties would make instance order depend on floating-point noise)."""
@@ -193,19 +212,10 @@ def _register_builtin() -> None:
         "torchvision Keypoint R-CNN ResNet-50-FPN, COCO persons (box AP 54.6, keypoint AP 65.0)"))
 
     register(ModelEntry(
+        ModelInfo("streamseg-small", SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON),
+        build_streamseg_small, _shipped_weights,
+        "shipped default: small Mask R-CNN + keypoints, trained on streamseg synth shapes (offline)"))
+    register(ModelEntry(
         ModelInfo("tiny-random", SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON),
         _tiny_random,
         description="test model: the small architecture with seeded random weights (detections are noise)"))
-
-
-def _tiny_random() -> Any:
-    """The small architecture at its narrowest, with class logits spread out so that random
-    scores are distinct (ties would make instance order depend on floating-point noise)."""
-    from torch import nn
-
-    from .small import small_maskrcnn
-
-    model = small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=(8, 16, 16, 24, 32),
-                           fpn_channels=16, head_channels=16)
-    nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=4.0)
-    return model
