@@ -105,6 +105,31 @@ def test_audio_is_copied_in_sync(cli, tmp_path: Path) -> None:
         assert out.streams.audio[0].time_base == src.streams.audio[0].time_base
 
 
+def test_audio_mp4_cannot_hold_is_reencoded_to_aac(cli, tmp_path: Path) -> None:
+    src = tmp_path / "pcm.mkv"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=16000)
+        audio.layout = "mono"
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i * 8, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+            pcm = av.AudioFrame.from_ndarray(np.zeros((1, 640), np.int16), format="s16", layout="mono")
+            pcm.sample_rate, pcm.pts = 16000, i * 640
+            out.mux(audio.encode(pcm))
+        out.mux(video.encode())
+        out.mux(audio.encode())
+    result = cli.run("run", str(src), "-o", "out.mp4", *TEST_MODEL)
+    assert result.returncode == 0, result.stderr
+    info = read_video(tmp_path / "out.mp4")
+    assert info["audio"] == "aac" and info["frames"] == 25
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        seconds = sum(f.samples for f in out.decode(audio=0)) / out.streams.audio[0].sample_rate
+    assert abs(seconds - 1.0) < 0.1  # all of the one second of audio, no more
+
+
 def test_masks_only_run_starts_no_render_or_encode(cli, clip: Path, tmp_path: Path) -> None:
     result = cli.run("run", str(clip), "--masks", "m.jsonl", *TEST_MODEL)
     assert result.returncode == 0, result.stderr

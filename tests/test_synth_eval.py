@@ -103,6 +103,19 @@ def test_ground_truth_fed_back_scores_ap_one(ground_truth) -> None:
     assert with_keypoints["keypoints"]["AP"] == pytest.approx(1.0)
 
 
+def test_val2017_style_ground_truth_matches_frames_in_image_order(ground_truth, tmp_path: Path) -> None:
+    gt, _ = ground_truth
+    plain = copy.deepcopy(gt)
+    for image in plain["images"]:  # a user's own COCO file: no frame_index, ids in frame order
+        del image["frame_index"]
+        image["id"] += 1000
+    for ann in plain["annotations"]:
+        ann["image_id"] += 1000
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    stats = evaluate(_gt_as_records(gt), load_ground_truth(tmp_path / "plain.json"), verbose=False)
+    assert stats["segm"]["AP"] == pytest.approx(1.0)
+
+
 def test_shifted_masks_and_wrong_classes_score_less(ground_truth) -> None:
     gt, coco = ground_truth
     shifted = copy.deepcopy(_gt_as_records(gt))
