@@ -20,6 +20,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument("input", help="video file to read")
     p.add_argument("-o", "--output", metavar="FILE", help="annotated video to write (H.264 MP4)")
     p.add_argument("--masks", metavar="FILE", help="per-frame masks to write (JSON Lines, COCO RLE)")
+    p.add_argument("--publish", nargs="?", const="tcp://127.0.0.1:5556", metavar="ENDPOINT",
+                   help="publish detections on a ZeroMQ PUB socket (default endpoint tcp://127.0.0.1:5556)")
     p.add_argument("--model", metavar="NAME", help="model from the registry (see `streamseg models`)")
     p.add_argument("--weights", metavar="FILE", help="local weights file (state_dict or torchvision checkpoint)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -40,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
 
     flags: dict[str, dict[str, Any]] = {
         "input": {"path": args.input},
-        "output": {"video": args.output, "masks": args.masks},
+        "output": {"video": args.output, "masks": args.masks, "publish": args.publish},
         "model": {"name": args.model, "weights": args.weights, "device": args.device,
                   "score_thresh": args.score_thresh, "mask_thresh": args.mask_thresh},
         "batch": {"max_batch": args.max_batch},
@@ -49,8 +51,6 @@ def _run(args: argparse.Namespace) -> int:
     }
     # flags given on the command line override the config files; absent ones leave them alone
     layer = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
-    if args.output is None and args.masks is None:
-        layer.pop("output")
     config = load_config(args.config, [layer], args.sets)
     logging.getLogger().setLevel(config.runtime.log_level.upper())
     summary = run_config(config)
@@ -197,6 +197,38 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_subscribe(sub: Any) -> None:
+    p = sub.add_parser("subscribe", help="print or save published detections (JSON Lines)")
+    p.add_argument("endpoint", help="the publisher's endpoint, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("--topic", metavar="STREAM", help="only this stream id (default: every stream)")
+    p.add_argument("-o", "--output", metavar="FILE", help="append messages to FILE instead of printing them")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N frame messages")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds without a message")
+    p.add_argument("--forever", action="store_true", help="keep listening after end of stream")
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import Subscriber
+
+    out = open(args.output, "a", encoding="utf-8") if args.output else sys.stdout
+    frames = 0
+    try:
+        with Subscriber(args.endpoint, args.topic, args.timeout, until_end=not args.forever) as subscriber:
+            for message in subscriber.messages():
+                out.write(json.dumps(message, separators=(",", ":")) + "\n")
+                out.flush()
+                frames += message["type"] == "frame"
+                if args.count is not None and frames >= args.count:
+                    break
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"streamseg subscribe: {frames} frames received", file=sys.stderr)
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from .models import available
 
@@ -215,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_subscribe(sub)
     sub.add_parser("models", help="list the models streamseg can run")
     return parser
 
@@ -224,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="streamseg: %(levelname)s %(message)s")
-    handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval, "models": _models}
+    handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval,
+                "subscribe": _subscribe, "models": _models}
     try:
         return handlers[args.command](args)
     except StreamsegError as exc:

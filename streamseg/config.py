@@ -106,6 +106,10 @@ class OutputConfig:
     """Annotated MP4 path; None: no video."""
     masks: str | None = None
     """Per-frame masks JSON Lines path; None: no masks file."""
+    publish: str | None = None
+    """ZeroMQ PUB endpoint to publish detections at (``tcp://127.0.0.1:5556``); None: no publishing."""
+    publish_hwm: int = 1000
+    """Messages queued per subscriber before a slow one misses messages (the pipeline never waits)."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 ::
 
     decode ──► batch ──► infer ──► render ──► encode ──► annotated MP4
-                           └─────► mask writer ──► masks JSONL
+                           ├─────► mask writer ──► masks JSONL
+                           └─────► publish ──► ZeroMQ PUB ──► subscribers
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("decode", "batch", "infer", "render", "encode", "masks")
+STAGE_ORDER = ("decode", "batch", "infer", "render", "encode", "masks", "publish")
 
 
 @dataclass
@@ -115,8 +116,9 @@ def _check_output_path(path: str, what: str) -> None:
 def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, str]:
     """Worker specs for the file pipeline; returns (specs, events endpoint, progress stage)."""
     out = config.output
-    if not out.video and not out.masks:
-        raise ConfigError("nothing to write: give an annotated video (-o FILE) and/or masks (--masks FILE)")
+    if not out.video and not out.masks and not out.publish:
+        raise ConfigError("nothing to write: give an annotated video (-o FILE), masks (--masks FILE) "
+                          "and/or a publish endpoint (--publish)")
     info = model_info(config.model.name).to_dict()
 
     def endpoint(name: str) -> str:
@@ -125,8 +127,8 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
     events = endpoint("events")
     common = dict(events=events, hwm_frames=config.transport.hwm_frames,
                   max_msg_bytes=config.transport.max_msg_bytes, log_level=config.runtime.log_level)
-    ports = tuple(p for p, on in (("render", out.video), ("masks", out.masks)) if on)
-    progress_stage = "encode" if out.video else "masks"
+    ports = tuple(p for p, on in (("render", out.video), ("masks", out.masks), ("publish", out.publish)) if on)
+    progress_stage = "encode" if out.video else "masks" if out.masks else "publish"
     specs = [
         WorkerSpec("decode", "streamseg.stages.decode:DecodeStage",
                    dict(path=config.input.path, stream_id=config.input.stream_id,
@@ -156,6 +158,10 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
         specs.append(WorkerSpec("masks", "streamseg.stages.maskwriter:MaskWriterStage",
                                 dict(path=out.masks, model_info=info),
                                 inputs=(endpoint("results-masks"),), progress=progress_stage == "masks", **common))
+    if out.publish:
+        specs.append(WorkerSpec("publish", "streamseg.stages.publish:PublishStage", dict(model_info=info),
+                                inputs=(endpoint("results-publish"),), publish={"publish": out.publish},
+                                publish_hwm=out.publish_hwm, progress=progress_stage == "publish", **common))
     return specs, events, progress_stage
 
 
@@ -212,7 +218,8 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
     frames = int(stats.get(progress_stage, {}).get("counters", {}).get("frames", 0))
     startup = marks.get("ready", start) - start
     run_s = max(1e-9, end - start - startup)
-    outputs = {k: v for k, v in (("video", config.output.video), ("masks", config.output.masks)) if v}
+    outputs = {k: v for k, v in (("video", config.output.video), ("masks", config.output.masks),
+                                 ("published", config.output.publish)) if v}
     summary = Summary(frames, end - start, startup, frames / run_s, stats, int(decode.get("skipped", 0)),
                       bool(decode.get("truncated")), "interrupted" in marks,
                       list(supervisor.warnings), outputs)

@@ -13,12 +13,22 @@ is aborted, and must leave outputs playable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from .messages import EndOfStream
 
 Emit = tuple[str, Any]
 ALL_PORTS = "*"
+"""Sends to every data port (never to publish ports, which take only :class:`Published`)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """Raw multipart frames for a publish (ZeroMQ PUB) port: the stage chose the wire format itself,
+    because it is read by programs outside streamseg."""
+
+    parts: tuple[bytes, ...]
 
 
 class Stage:

@@ -4,7 +4,9 @@ Sockets of a worker (upstream binds, downstream connects):
 
 - ``events`` PUSH, connects to the supervisor's PULL: JSON events (ready, progress, stats, error, done);
 - one ``data-in`` PULL, connecting to each upstream worker's output endpoint;
-- one ``data-out`` PUSH per output port, bound at the endpoint the supervisor chose.
+- one ``data-out`` PUSH per output port, bound at the endpoint the supervisor chose;
+- one ``publish`` PUB per publish port, bound for outside subscribers. It never blocks: ZeroMQ
+  drops what a subscriber too slow to keep its queue under the high-water mark would have got.
 
 Every data socket has an explicit high-water mark (``transport.hwm_frames``): a full downstream
 queue blocks the sender, which is the file-mode backpressure. Sends and receives wait in short
@@ -31,7 +33,7 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from . import codec
-from .errors import MessageError, StreamsegError
+from .errors import MessageError, OutputError, StreamsegError
 from .messages import EndOfStream
 from .stage import ALL_PORTS, Emit, Source, Stage
 
@@ -57,6 +59,10 @@ class WorkerSpec:
     """Upstream endpoints to connect the data-in PULL to; empty for a source."""
     outputs: dict[str, str] = field(default_factory=dict)
     """Output port name -> endpoint to bind a data-out PUSH at."""
+    publish: dict[str, str] = field(default_factory=dict)
+    """Publish port name -> endpoint to bind a PUB at (for subscribers outside the pipeline)."""
+    publish_hwm: int = 1000
+    """High-water mark of each publish socket, in messages per subscriber."""
     streams: int = 1
     """End-of-stream messages to see before the worker is done."""
     hwm_frames: int = 8
@@ -85,6 +91,7 @@ class _Runtime:
         self.events.connect(spec.events)
         self.data_in: zmq.Socket | None = None
         self.data_out: dict[str, zmq.Socket] = {}
+        self.pub_out: dict[str, zmq.Socket] = {}
         self.stage: Stage | None = None
         self.busy_s = 0.0
         self.blocked_s = 0.0
@@ -116,6 +123,15 @@ class _Runtime:
             sock.setsockopt(zmq.LINGER, 5000)  # let queued frames reach a live peer at the end
             sock.bind(endpoint)
             self.data_out[port] = sock
+        for port, endpoint in self.spec.publish.items():
+            sock = self.ctx.socket(zmq.PUB)  # publish: detections for subscribers outside the pipeline
+            sock.setsockopt(zmq.SNDHWM, self.spec.publish_hwm)
+            sock.setsockopt(zmq.LINGER, 1000)
+            self.pub_out[port] = sock
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise OutputError(f"cannot publish at {endpoint}: {exc.strerror}") from None
         if self.spec.inputs:
             sock = self.ctx.socket(zmq.PULL)  # data-in: from every upstream worker
             sock.setsockopt(zmq.RCVHWM, self.spec.hwm_frames)
@@ -133,6 +149,13 @@ class _Runtime:
 
     def send(self, emits: Iterable[Emit]) -> None:
         for port, message in emits:
+            if port in self.pub_out:
+                try:
+                    self.pub_out[port].send_multipart(message.parts, flags=zmq.NOBLOCK)
+                    self.sent += 1
+                except zmq.Again:
+                    pass  # PUB drops for slow subscribers rather than stall the pipeline
+                continue
             ports = self.data_out if port == ALL_PORTS else {port: self.data_out[port]}
             parts = codec.encode(message)
             for sock in ports.values():
@@ -240,7 +263,7 @@ class _Runtime:
             self.close_stage()
             return 1
         finally:
-            for sock in self.data_out.values():
+            for sock in (*self.data_out.values(), *self.pub_out.values()):
                 sock.close()
             if self.data_in is not None:
                 self.data_in.close()

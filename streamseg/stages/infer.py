@@ -85,11 +85,11 @@ class Predictor:
 class InferStage(Stage):
     """Runs the model on each Batch and emits one FrameResult per frame, in order.
 
-    Ports: ``render`` gets each result with its image (for drawing); ``masks`` gets it without.
-    Either may be absent from the worker's outputs.
+    Ports: ``render`` gets each result with its image (for drawing); ``masks`` and ``publish`` get
+    it without. Any of them may be absent from the worker's outputs.
     """
 
-    outputs = ("render", "masks")
+    outputs = ("render", "masks", "publish")
 
     def __init__(self, model: dict[str, Any], ports: tuple[str, ...] = ("render", "masks")) -> None:
         super().__init__()

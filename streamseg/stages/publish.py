@@ -1,0 +1,57 @@
+"""Publish: each frame's detections as a versioned two-part ZeroMQ message for outside subscribers.
+
+Wire format (``docs/publishing.md``, JSON Schema ``schemas/detections-v1.schema.json``):
+
+- part 0, the topic: the stream id, UTF-8 (subscribe to it; compare exactly, since ZeroMQ
+  filters by prefix);
+- part 1, a UTF-8 JSON object with ``schema: "streamseg.detections"``, ``version: 1`` and
+  ``type``: ``stream_start``, ``frame`` (the masks JSONL record: instances with class, score,
+  box, COCO RLE mask, keypoints) or ``end_of_stream``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from ..messages import EndOfStream, FrameResult, StreamStart
+from ..models.registry import ModelInfo
+from ..stage import Emit, Published, Stage
+from .maskwriter import frame_record
+
+SCHEMA = "streamseg.detections"
+VERSION = 1
+
+
+def publish_message(stream_id: str, kind: str, body: dict[str, Any]) -> Published:
+    """The two frames of one published message."""
+    header = {"schema": SCHEMA, "version": VERSION, "type": kind, "stream": stream_id, **body}
+    return Published((stream_id.encode(), json.dumps(header, separators=(",", ":")).encode()))
+
+
+class PublishStage(Stage):
+    """Turns FrameResults (and stream starts and ends) into published messages on port ``publish``."""
+
+    outputs = ("publish",)
+
+    def __init__(self, model_info: dict[str, Any]) -> None:
+        super().__init__()
+        self.info = ModelInfo.from_dict(model_info)
+
+    def process(self, message: Any) -> Iterable[Emit]:
+        if isinstance(message, StreamStart):
+            body = {"width": message.width, "height": message.height, "rate": str(message.rate),
+                    "source": message.source, "model": self.info.name,
+                    "categories": list(self.info.categories), "keypoint_names": list(self.info.keypoint_names),
+                    "skeleton": [list(p) for p in self.info.skeleton]}
+            return [("publish", publish_message(message.stream_id, "stream_start", body))]
+        if isinstance(message, FrameResult):
+            record = frame_record(message, self.info)
+            del record["stream"]
+            self.count("frames")
+            return [("publish", publish_message(message.stream_id, "frame", record))]
+        return []
+
+    def flush(self, eos: EndOfStream) -> Iterable[Emit]:
+        body = {"frames": eos.frames, "reason": eos.reason, "detail": eos.detail}
+        return [("publish", publish_message(eos.stream_id, "end_of_stream", body))]
