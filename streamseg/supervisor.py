@@ -32,6 +32,9 @@ from .worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
+JOB_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+"""Signals meant for the whole job; the supervisor handles them and stops the workers in order."""
+
 
 @dataclass
 class WorkerState:
@@ -92,7 +95,13 @@ class Supervisor:
         try:
             for spec in self.specs:
                 process = spawn.Process(target=worker_main, args=(spec,), name=f"streamseg-{spec.name}", daemon=True)
-                process.start()
+                # a child starts with these blocked (the mask survives exec) and unblocks them once it
+                # has left the job's process group: a Ctrl-C during start-up then reaches only us
+                old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+                try:
+                    process.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 self.workers[spec.name] = WorkerState(spec, process)
             self._watch(events)
         finally:

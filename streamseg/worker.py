@@ -293,7 +293,7 @@ def _set_process_name(name: str) -> None:
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a worker process (started with the ``spawn`` method)."""
     # signals meant for the whole job (Ctrl-C on a terminal, `timeout`, `kill -- -PGID`) reach the
-    # supervisor only, which stops the workers in order; SIGINT is ignored for the moment before this
+    # supervisor only, which stops the workers in order
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgrp()
     _set_process_name(f"sseg-{spec.name}")
@@ -310,5 +310,8 @@ def worker_main(spec: WorkerSpec) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, on_drain)
+    # the supervisor started us with SIGINT and SIGTERM blocked, so that none could arrive before
+    # the lines above; a pending SIGINT is now dropped (ignored), a pending SIGTERM handled
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     code = runtime.run()
     sys.exit(code)

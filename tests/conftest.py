@@ -133,10 +133,11 @@ class CLI:
             self.kill_leftovers()
             pytest.fail(f"streamseg {' '.join(args)} did not finish within {timeout} s")
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        """Start in the background."""
+    def start(self, *args: str, new_group: bool = False) -> subprocess.Popen[str]:
+        """Start in the background (``new_group``: in a process group of its own, as a shell job is)."""
         return subprocess.Popen([sys.executable, "-m", "streamseg", *args], cwd=self.cwd, env=self.env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                start_new_session=new_group)
 
     def leftovers(self, wait_s: float = 3.0) -> list[int]:
         """Processes of this run still alive after up to ``wait_s`` seconds."""

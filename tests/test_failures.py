@@ -54,12 +54,17 @@ def test_a_killed_worker_ends_the_run_within_seconds(cli, long_clip: Path, tmp_p
     assert 0 < read_video(tmp_path / "out.mp4")["frames"] < 300  # what was done is playable
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_leaves_complete_playable_outputs(cli, long_clip: Path, tmp_path: Path, sig: int) -> None:
-    proc = cli.start("run", str(long_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL)
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGINT", "SIGTERM", "Ctrl-C to the whole process group"])
+def test_interrupt_leaves_complete_playable_outputs(cli, long_clip: Path, tmp_path: Path, sig: int,
+                                                    group: bool) -> None:
+    proc = cli.start("run", str(long_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, new_group=group)
     try:
         _wait_for(lambda: _masks_lines(tmp_path / "m.jsonl") >= 5 or proc.poll() is not None, 60, "progress")
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)  # what a terminal does on Ctrl-C
+        else:
+            proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
