@@ -68,8 +68,8 @@ def main() -> None:
                                 batch__max_batch=args.max_batch)
     print(f"# pipeline efficiency, {args.model}, {width}x{height}, {args.frames} frames, batch {args.max_batch}")
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    print(f"| what | fps | ratio |")
-    print(f"|---|---|---|")
+    print("| what | fps | ratio |")
+    print("|---|---|---|")
     print(f"| model alone (ceiling) | {alone:.2f} | 1.00 |")
     print(f"| streamseg run, end to end after start-up | {summary.fps:.2f} | {summary.fps / alone:.2f} |")
     print(f"| streamseg run, including start-up ({summary.startup_s:.1f} s) | {summary.frames / summary.wall_s:.2f} | "

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .config import Config, load_config
-from .errors import ConfigError, Interrupted, OutputError
+from .errors import ConfigError, InputError, OutputError
 from .models import model_info
-from .stages.decode import open_video
 from .supervisor import Supervisor
 from .worker import WorkerSpec
 
@@ -176,8 +175,6 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
     # the cheap checks here, before any worker starts; the decoder probes the file itself, in its
     # own process, so that a crash inside FFmpeg cannot take this one down
     if not os.path.exists(config.input.path):
-        from .errors import InputError
-
         raise InputError(f"input not found: {config.input.path}")
     for path, what in ((config.output.video, "output video"), (config.output.masks, "masks")):
         if path:
@@ -252,4 +249,4 @@ def run(input: str, output: str | None = None, masks: str | None = None, *,
     return run_config(config)
 
 
-__all__ = ["Summary", "build_specs", "run", "run_config", "open_video", "Interrupted"]
+__all__ = ["Summary", "build_specs", "run", "run_config"]

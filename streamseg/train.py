@@ -133,6 +133,7 @@ def evaluate_heldout(weights: str, seed: int = 7, frames: int = 300, width: int 
                      model: str = "streamseg-small", score_thresh: float = 0.5) -> dict[str, Any]:
     """Mask, box and keypoint AP of ``weights`` on a held-out synthetic clip (model called directly)."""
     import tempfile
+    from fractions import Fraction
 
     import av
 
@@ -154,8 +155,6 @@ def evaluate_heldout(weights: str, seed: int = 7, frames: int = 300, width: int 
             images = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         records = []
         start = time.perf_counter()
-        from fractions import Fraction
-
         for index, image in enumerate(images):
             det = predictor([image])[0]
             records.append(frame_record(FrameResult("0", index, index, Fraction(1, 30), width, height, det), info))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
-import pytest
 import zmq
 
 from conftest import TEST_MODEL, assert_clean_error, make_clip, read_jsonl
