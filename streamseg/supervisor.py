@@ -28,12 +28,9 @@ from typing import Any, Callable
 import zmq
 
 from .errors import Interrupted, StageError, exit_code_for
-from .worker import WorkerSpec, worker_main
+from .worker import JOB_SIGNALS, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
-
-JOB_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-"""Signals meant for the whole job; the supervisor handles them and stops the workers in order."""
 
 
 @dataclass
@@ -63,20 +60,20 @@ class Supervisor:
         self.on_event = on_event or (lambda event: None)
         self.workers: dict[str, WorkerState] = {}
         self.warnings: list[str] = []
-        self.stop_requested = 0
+        self.stop_requested = False
         self.interrupts = 0
         self.started_at = 0.0
 
     # --- signals ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: object) -> None:
-        self.stop_requested += 1
+        self.stop_requested = True
         if signum == signal.SIGINT:
             self.interrupts += 1
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return {sig: signal.signal(sig, self._on_signal) for sig in JOB_SIGNALS}
 
     # --- run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

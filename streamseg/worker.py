@@ -40,6 +40,9 @@ from .stage import ALL_PORTS, Emit, Source, Stage
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
+JOB_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+"""Signals meant for the whole job: the supervisor handles them and stops the workers in order;
+it starts each worker with them blocked until the worker has left the job's process group."""
 PROGRESS_EVERY_S = 0.1
 
 
@@ -312,6 +315,6 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGUSR1, on_drain)
     # the supervisor started us with SIGINT and SIGTERM blocked, so that none could arrive before
     # the lines above; a pending SIGINT is now dropped (ignored), a pending SIGTERM handled
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, JOB_SIGNALS)
     code = runtime.run()
     sys.exit(code)
