@@ -9,17 +9,33 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, Interrupted, StreamsegError
+from .stages.batch import LIVE_POLICIES
 
 log = logging.getLogger("streamseg")
 
 
 def _add_run(sub: Any) -> None:
-    p = sub.add_parser("run", help="segment a video file: annotated MP4 and/or per-frame masks",
-                       description="Run Mask R-CNN over a video file through the multi-process pipeline "
-                                   "(decode -> batch -> infer -> render -> encode, mask writer beside encode).")
-    p.add_argument("input", help="video file to read")
-    p.add_argument("-o", "--output", metavar="FILE", help="annotated video to write (H.264 MP4)")
+    p = sub.add_parser("run", help="segment video files, streams or cameras: annotated video, masks, published detections",
+                       description="Run Mask R-CNN over one or more sources through the multi-process pipeline "
+                                   "(decode -> batch -> infer -> render -> encode, mask writer and publisher "
+                                   "beside encode). Live sources (network streams, cameras) drop frames before "
+                                   "inference when it falls behind and are reconnected when lost; files never drop.",
+                       epilog="sources: a video file, a folder or glob of images ('frames/*.jpg'), rtsp://, "
+                              "rtmp://, http(s):// (HLS too) URLs, or a camera /dev/videoN. With several sources "
+                              "each is a stream with its own outputs ({stream} in -o/--masks is its id; "
+                              "without it, -ID is added) and its own published topic.")
+    p.add_argument("inputs", nargs="+", metavar="SOURCE", help="what to read (see below); several share one model")
+    p.add_argument("-o", "--output", metavar="FILE|URL",
+                   help="annotated video: an H.264 MP4 file, or an rtsp:// or rtmp:// URL to push to")
     p.add_argument("--masks", metavar="FILE", help="per-frame masks to write (JSON Lines, COCO RLE)")
+    p.add_argument("--stream-id", dest="stream_ids", action="append", metavar="ID",
+                   help="name of a source's stream (topic, masks 'stream' field); once per source, in order")
+    p.add_argument("--loop", action="store_true", default=None, help="start file sources again when they end")
+    p.add_argument("--live", choices=("auto", "true", "false"),
+                   help="treat sources as live (drop frames when behind, reconnect); auto: URLs and cameras")
+    p.add_argument("--live-policy", choices=LIVE_POLICIES,
+                   help="what live streams drop while inference is behind (default latest: keep the newest frame)")
+    p.add_argument("--rtsp-transport", choices=("tcp", "udp"), help="RTSP transport (default tcp)")
     p.add_argument("--publish", nargs="?", const="tcp://127.0.0.1:5556", metavar="ENDPOINT",
                    help="publish detections on a ZeroMQ PUB socket (default endpoint tcp://127.0.0.1:5556)")
     p.add_argument("--model", metavar="NAME", help="model from the registry (see `streamseg models`)")
@@ -40,12 +56,18 @@ def _run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .pipeline import run_config
 
+    if args.stream_ids and len(args.stream_ids) != len(args.inputs):
+        raise ConfigError(f"--stream-id given {len(args.stream_ids)} times for {len(args.inputs)} sources")
+    several = len(args.inputs) > 1
     flags: dict[str, dict[str, Any]] = {
-        "input": {"path": args.input},
+        "input": {"path": None if several else args.inputs[0], "sources": args.inputs if several else None,
+                  "stream_id": args.stream_ids[0] if args.stream_ids and not several else None,
+                  "stream_ids": args.stream_ids if several else None, "loop": args.loop,
+                  "live": args.live, "rtsp_transport": args.rtsp_transport},
         "output": {"video": args.output, "masks": args.masks, "publish": args.publish},
         "model": {"name": args.model, "weights": args.weights, "device": args.device,
                   "score_thresh": args.score_thresh, "mask_thresh": args.mask_thresh},
-        "batch": {"max_batch": args.max_batch},
+        "batch": {"max_batch": args.max_batch, "live_policy": args.live_policy},
         "runtime": {"quiet": args.quiet or None,
                     "log_level": {0: None, 1: "INFO"}.get(args.verbose, "DEBUG")},
     }

@@ -57,6 +57,8 @@ class Frame:
     instances: tuple[Instance, ...]
     message: dict[str, Any]
     """The message as received (JSON-decoded)."""
+    capture_time: float = 0.0
+    """Unix time the frame was decoded (0 when the publisher did not say); now minus it is the latency."""
 
 
 def parse_frame(message: dict[str, Any]) -> Frame:
@@ -67,7 +69,8 @@ def parse_frame(message: dict[str, Any]) -> Frame:
         np.asarray(i["keypoints"], np.float32) if "keypoints" in i else None, i.get("track_id"))
         for i in message["instances"])
     return Frame(message["stream"], int(message["frame"]), int(message["pts"]), float(message["time"]),
-                 int(message["width"]), int(message["height"]), instances, message)
+                 int(message["width"]), int(message["height"]), instances, message,
+                 float(message.get("capture_time", 0.0)))
 
 
 class Subscriber:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .stages.batch import LIVE_POLICIES
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,44 @@ class InputConfig:
     """Where frames come from."""
 
     path: str = ""
-    """Video file to read. Required for ``streamseg run``."""
+    """The source: a video file, a folder or glob of images, an ``rtsp://``, ``rtmp://`` or
+    ``http(s)://`` URL (HLS included), or a camera ``/dev/videoN``. One of ``path`` or ``sources``."""
+    sources: tuple[str, ...] = ()
+    """Several sources in one run (any of the kinds above), sharing one inference stage."""
     stream_id: str = "0"
-    """Name of this stream in outputs (masks JSONL ``stream`` field, published topic)."""
+    """Name of the stream read from ``path`` in outputs (masks ``stream`` field, published topic)."""
+    stream_ids: tuple[str, ...] = ()
+    """Names of the ``sources``' streams, in order; empty: ``0``, ``1``, ``2``..."""
+    live: str = "auto"
+    """``auto``: network streams and cameras are live, files and images are not; ``true``/``false`` force it.
+    Live streams may drop frames before inference (``batch.live_policy``) and are reconnected when lost."""
+    loop: bool = False
+    """Start a file (or image folder) again when it ends, with timestamps that keep increasing."""
+    fps: float = 25.0
+    """Frame rate given to a folder or glob of images."""
+    rtsp_transport: str = "tcp"
+    """RTSP over ``tcp`` (the default: no packet loss, passes NAT) or ``udp``."""
+    open_timeout_s: float = 10.0
+    """Longest wait for a source to open; a dead URL fails after this."""
+    read_timeout_s: float = 10.0
+    """Longest wait for data from an open source before it counts as lost."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Extra FFmpeg demuxer options, e.g. ``{video_size: 1280x720, input_format: mjpeg}`` for a camera."""
+    reconnect_attempts: int = 10
+    """Reconnection attempts in a row before a lost live source is given up (its stream ends); 0: never give up."""
+    reconnect_initial_s: float = 0.5
+    """Wait before the first reconnection attempt; it doubles after each failed one."""
+    reconnect_max_s: float = 10.0
+    """Longest wait between two reconnection attempts."""
     decode_threads: int = 0
     """FFmpeg decoder threads; 0 lets FFmpeg choose (frame and slice threading, ``AUTO``)."""
+
+    def streams(self) -> list[tuple[str, str]]:
+        """``(stream id, source)`` of every source, in order."""
+        if not self.sources:
+            return [(self.stream_id, self.path)] if self.path else []
+        ids = self.stream_ids or tuple(str(i) for i in range(len(self.sources)))
+        return list(zip(ids, self.sources))
 
 
 @dataclass(frozen=True)
@@ -39,7 +73,13 @@ class BatchConfig:
     max_batch: int = 4
     """Most frames per inference batch."""
     max_wait_ms: float = 50.0
-    """Longest a partial batch waits for more frames before it is sent anyway."""
+    """Longest a partial batch waits for more frames before it is sent anyway (file streams)."""
+    live_policy: str = "latest"
+    """What live streams do while inference is behind: ``latest`` (keep only the newest frame),
+    ``drop_oldest`` / ``drop_newest`` (hold ``live_queue`` frames, dropping the oldest / the arrivals),
+    or ``block`` (drop nothing; latency grows). Files always block."""
+    live_queue: int = 4
+    """Frames held per live stream under ``drop_oldest`` and ``drop_newest``."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +102,8 @@ class ModelConfig:
     """CPU threads for torch in the inference worker; 0: all cores."""
     seed: int = 0
     """Seed for models built without weights (the random-init test model)."""
+    max_fps: float = 0.0
+    """Run inference at most this many frames a second (to share a GPU, or to try live behaviour); 0: no limit."""
 
 
 @dataclass(frozen=True)
@@ -103,9 +145,11 @@ class OutputConfig:
     """What the run writes."""
 
     video: str | None = None
-    """Annotated MP4 path; None: no video."""
+    """Annotated MP4 path, or an ``rtsp://`` / ``rtmp://`` URL to push the annotated stream to;
+    None: no video. With several sources, ``{stream}`` in it is replaced by the stream id (without
+    it, ``-ID`` is added before the extension)."""
     masks: str | None = None
-    """Per-frame masks JSON Lines path; None: no masks file."""
+    """Per-frame masks JSON Lines path (``{stream}`` as for ``video``); None: no masks file."""
     publish: str | None = None
     """ZeroMQ PUB endpoint to publish detections at (``tcp://127.0.0.1:5556``); None: no publishing."""
     publish_hwm: int = 1000
@@ -173,6 +217,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"config key '{key}': {value!r} is not a {hint}")
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        inner = typing.get_args(hint)[0]
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, str, f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -256,7 +309,25 @@ def load_config(files: typing.Sequence[str | os.PathLike[str]] = (),
 
 def validate(config: Config) -> None:
     """Range checks that types alone cannot express."""
+    inp = config.input
     checks = [
+        (not (inp.path and inp.sources), "give input.path or input.sources, not both"),
+        (not inp.stream_ids or len(inp.stream_ids) == len(inp.sources),
+         f"input.stream_ids names {len(inp.stream_ids)} streams but input.sources has {len(inp.sources)}"),
+        (len({sid for sid, _ in inp.streams()}) == len(inp.streams()), "input.stream_ids must be different"),
+        (all(sid and sid.isprintable() and " " not in sid for sid, _ in inp.streams()),
+         "stream ids must be non-empty and without spaces"),
+        (inp.live in ("auto", "true", "false"), f"input.live must be auto, true or false, got {inp.live!r}"),
+        (inp.rtsp_transport in ("tcp", "udp"), f"input.rtsp_transport must be tcp or udp, got {inp.rtsp_transport!r}"),
+        (inp.fps > 0, "input.fps must be positive"),
+        (inp.open_timeout_s > 0 and inp.read_timeout_s > 0, "input timeouts must be positive"),
+        (inp.reconnect_attempts >= 0, "input.reconnect_attempts must be >= 0 (0: never give up)"),
+        (0 < inp.reconnect_initial_s <= inp.reconnect_max_s,
+         "input.reconnect_initial_s must be positive and at most input.reconnect_max_s"),
+        (config.batch.live_policy in LIVE_POLICIES,
+         f"batch.live_policy must be one of {', '.join(LIVE_POLICIES)}, got {config.batch.live_policy!r}"),
+        (config.batch.live_queue >= 1, "batch.live_queue must be at least 1"),
+        (config.model.max_fps >= 0, "model.max_fps must be >= 0 (0: no limit)"),
         (config.batch.max_batch >= 1, "batch.max_batch must be at least 1"),
         (config.batch.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0"),
         (0.0 <= config.model.score_thresh <= 1.0, "model.score_thresh must be within [0, 1]"),

@@ -50,6 +50,9 @@ class StreamStart:
     """Path or URL the stream was read from (the encoder copies audio from it)."""
     audio: bool
     """Whether the source has an audio stream."""
+    live: bool = False
+    """Whether the source is live (camera, network stream): frames may then be dropped before
+    inference when it falls behind; never for files."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0 and self.height > 0, f"bad frame size {self.width}x{self.height}")
@@ -71,6 +74,8 @@ class Frame:
     """Unit of ``pts``, in seconds."""
     image: np.ndarray
     """Pixels, ``uint8[H, W, 3]``, RGB."""
+    captured: float = 0.0
+    """Wall-clock time (``time.time()``) the decoder produced the frame; latency is measured from it."""
 
     def __post_init__(self) -> None:
         _check(self.index >= 0, f"bad frame index {self.index}")
@@ -158,6 +163,8 @@ class FrameResult:
     """What the model found."""
     image: np.ndarray | None = None
     """``uint8[H, W, 3]`` RGB pixels, or None where the receiver does not need them."""
+    captured: float = 0.0
+    """Wall-clock time the frame was captured (decoded), copied from its :class:`Frame`."""
 
     def __post_init__(self) -> None:
         masks = self.detections.masks
@@ -174,6 +181,31 @@ class FrameResult:
         return float(self.pts * self.time_base)
 
 
+STATUS_STATES = ("lost", "reconnecting", "reconnected", "gave_up")
+END_REASONS = ("end", "stopped", "truncated", "lost")
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """A change in a live source's connection, passed through to subscribers (never drawn)."""
+
+    stream_id: str
+    """Stream whose source changed."""
+    state: str
+    """``lost`` (the source failed), ``reconnecting`` (attempt ``attempt`` starts), ``reconnected``
+    or ``gave_up`` (no more attempts; the stream ends)."""
+    detail: str = ""
+    """Why (the error), in words."""
+    attempt: int = 0
+    """Reconnection attempt number, from 1; 0 for ``lost``."""
+    time: float = 0.0
+    """Wall-clock time of the change (``time.time()``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.state in STATUS_STATES, f"bad stream status {self.state!r}")
+        _check(self.attempt >= 0, "StreamStatus.attempt must be >= 0")
+
+
 @dataclass(frozen=True)
 class EndOfStream:
     """Closes a stream. Every stage flushes on it and passes it on."""
@@ -183,16 +215,17 @@ class EndOfStream:
     frames: int
     """Frames the source emitted for this stream."""
     reason: str = "end"
-    """``end`` (the input ended), ``stopped`` (Ctrl-C / SIGTERM) or ``truncated`` (the input broke off)."""
+    """``end`` (the input ended), ``stopped`` (Ctrl-C / SIGTERM), ``truncated`` (the input broke
+    off) or ``lost`` (a live source could not be reconnected)."""
     skipped: int = 0
     """Packets or frames the decoder could not decode and skipped."""
     detail: str = ""
     """Human-readable explanation for a reason other than ``end``."""
 
     def __post_init__(self) -> None:
-        _check(self.reason in ("end", "stopped", "truncated"), f"bad end-of-stream reason {self.reason!r}")
+        _check(self.reason in END_REASONS, f"bad end-of-stream reason {self.reason!r}")
         _check(self.frames >= 0 and self.skipped >= 0, "EndOfStream counts must be >= 0")
 
 
-Message = StreamStart | Frame | Batch | FrameResult | EndOfStream
-MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, Detections, FrameResult, EndOfStream)
+Message = StreamStart | Frame | Batch | FrameResult | StreamStatus | EndOfStream
+MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, Detections, FrameResult, StreamStatus, EndOfStream)

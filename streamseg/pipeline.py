@@ -1,10 +1,14 @@
-"""The file pipeline: builds the stage graph from a :class:`Config`, runs it, and summarises it.
+"""The pipeline: builds the stage graph from a :class:`Config`, runs it, and summarises it.
 
 ::
 
-    decode ──► batch ──► infer ──► render ──► encode ──► annotated MP4
-                           ├─────► mask writer ──► masks JSONL
-                           └─────► publish ──► ZeroMQ PUB ──► subscribers
+    decode ─┐
+    decode ─┼─► batch ──► infer ──► render ──► encode ──► annotated MP4s / stream URLs
+    decode ─┘               ├─────► mask writer ──► masks JSONL per stream
+                            └─────► publish ──► ZeroMQ PUB (a topic per stream) ──► subscribers
+
+One decoder per source; the batcher mixes the streams' frames into the inference stage's batches,
+and every stage after it keeps each stream's outputs apart.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, Callable
 from .config import Config, load_config
 from .errors import ConfigError, InputError, OutputError
 from .models import model_info
+from .sources import is_live, source_kind
+from .stages.encode import stream_format
 from .supervisor import Supervisor
 from .worker import WorkerSpec
 
@@ -52,7 +58,14 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     """Warnings the stages reported (truncation, skipped packets, audio not copied)."""
     outputs: dict[str, str] = field(default_factory=dict)
-    """Output kind -> path."""
+    """Output kind -> path (several paths joined by ", " when there are several streams)."""
+    dropped: int = 0
+    """Frames of live streams dropped before inference because it was behind."""
+    latency: dict[str, Any] = field(default_factory=dict)
+    """Seconds from capture to publish (to the last output without publishing): ``p50_s``,
+    ``p99_s``, ``max_s``, ``p99_first_half_s``, ``p99_second_half_s``, ``frames``."""
+    latency_at: str = ""
+    """The stage the latency was measured at."""
 
     def bottleneck(self) -> str:
         """The stage that was busy longest."""
@@ -64,12 +77,22 @@ class Summary:
                  f"{self.fps:.2f} fps end to end",
                  f"{'stage':<8} {'busy s':>8} {'busy %':>7} {'blocked s':>10}  counts"]
         run_s = max(1e-9, self.wall_s - self.startup_s)
-        for name in sorted(self.stages, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 99):
+        def order(stage: str) -> tuple[int, str]:
+            kind = stage.split("-")[0]
+            return (STAGE_ORDER.index(kind) if kind in STAGE_ORDER else 99, stage)
+
+        for name in sorted(self.stages, key=order):
             st = self.stages[name]
             counts = " ".join(f"{k}={v}" for k, v in st.get("counters", {}).items())
             lines.append(f"{name:<8} {st.get('busy_s', 0):8.2f} {100 * st.get('busy_s', 0) / run_s:6.0f}% "
                          f"{st.get('blocked_s', 0):10.2f}  {counts}")
         lines.append(f"bottleneck: {self.bottleneck()}")
+        if self.latency.get("frames"):
+            lat = self.latency
+            lines.append(f"latency capture to {self.latency_at}: p50 {lat['p50_s'] * 1000:.0f} ms  "
+                         f"p99 {lat['p99_s'] * 1000:.0f} ms  max {lat['max_s'] * 1000:.0f} ms")
+        if self.dropped:
+            lines.append(f"dropped {self.dropped} live frames before inference (inference was behind)")
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         return "\n".join(lines)
@@ -112,33 +135,71 @@ def _check_output_path(path: str, what: str) -> None:
         raise OutputError(f"{what} folder is not writable: {parent}")
 
 
+def stream_output(template: str, stream_id: str, several: bool) -> str:
+    """The output of one stream: ``{stream}`` in ``template`` becomes the stream id; with several
+    streams and no ``{stream}``, ``-ID`` goes before the extension (``out.mp4`` -> ``out-cam1.mp4``)."""
+    if "{stream}" in template:
+        return template.replace("{stream}", stream_id)
+    if not several:
+        return template
+    root, ext = os.path.splitext(template)
+    if "://" in template and "/" in ext:  # a URL without an extension: rtsp://host/live -> live-cam1
+        root, ext = template, ""
+    return f"{root}-{stream_id}{ext}"
+
+
+def source_stage_names(config: Config) -> list[str]:
+    """Names of the decode workers: ``decode``, or ``decode-ID`` per stream with several sources."""
+    streams = config.input.streams()
+    return ["decode"] if len(streams) == 1 else [f"decode-{sid}" for sid, _ in streams]
+
+
 def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, str]:
-    """Worker specs for the file pipeline; returns (specs, events endpoint, progress stage)."""
+    """Worker specs of the pipeline; returns (specs, events endpoint, progress stage)."""
     out = config.output
     if not out.video and not out.masks and not out.publish:
         raise ConfigError("nothing to write: give an annotated video (-o FILE), masks (--masks FILE) "
                           "and/or a publish endpoint (--publish)")
     info = model_info(config.model.name).to_dict()
+    inp = config.input
+    streams = inp.streams()
+    several = len(streams) > 1
+    live = [is_live(url, inp.live) for _, url in streams]
 
     def endpoint(name: str) -> str:
         return f"ipc://{os.path.join(ipc_dir, name)}"
 
+    def outputs_of(template: str | None) -> dict[str, str]:
+        return {sid: stream_output(template, sid, several) for sid, _ in streams} if template else {}
+
     events = endpoint("events")
-    common = dict(events=events, hwm_frames=config.transport.hwm_frames,
+    common = dict(events=events, hwm_frames=config.transport.hwm_frames, streams=len(streams),
                   max_msg_bytes=config.transport.max_msg_bytes, log_level=config.runtime.log_level)
+    # with a live stream, at most one batch waits between the batcher and the model: the batcher
+    # holds the rest and drops what the model cannot keep up with, so latency stays bounded
+    near_model = dict(common, hwm_frames=1) if any(live) else common
     ports = tuple(p for p, on in (("render", out.video), ("masks", out.masks), ("publish", out.publish)) if on)
     progress_stage = "encode" if out.video else "masks" if out.masks else "publish"
+    decoders = [
+        WorkerSpec(name, "streamseg.stages.decode:DecodeStage",
+                   dict(path=url, stream_id=sid, threads=inp.decode_threads, live=is_live_stream,
+                        loop=inp.loop, fps=inp.fps, rtsp_transport=inp.rtsp_transport,
+                        open_timeout_s=inp.open_timeout_s, read_timeout_s=inp.read_timeout_s,
+                        options=dict(inp.options), reconnect_attempts=inp.reconnect_attempts,
+                        reconnect_initial_s=inp.reconnect_initial_s, reconnect_max_s=inp.reconnect_max_s),
+                   outputs={"frames": endpoint(f"frames-{i}")}, **dict(common, streams=1))
+        for i, (name, (sid, url), is_live_stream) in enumerate(zip(source_stage_names(config), streams, live))]
     specs = [
-        WorkerSpec("decode", "streamseg.stages.decode:DecodeStage",
-                   dict(path=config.input.path, stream_id=config.input.stream_id,
-                        threads=config.input.decode_threads),
-                   outputs={"frames": endpoint("frames")}, **common),
+        *decoders,
         WorkerSpec("batch", "streamseg.stages.batch:BatchStage",
-                   dict(max_batch=config.batch.max_batch, max_wait_ms=config.batch.max_wait_ms),
-                   inputs=(endpoint("frames"),), outputs={"batches": endpoint("batches")}, **common),
+                   dict(max_batch=config.batch.max_batch, max_wait_ms=config.batch.max_wait_ms,
+                        live_policy=config.batch.live_policy, live_queue=config.batch.live_queue),
+                   inputs=tuple(d.outputs["frames"] for d in decoders), outputs={"batches": endpoint("batches")},
+                   **near_model),
         WorkerSpec("infer", "streamseg.stages.infer:InferStage",
                    dict(model=dict(vars(config.model)), ports=ports),
-                   inputs=(endpoint("batches"),), outputs={p: endpoint(f"results-{p}") for p in ports}, **common),
+                   inputs=(endpoint("batches"),), outputs={p: endpoint(f"results-{p}") for p in ports},
+                   **near_model),
     ]
     if out.video:
         r = config.render
@@ -150,12 +211,12 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
                                 **common))
         e = config.encode
         specs.append(WorkerSpec("encode", "streamseg.stages.encode:EncodeStage",
-                                dict(path=out.video, codec=e.codec, crf=e.crf, preset=e.preset,
+                                dict(paths=outputs_of(out.video), codec=e.codec, crf=e.crf, preset=e.preset,
                                      threads=e.threads, audio=e.audio),
                                 inputs=(endpoint("rendered"),), progress=progress_stage == "encode", **common))
     if out.masks:
         specs.append(WorkerSpec("masks", "streamseg.stages.maskwriter:MaskWriterStage",
-                                dict(path=out.masks, model_info=info),
+                                dict(path="", paths=outputs_of(out.masks), model_info=info),
                                 inputs=(endpoint("results-masks"),), progress=progress_stage == "masks", **common))
     if out.publish:
         specs.append(WorkerSpec("publish", "streamseg.stages.publish:PublishStage", dict(model_info=info),
@@ -165,20 +226,24 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
 
 
 def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None = None) -> Summary:
-    """Run the file pipeline described by ``config`` and return its :class:`Summary`.
+    """Run the pipeline described by ``config`` and return its :class:`Summary`.
 
     Raises :class:`~streamseg.errors.StreamsegError` subclasses for bad input, config, model or
     output, and :class:`~streamseg.errors.StageError` when a stage fails.
     """
-    if not config.input.path:
-        raise ConfigError("no input: give a video file")
-    # the cheap checks here, before any worker starts; the decoder probes the file itself, in its
+    streams = config.input.streams()
+    if not streams:
+        raise ConfigError("no input: give a video file, an image folder, a URL or a camera")
+    # the cheap checks here, before any worker starts; the decoder probes the source itself, in its
     # own process, so that a crash inside FFmpeg cannot take this one down
-    if not os.path.exists(config.input.path):
-        raise InputError(f"input not found: {config.input.path}")
-    for path, what in ((config.output.video, "output video"), (config.output.masks, "masks")):
-        if path:
-            _check_output_path(path, what)
+    for _, url in streams:
+        if source_kind(url) == "file" and not os.path.exists(url):
+            raise InputError(f"input not found: {url}")
+    for template, what in ((config.output.video, "output video"), (config.output.masks, "masks")):
+        for sid, _ in streams if template else ():
+            path = stream_output(template, sid, len(streams) > 1)
+            if what == "masks" or stream_format(path) is None:
+                _check_output_path(path, what)
     model_info(config.model.name)  # an unknown model name fails here, not in a worker
     ipc_dir = config.transport.ipc_dir or tempfile.mkdtemp(prefix="streamseg-")
     os.makedirs(ipc_dir, exist_ok=True)
@@ -200,7 +265,7 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
 
     try:
         specs, events, progress_stage = build_specs(config, ipc_dir)
-        supervisor = Supervisor(specs, events, {"decode"}, config.runtime.stop_timeout_s,
+        supervisor = Supervisor(specs, events, set(source_stage_names(config)), config.runtime.stop_timeout_s,
                                 config.runtime.kill_timeout_s, config.runtime.start_timeout_s, handle)
         start = time.monotonic()
         try:
@@ -211,24 +276,31 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
     finally:
         if not config.transport.ipc_dir:
             shutil.rmtree(ipc_dir, ignore_errors=True)
-    decode = stats.get("decode", {}).get("counters", {})
+    decoders = [stats.get(name, {}).get("counters", {}) for name in source_stage_names(config)]
     frames = int(stats.get(progress_stage, {}).get("counters", {}).get("frames", 0))
     startup = marks.get("ready", start) - start
     run_s = max(1e-9, end - start - startup)
-    outputs = {k: v for k, v in (("video", config.output.video), ("masks", config.output.masks),
-                                 ("published", config.output.publish)) if v}
-    summary = Summary(frames, end - start, startup, frames / run_s, stats, int(decode.get("skipped", 0)),
-                      bool(decode.get("truncated")), "interrupted" in marks,
-                      list(supervisor.warnings), outputs)
+    several = len(streams) > 1
+    outputs = {k: ", ".join(dict.fromkeys(stream_output(v, sid, several) for sid, _ in streams))
+               for k, v in (("video", config.output.video), ("masks", config.output.masks)) if v}
+    if config.output.publish:
+        outputs["published"] = config.output.publish
+    latency_at = "publish" if "publish" in stats else progress_stage
+    dropped = sum(int(c.get("dropped", 0)) for c in decoders)
+    dropped += int(stats.get("batch", {}).get("counters", {}).get("dropped", 0))
+    summary = Summary(frames, end - start, startup, frames / run_s, stats,
+                      sum(int(c.get("skipped", 0)) for c in decoders), any(c.get("truncated") for c in decoders),
+                      "interrupted" in marks, list(supervisor.warnings), outputs, dropped,
+                      dict(stats.get(latency_at, {}).get("latency", {})), latency_at)
     if summary.interrupted:
         log.warning("interrupted: outputs hold the %d frames done", frames)
     return summary
 
 
-def run(input: str, output: str | None = None, masks: str | None = None, *,
+def run(input: str | list[str], output: str | None = None, masks: str | None = None, *,
         config_files: tuple[str, ...] = (), overrides: dict[str, Any] | None = None,
         sets: tuple[str, ...] = (), **options: Any) -> Summary:
-    """Run the pipeline on a video file, from Python; returns the :class:`Summary`.
+    """Run the pipeline on a source (or a list of sources), from Python; returns the :class:`Summary`.
 
     ``options`` are ``section__key=value`` shortcuts (``model__name="tiny-random"``,
     ``batch__max_batch=1``) applied after ``config_files`` and ``overrides``, before ``sets``.
@@ -236,7 +308,8 @@ def run(input: str, output: str | None = None, masks: str | None = None, *,
 
         summary = streamseg.run("in.mp4", "annotated.mp4", masks="masks.jsonl", model__score_thresh=0.7)
     """
-    base: dict[str, Any] = {"input": {"path": input}, "output": {"video": output, "masks": masks},
+    source = {"path": input} if isinstance(input, str) else {"sources": list(input)}
+    base: dict[str, Any] = {"input": source, "output": {"video": output, "masks": masks},
                             "runtime": {"quiet": True}}
     shortcuts: dict[str, Any] = {}
     for key, value in options.items():
@@ -249,4 +322,4 @@ def run(input: str, output: str | None = None, masks: str | None = None, *,
     return run_config(config)
 
 
-__all__ = ["Summary", "build_specs", "run", "run_config"]
+__all__ = ["Summary", "build_specs", "run", "run_config", "stream_output"]

@@ -13,8 +13,12 @@ is aborted, and must leave outputs playable.
 
 from __future__ import annotations
 
+import time
+from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 from .messages import EndOfStream
 
@@ -31,6 +35,35 @@ class Published:
     parts: tuple[bytes, ...]
 
 
+class LatencyMeter:
+    """Seconds from capture (:attr:`Frame.captured`) to this stage, for every frame, as percentiles.
+
+    Samples are kept as 8-byte floats (about 20 MB a day at 30 fps) so that the two halves of the
+    run can be compared: latency that keeps growing shows as a second half worse than the first.
+    """
+
+    def __init__(self) -> None:
+        self.samples = array("d")
+
+    def add(self, captured: float) -> None:
+        if captured > 0:
+            self.samples.append(time.time() - captured)
+
+    def summary(self) -> dict[str, float | int]:
+        """``frames``, ``p50_s``, ``p99_s``, ``max_s``, and ``p99_first_half_s``/``p99_second_half_s``."""
+        values = np.frombuffer(self.samples, dtype=np.float64) if self.samples else np.zeros(0)
+        if not len(values):
+            return {"frames": 0}
+        half = len(values) // 2
+
+        def p99(part: np.ndarray) -> float:
+            return round(float(np.percentile(part, 99)), 4) if len(part) else 0.0
+
+        return {"frames": len(values), "p50_s": round(float(np.percentile(values, 50)), 4),
+                "p99_s": p99(values), "max_s": round(float(values.max()), 4),
+                "p99_first_half_s": p99(values[:half]), "p99_second_half_s": p99(values[half:])}
+
+
 class Stage:
     """Base class of a pipeline stage; subclasses set ``outputs`` and override what they need."""
 
@@ -39,6 +72,8 @@ class Stage:
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = {}
+        self.latency = LatencyMeter()
+        """Sinks add each frame's capture time; the summary reports it (publish stage first)."""
         self._notify: Callable[..., None] = lambda event, **data: None
 
     def bind_events(self, notify: Callable[..., None]) -> None:
@@ -72,6 +107,22 @@ class Stage:
         """Called when :meth:`timeout_s` passed without input (the batcher's deadline)."""
         return ()
 
+    def waiting_port(self) -> str | None:
+        """The port a stage holds messages for until it has room (a live batcher); None: nothing held.
+
+        While it returns a port, the runtime also waits for room on that port, and calls
+        :meth:`on_room` when one message can be sent without waiting.
+        """
+        return None
+
+    def on_room(self) -> Iterable[Emit]:
+        """Called when :meth:`waiting_port` has room: return at most one message for it."""
+        return ()
+
+    def report(self) -> dict[str, Any]:
+        """Figures beyond the counters for the run summary (JSON values), sent with the stage's stats."""
+        return {"latency": self.latency.summary()} if self.latency.samples else {}
+
     def close(self) -> None:
         """Release resources; always called, also on abort. Must leave outputs usable."""
 
@@ -87,6 +138,18 @@ class Source(Stage):
         """Ask :meth:`produce` to finish early (Ctrl-C): it ends its streams with EndOfStream."""
         self.stop_requested = True
 
-    def produce(self) -> Iterator[Emit]:
-        """Yield every message, :class:`StreamStart` first and :class:`EndOfStream` last per stream."""
+    def lossy(self, message: Any) -> bool:
+        """Whether ``message`` may be dropped when the next stage has no room (frames of a live
+        source): the runtime then sends it without waiting and calls :meth:`dropped` if it could not."""
+        return False
+
+    def dropped(self, message: Any) -> None:
+        """A lossy message found no room downstream and was dropped."""
+        self.count("dropped")
+
+    def produce(self) -> Iterator[Emit | None]:
+        """Yield every message, :class:`StreamStart` first and :class:`EndOfStream` last per stream.
+
+        Yielding None sends nothing; it lets the runtime check for signals while the source waits.
+        """
         raise NotImplementedError

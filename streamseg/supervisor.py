@@ -2,7 +2,9 @@
 
 It binds one ``events`` PULL socket that every worker reports to (ready, progress, warning,
 error, stats, done), and watches every process's exit. The run ends when every worker has said
-``done`` and exited. Failure policy:
+``done`` and exited. The sources start producing (SIGUSR2) only once every worker is ready, so
+that nothing is sent before its reader is listening, however long a model takes to load.
+Failure policy:
 
 - a worker that reports an error, exits without finishing, or dies (SIGKILL, segfault) fails the
   run: the others get SIGTERM (each finishes its outputs as far as it can), then SIGKILL after
@@ -28,7 +30,7 @@ from typing import Any, Callable
 import zmq
 
 from .errors import Interrupted, StageError, exit_code_for
-from .worker import JOB_SIGNALS, WorkerSpec, worker_main
+from .worker import DRAIN_SIGNAL, JOB_SIGNALS, START_SIGNAL, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +113,17 @@ class Supervisor:
 
     def _watch(self, events: zmq.Socket) -> None:
         stop_deadline: float | None = None
+        started = False
         while True:
             while events.poll(50 if stop_deadline is None else 20, zmq.POLLIN):
                 self._handle(json.loads(events.recv()))
             failure = self._failure()
             if failure is not None:
                 self._abort(*failure)
+            if not started and all(w.ready for w in self.workers.values()):
+                started = True  # every stage is listening: the sources may start
+                for name in self.sources:
+                    self._signal(self.workers[name], START_SIGNAL)
             if all(w.done and not w.process.is_alive() for w in self.workers.values()):
                 if self.stop_requested:
                     self.on_event({"event": "interrupted"})
@@ -128,7 +135,7 @@ class Supervisor:
                 log.warning("stopping: the sources end their streams; outputs are being finished")
                 stop_deadline = time.monotonic() + self.stop_timeout_s
                 for name in self.sources:
-                    self._signal(self.workers[name], signal.SIGUSR1)
+                    self._signal(self.workers[name], DRAIN_SIGNAL)
             if self.interrupts > 1:
                 self._abort("supervisor", "interrupted a second time; outputs may be incomplete", 130)
             if stop_deadline is not None and time.monotonic() > stop_deadline:

@@ -13,7 +13,9 @@ queue blocks the sender, which is the file-mode backpressure. Sends and receives
 polls so that SIGTERM and the death of the supervisor are noticed within a fraction of a second.
 
 Signals: each worker runs in its own process group, so signals sent to the job's group (Ctrl-C,
-``timeout``) reach only the supervisor; SIGINT is ignored besides. SIGUSR1 (the supervisor's
+``timeout``) reach only the supervisor; SIGINT is ignored besides. A source opens its input at
+once (so a bad one fails fast) but produces nothing until SIGUSR2, which the supervisor sends
+when every worker is ready: no frame is sent before the stage that reads it is there. SIGUSR1 (the supervisor's
 graceful stop) asks a source to end its streams cleanly, so that everything downstream drains.
 SIGTERM stops any worker at once; its stage's ``close()`` still leaves its output usable.
 """
@@ -40,6 +42,10 @@ from .stage import ALL_PORTS, Emit, Source, Stage
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
+START_SIGNAL = signal.SIGUSR2
+"""Tells a source that the whole pipeline is ready: it may start producing."""
+DRAIN_SIGNAL = signal.SIGUSR1
+"""Asks a source to end its streams cleanly, so that everything downstream drains."""
 JOB_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 """Signals meant for the whole job: the supervisor handles them and stops the workers in order;
 it starts each worker with them blocked until the worker has left the job's process group."""
@@ -87,6 +93,7 @@ class _Runtime:
         self.spec = spec
         self.parent = os.getppid()
         self.terminate = False
+        self.go = False
         self.ctx = zmq.Context()
         self.events = self.ctx.socket(zmq.PUSH)
         self.events.setsockopt(zmq.LINGER, 2000)
@@ -116,7 +123,7 @@ class _Runtime:
         counters = dict(self.stage.counters) if self.stage else {}
         return {"busy_s": round(self.busy_s, 4), "blocked_s": round(self.blocked_s, 4),
                 "received": self.received, "sent": self.sent, "rejected": self.rejected,
-                "counters": counters}
+                "counters": counters, **(self.stage.report() if self.stage else {})}
 
     # --- sockets ------------------------------------------------------------------------------
     def open_sockets(self) -> None:
@@ -150,7 +157,9 @@ class _Runtime:
         if os.getppid() != self.parent:
             raise _Stopped("the supervisor is gone")
 
-    def send(self, emits: Iterable[Emit]) -> None:
+    def send(self, emits: Iterable[Emit], lossy: bool = False) -> bool:
+        """Send each emit; with ``lossy``, only if there is room now. False: something was not sent."""
+        sent_all = True
         for port, message in emits:
             if port in self.pub_out:
                 try:
@@ -162,9 +171,17 @@ class _Runtime:
             ports = self.data_out if port == ALL_PORTS else {port: self.data_out[port]}
             parts = codec.encode(message)
             for sock in ports.values():
-                self._send_parts(sock, parts)
+                sent_all = self._send_parts(sock, parts, lossy) and sent_all
+        return sent_all
 
-    def _send_parts(self, sock: zmq.Socket, parts: list[Any]) -> None:
+    def _send_parts(self, sock: zmq.Socket, parts: list[Any], lossy: bool = False) -> bool:
+        if lossy:
+            try:
+                sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            self.sent += 1
+            return True
         start = time.perf_counter()
         while True:
             try:
@@ -175,6 +192,7 @@ class _Runtime:
                 sock.poll(POLL_MS, zmq.POLLOUT)
         self.sent += 1
         self.blocked_s += time.perf_counter() - start
+        return True
 
     def progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -191,6 +209,9 @@ class _Runtime:
 
     # --- the loops ----------------------------------------------------------------------------
     def run_source(self, stage: Source) -> None:
+        while not self.go and not stage.stop_requested:  # the supervisor's start signal
+            self.check_alive()
+            time.sleep(0.02)
         iterator = iter(stage.produce())
         while True:
             self.check_alive()
@@ -201,7 +222,13 @@ class _Runtime:
                 break
             finally:
                 self.busy_s += time.perf_counter() - start
-            self.send([emit])
+            if emit is None:
+                continue
+            if stage.lossy(emit[1]):
+                if not self.send([emit], lossy=True):
+                    stage.dropped(emit[1])
+            else:
+                self.send([emit])
             self.progress()
 
     def run_stage(self, stage: Stage) -> None:
@@ -211,7 +238,15 @@ class _Runtime:
             self.check_alive()
             timeout = stage.timeout_s()
             wait_ms = POLL_MS if timeout is None else max(0, min(POLL_MS, int(timeout * 1000)))
-            if not self.data_in.poll(wait_ms, zmq.POLLIN):
+            waiting = stage.waiting_port()
+            poller = zmq.Poller()
+            poller.register(self.data_in, zmq.POLLIN)
+            if waiting is not None:
+                poller.register(self.data_out[waiting], zmq.POLLOUT)
+            ready = dict(poller.poll(wait_ms))
+            if waiting is not None and ready.get(self.data_out[waiting], 0) & zmq.POLLOUT:
+                self.send(self.timed(stage.on_room))
+            if not ready.get(self.data_in, 0) & zmq.POLLIN:
                 if timeout is not None and timeout <= wait_ms / 1000:
                     self.send(self.timed(stage.on_timeout))
                 continue
@@ -311,8 +346,12 @@ def worker_main(spec: WorkerSpec) -> None:
         if isinstance(runtime.stage, Source):
             runtime.stage.request_stop()  # a source ends its streams; everything downstream drains
 
+    def on_start(signum: int, frame: object) -> None:
+        runtime.go = True
+
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGUSR1, on_drain)
+    signal.signal(DRAIN_SIGNAL, on_drain)
+    signal.signal(START_SIGNAL, on_start)
     # the supervisor started us with SIGINT and SIGTERM blocked, so that none could arrive before
     # the lines above; a pending SIGINT is now dropped (ignored), a pending SIGTERM handled
     signal.pthread_sigmask(signal.SIG_UNBLOCK, JOB_SIGNALS)

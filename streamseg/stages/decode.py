@@ -1,131 +1,286 @@
-"""Decode: demux and decode a video file with PyAV into RGB frames, in presentation order."""
+"""Decode: read one source with PyAV (or OpenCV for still images) into RGB frames, in presentation order.
+
+Files: every decodable frame once, in order; corrupt packets are skipped and counted; ``loop``
+starts the file again when it ends. Live sources (network streams, cameras): a lost source is
+reopened with exponential backoff, and the loss and each attempt flow downstream as
+:class:`StreamStatus` messages; timestamps stay increasing across reconnections and loops, with
+the time the source was away added, so the output's clock keeps real time.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
+import time
 from fractions import Fraction
-from typing import Iterator
+from typing import Any, Generator, Iterator
 
 import av
+import numpy as np
 
 from ..errors import InputError
-from ..messages import EndOfStream, Frame, StreamStart
+from ..messages import EndOfStream, Frame, StreamStart, StreamStatus
+from ..sources import ImageSequence, OpenOptions, open_video, safe_url, source_kind
 from ..stage import ALL_PORTS, Emit, Source
 
 log = logging.getLogger(__name__)
 
+WAIT_STEP_S = 0.1
+"""A backoff wait checks for a stop request this often."""
 
-def open_video(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open ``path`` and pick its first video stream, or raise an :class:`InputError` that says why not."""
-    if not os.path.exists(path):
-        raise InputError(f"input not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"input is a folder, not a video file: {path}")
-    if os.path.getsize(path) == 0:
-        raise InputError(f"input is empty (0 bytes): {path}")
-    try:
-        container = av.open(path, "r", timeout=10.0)
-    except av.FFmpegError as exc:
-        raise InputError(f"cannot read {path} as video: {exc.strerror or exc}") from None
-    if not container.streams.video and not container.streams.audio:
-        container.close()
-        raise InputError(f"cannot read {path} as video: it holds no audio or video stream (cut off or damaged?)")
-    if not container.streams.video:
-        kinds = ", ".join(f"{s.type} ({s.codec_context.name if s.codec_context else 'unknown codec'})"
-                          for s in container.streams) or "none"
-        container.close()
-        raise InputError(f"{path} has no video stream (streams: {kinds})")
-    stream = container.streams.video[0]
-    if stream.codec_context is None or not stream.codec_context.width or not stream.codec_context.height:
-        container.close()
-        raise InputError(f"cannot read {path} as video: its video stream has no codec or frame size (damaged header?)")
-    return container, stream
+RawFrame = tuple["int | None", Fraction, "av.VideoFrame | np.ndarray | None"]
+"""(pts in the segment's own time base or None, that time base, the picture; None: unreadable)."""
 
 
 class DecodeStage(Source):
-    """Reads one video file; emits StreamStart, every decodable Frame, then EndOfStream.
+    """Reads one source; emits StreamStart, every frame (and StreamStatus changes), then EndOfStream.
 
-    Corrupt packets are skipped and counted (``skipped``); a file that breaks off early ends with
-    ``EndOfStream(reason="truncated")`` after every frame that could be decoded.
+    A file that breaks off early ends with ``EndOfStream(reason="truncated")`` after every frame
+    that could be decoded; a live source that cannot be reconnected ends with ``reason="lost"``.
     """
 
     outputs = ("frames",)
 
-    def __init__(self, path: str, stream_id: str = "0", threads: int = 0) -> None:
+    def __init__(self, path: str, stream_id: str = "0", threads: int = 0, live: bool = False,
+                 loop: bool = False, fps: float = 25.0, rtsp_transport: str = "tcp",
+                 open_timeout_s: float = 10.0, read_timeout_s: float = 10.0,
+                 options: dict[str, str] | None = None, reconnect_attempts: int = 10,
+                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0) -> None:
         super().__init__()
         self.path = path
+        self.shown = safe_url(path)
         self.stream_id = stream_id
         self.threads = threads
+        self.live = live
+        self.loop = loop
+        self.fps = fps
+        self.open_options = OpenOptions(rtsp_transport, open_timeout_s, read_timeout_s, dict(options or {}))
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_initial_s = reconnect_initial_s
+        self.reconnect_max_s = reconnect_max_s
         self.container: av.container.InputContainer | None = None
+        self.images: ImageSequence | None = None
+        self.start: StreamStart | None = None
+        self.index = 0
+        self.skipped = 0
+        self.last_pts: int | None = None
+        self.next_base: int | None = None  # first pts of the next segment (after a loop or reconnection)
 
     def setup(self) -> None:
-        self.container, stream = open_video(self.path)
+        if source_kind(self.path) == "images":
+            self.images = ImageSequence(self.path, self.fps)
+        else:
+            self._open()
+
+    def _open(self) -> None:
+        self.container, stream = open_video(self.path, self.open_options)
         stream.thread_type = "AUTO"  # frame + slice threads: decode keeps ahead of the model
         if self.threads:
             stream.codec_context.thread_count = self.threads
 
-    def produce(self) -> Iterator[Emit]:
+    def _stream_start(self) -> StreamStart:
+        if self.images is not None:
+            seq = self.images
+            return StreamStart(self.stream_id, seq.width, seq.height, seq.rate, seq.time_base, len(seq.paths),
+                               self.shown, audio=False, live=self.live)
         assert self.container is not None, "setup() first"
-        container = self.container
-        stream = container.streams.video[0]
+        stream = self.container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-        time_base = stream.time_base or Fraction(1, 90000)
-        expected = int(stream.frames or 0)
-        start = StreamStart(self.stream_id, stream.codec_context.width, stream.codec_context.height,
-                            Fraction(rate), Fraction(time_base), expected, self.path,
-                            audio=bool(container.streams.audio))
-        self.notify("stream", stream_id=self.stream_id, frames=expected, width=start.width,
-                    height=start.height, rate=str(rate))
+        return StreamStart(self.stream_id, stream.codec_context.width, stream.codec_context.height,
+                           Fraction(rate), Fraction(stream.time_base or Fraction(1, 90000)),
+                           0 if self.live or self.loop else int(stream.frames or 0), self.shown,
+                           audio=bool(self.container.streams.audio), live=self.live)
+
+    def lossy(self, message: Any) -> bool:
+        return self.live and isinstance(message, Frame)
+
+    def produce(self) -> Iterator[Emit | None]:
+        start = self.start = self._stream_start()
+        self.notify("stream", stream_id=self.stream_id, frames=start.frames, width=start.width,
+                    height=start.height, rate=str(start.rate), live=self.live)
         yield ALL_PORTS, start
-        index = 0
-        skipped = 0
-        error = ""
-        last_pts = None
+        reason, error = "end", ""
+        while True:
+            error = yield from self._segment()
+            if self.stop_requested:
+                break
+            if self.live:
+                if (yield from self._reconnect(error or "the source ended")):
+                    continue
+                reason = "lost"
+                break
+            if self.loop and not error:
+                self._rewind()
+                continue
+            break
+        self.counters.update(frames=self.index, skipped=self.skipped)
+        detail = ""
+        if self.stop_requested:
+            reason, detail = "stopped", "stopped on request"
+        elif reason == "lost":
+            detail = f"the source was lost and could not be reconnected: {error or 'it ended'}"
+        elif error or (start.frames and self.index + self.skipped < start.frames):
+            reason = "truncated"
+            self.counters["truncated"] = 1
+            detail = (f"input ended after {self.index} of {start.frames} frames" if start.frames else
+                      f"input ended after {self.index} frames") + (f" ({error})" if error else "")
+        if self.skipped:
+            detail = (detail + "; " if detail else "") + f"{self.skipped} corrupt packets or frames skipped"
+        if reason not in ("end", "stopped") or self.skipped:
+            self.notify("warning", message=f"{self.shown}: {detail}")
+        yield ALL_PORTS, EndOfStream(self.stream_id, self.index, reason, self.skipped, detail)
+
+    # --- one open of the source -----------------------------------------------------------------
+    def _segment(self) -> Generator[Emit, None, str]:
+        """Emit the frames of the source as opened now; return why it ended ("" for a clean end)."""
+        assert self.start is not None
+        start = self.start
+        frame_step = max(1, round(1 / (start.rate * start.time_base)))
+        seg_first: int | None = None
+        base = 0
+        raw = self._video_frames() if self.images is None else self._image_frames()
+        while True:
+            try:
+                pts, time_base, picture = next(raw)
+            except StopIteration as end:
+                return str(end.value or "")
+            if picture is None:
+                self.skipped += 1
+                continue
+            if pts is None:
+                pts_out = self.last_pts + frame_step if self.last_pts is not None else 0
+            else:
+                if seg_first is None:
+                    seg_first = pts
+                    base = (round(pts * time_base / start.time_base) if self.next_base is None
+                            else self.next_base)
+                pts_out = base + round((pts - seg_first) * time_base / start.time_base)
+            if self.last_pts is not None and pts_out <= self.last_pts:
+                self.skipped += 1  # a duplicate or out-of-order timestamp would break the output's pts
+                continue
+            image = self._picture(picture)
+            if image is None:
+                self.skipped += 1
+                log.warning("%s: skipped frame %d with size %s", self.shown, self.index,
+                            getattr(picture, "shape", None) or (picture.height, picture.width))
+                continue
+            self.last_pts = pts_out
+            yield "frames", Frame(self.stream_id, self.index, int(pts_out), start.time_base, image,
+                                  captured=time.time())
+            self.index += 1
+            if self.stop_requested:
+                return ""
+
+    def _picture(self, picture: av.VideoFrame | np.ndarray) -> np.ndarray | None:
+        """RGB pixels at the stream's size: a live source that comes back at another size is scaled."""
+        assert self.start is not None
+        size = (self.start.width, self.start.height)
+        if isinstance(picture, np.ndarray):
+            return picture if (picture.shape[1], picture.shape[0]) == size else None
+        if (picture.width, picture.height) == size:
+            return picture.to_ndarray(format="rgb24")
+        if self.live:
+            return picture.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+        return None
+
+    def _video_frames(self) -> Generator[RawFrame, None, str]:
+        container = self.container
+        assert container is not None
+        stream = container.streams.video[0]
+        time_base = Fraction(stream.time_base or Fraction(1, 90000))
         packets = container.demux(stream)
         while not self.stop_requested:
             try:
                 packet = next(packets)
             except StopIteration:
-                break
-            except av.FFmpegError as exc:  # the demuxer gave up: the file breaks off here
-                error = f"demuxing stopped: {exc.strerror or exc}"
-                break
+                return ""
+            except av.FFmpegError as exc:  # the demuxer gave up: the input breaks off (or the link dropped)
+                return f"demuxing stopped: {exc.strerror or exc}"
             try:
                 frames = packet.decode()
             except av.FFmpegError as exc:
-                skipped += 1
-                log.warning("%s: skipped a corrupt packet at pts %s: %s", self.path, packet.pts, exc)
+                self.skipped += 1
+                log.warning("%s: skipped a corrupt packet at pts %s: %s", self.shown, packet.pts, exc)
                 continue
             for vf in frames:
-                pts = vf.pts if vf.pts is not None else (last_pts + 1 if last_pts is not None else 0)
-                if last_pts is not None and pts <= last_pts:
-                    skipped += 1  # a duplicate or out-of-order timestamp would break the output's pts
-                    continue
-                last_pts = pts
-                image = vf.to_ndarray(format="rgb24")
-                if image.shape[:2] != (start.height, start.width):
-                    skipped += 1
-                    log.warning("%s: skipped frame %d with size %s", self.path, index, image.shape[:2])
-                    continue
-                yield "frames", Frame(self.stream_id, index, int(pts), start.time_base, image)
-                index += 1
-        self.counters.update(frames=index, skipped=skipped)
-        reason, detail = "end", ""
-        if self.stop_requested:
-            reason, detail = "stopped", "stopped on request"
-        elif error or (expected and index + skipped < expected):
-            reason = "truncated"
-            self.counters["truncated"] = 1
-            detail = (f"input ended after {index} of {expected} frames" if expected else
-                      f"input ended after {index} frames") + (f" ({error})" if error else "")
-        if skipped:
-            detail = (detail + "; " if detail else "") + f"{skipped} corrupt packets or frames skipped"
-        if reason != "end" or skipped:
-            self.notify("warning", message=f"{self.path}: {detail}")
-        yield ALL_PORTS, EndOfStream(self.stream_id, index, reason, skipped, detail)
+                yield vf.pts, time_base, vf
+        return ""
+
+    def _image_frames(self) -> Generator[RawFrame, None, str]:
+        assert self.images is not None and self.start is not None
+        for i, (path, image) in enumerate(self.images):
+            if image is None:
+                log.warning("%s: skipped an image that cannot be read", path)
+            yield i, self.start.time_base, image
+            if self.stop_requested:
+                break
+        return ""
+
+    # --- starting again -------------------------------------------------------------------------
+    def _continue_after(self, gap_s: float) -> None:
+        """The next segment starts one frame (or the time the source was away) after the last frame."""
+        assert self.start is not None
+        step = max(1, round(1 / (self.start.rate * self.start.time_base)))
+        gap = round(gap_s / self.start.time_base)
+        self.next_base = (self.last_pts if self.last_pts is not None else -step) + max(step, gap)
+
+    def _rewind(self) -> None:
+        self.count("loops")
+        self._continue_after(0.0)
+        if self.images is None:
+            self._close_container()
+            self._open()
+
+    def _reconnect(self, why: str) -> Generator[Emit | None, None, bool]:
+        """Reopen a lost live source with exponential backoff; False when it gave up or was stopped."""
+        self._close_container()
+        lost_at = time.monotonic()
+        self.count("lost")
+        log.warning("stream %s: source %s lost: %s", self.stream_id, self.shown, why)
+        yield self._status("lost", why, 0)
+        delay = self.reconnect_initial_s
+        attempt = 0
+        while self.reconnect_attempts <= 0 or attempt < self.reconnect_attempts:
+            attempt += 1
+            limit = f" of {self.reconnect_attempts}" if self.reconnect_attempts > 0 else ""
+            log.warning("stream %s: reconnecting in %.1f s (attempt %d%s)", self.stream_id, delay, attempt, limit)
+            if (yield from self._wait(delay)):
+                return False
+            yield self._status("reconnecting", why, attempt)
+            try:
+                self._open()
+            except InputError as exc:
+                why = str(exc)
+                delay = min(delay * 2, self.reconnect_max_s)
+                continue
+            self.count("reconnects")
+            self._continue_after(time.monotonic() - lost_at)
+            log.warning("stream %s: reconnected to %s after %.1f s", self.stream_id, self.shown,
+                        time.monotonic() - lost_at)
+            yield self._status("reconnected", "", attempt)
+            return True
+        log.error("stream %s: gave up on %s after %d attempts: %s", self.stream_id, self.shown, attempt, why)
+        yield self._status("gave_up", why, attempt)
+        return False
+
+    def _wait(self, seconds: float) -> Generator[None, None, bool]:
+        """Sleep, yielding to the runtime (signals) every step; True when a stop was requested."""
+        end = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < end:
+            time.sleep(min(WAIT_STEP_S, max(0.0, end - time.monotonic())))
+            yield None
+        return self.stop_requested
+
+    def _status(self, state: str, detail: str, attempt: int) -> Emit:
+        self.notify("status", stream_id=self.stream_id, state=state, detail=detail, attempt=attempt)
+        return ALL_PORTS, StreamStatus(self.stream_id, state, detail, attempt, time.time())
+
+    def _close_container(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.close()
+            except av.FFmpegError:
+                pass
+            self.container = None
 
     def close(self) -> None:
-        if self.container is not None:
-            self.container.close()
-            self.container = None
+        self._close_container()

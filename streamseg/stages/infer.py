@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Iterable
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..messages import Batch, Detections, FrameResult, StreamStart
+from ..messages import Batch, Detections, FrameResult, StreamStart, StreamStatus
 from ..stage import ALL_PORTS, Emit, Stage
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,17 @@ class InferStage(Stage):
         self.model_cfg = model
         self.ports = tuple(ports)
         self.predictor: Predictor | None = None
+        self.max_fps = float(model.get("max_fps") or 0.0)
+        self.next_start = 0.0
+
+    def _throttle(self, frames: int) -> None:
+        """With ``model.max_fps``, wait so that inference runs no faster than that many frames a second."""
+        if self.max_fps <= 0:
+            return
+        now = time.monotonic()
+        if self.next_start > now:
+            time.sleep(self.next_start - now)
+        self.next_start = max(now, self.next_start) + frames / self.max_fps
 
     def setup(self) -> None:
         cfg = self.model_cfg
@@ -105,10 +117,11 @@ class InferStage(Stage):
         log.info("model %s on %s", cfg["name"], self.predictor.device)
 
     def process(self, message: Any) -> Iterable[Emit]:
-        if isinstance(message, StreamStart):
+        if isinstance(message, (StreamStart, StreamStatus)):
             return [(ALL_PORTS, message)]
         if not isinstance(message, Batch):
             return []
+        self._throttle(len(message.frames))
         assert self.predictor is not None, "setup() first"
         results = self.predictor([f.image for f in message.frames])
         self.count("batches")
@@ -120,5 +133,5 @@ class InferStage(Stage):
             for port in self.ports:
                 image = frame.image if port == "render" else None
                 emits.append((port, FrameResult(frame.stream_id, frame.index, frame.pts, frame.time_base,
-                                                w, h, detections, image)))
+                                                w, h, detections, image, frame.captured)))
         return emits

@@ -51,37 +51,46 @@ def frame_record(result: FrameResult, info: ModelInfo) -> dict[str, Any]:
 
 
 class MaskWriterStage(Stage):
-    """Appends one JSON line per FrameResult to ``path``, flushed at least every second."""
+    """Appends one JSON line per FrameResult to its stream's file, flushed at least every second.
 
-    def __init__(self, path: str, model_info: dict[str, Any]) -> None:
+    ``paths`` maps stream id -> file (``path`` alone: one file for every stream, for the
+    one-stream case). Files are created when the stage starts, so a bad path fails the run early.
+    """
+
+    def __init__(self, path: str, model_info: dict[str, Any], paths: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.path = path
+        self.paths = dict(paths or {}) or {"": path}
         self.info = ModelInfo.from_dict(model_info)
-        self.file: IO[str] | None = None
+        self.files: dict[str, IO[str]] = {}
         self.last_flush = 0.0
 
     def setup(self) -> None:
-        try:
-            self.file = open(self.path, "w", encoding="utf-8")
-        except OSError as exc:
-            raise OutputError(f"cannot write masks to {self.path}: {exc.strerror}") from None
+        for stream_id, path in self.paths.items():
+            try:
+                self.files[stream_id] = open(path, "w", encoding="utf-8")
+            except OSError as exc:
+                raise OutputError(f"cannot write masks to {path}: {exc.strerror}") from None
 
     def process(self, message: Any) -> Iterable[Emit]:
-        if isinstance(message, FrameResult) and self.file is not None:
-            self.file.write(json.dumps(frame_record(message, self.info), separators=(",", ":")) + "\n")
+        if isinstance(message, FrameResult):
+            file = self.files.get(message.stream_id) or self.files.get("")
+            if file is None:
+                raise OutputError(f"no masks file is configured for stream {message.stream_id!r}")
+            file.write(json.dumps(frame_record(message, self.info), separators=(",", ":")) + "\n")
             self.count("frames")
+            self.latency.add(message.captured)
             now = time.monotonic()
             if now - self.last_flush >= FLUSH_EVERY_S:
-                self.file.flush()
+                for f in self.files.values():
+                    f.flush()
                 self.last_flush = now
         return ()
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
-        if self.file is not None:
-            self.file.flush()
+        for file in self.files.values():
+            file.flush()
         return ()
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        while self.files:
+            self.files.popitem()[1].close()

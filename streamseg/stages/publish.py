@@ -6,7 +6,8 @@ Wire format (``docs/publishing.md``, JSON Schema ``schemas/detections-v1.schema.
   filters by prefix);
 - part 1, a UTF-8 JSON object with ``schema: "streamseg.detections"``, ``version: 1`` and
   ``type``: ``stream_start``, ``frame`` (the masks JSONL record: instances with class, score,
-  box, COCO RLE mask, keypoints) or ``end_of_stream``.
+  box, COCO RLE mask, keypoints; and ``capture_time``), ``status`` (a live source was lost,
+  is being reconnected, came back or was given up) or ``end_of_stream``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from ..messages import EndOfStream, FrameResult, StreamStart
+from ..messages import EndOfStream, FrameResult, StreamStart, StreamStatus
 from ..models.registry import ModelInfo
 from ..stage import Emit, Published, Stage
 from .maskwriter import frame_record
@@ -41,15 +42,22 @@ class PublishStage(Stage):
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
             body = {"width": message.width, "height": message.height, "rate": str(message.rate),
-                    "source": message.source, "model": self.info.name,
+                    "source": message.source, "live": message.live, "model": self.info.name,
                     "categories": list(self.info.categories), "keypoint_names": list(self.info.keypoint_names),
                     "skeleton": [list(p) for p in self.info.skeleton]}
             return [("publish", publish_message(message.stream_id, "stream_start", body))]
         if isinstance(message, FrameResult):
             record = frame_record(message, self.info)
             del record["stream"]
+            record["capture_time"] = round(message.captured, 6)
             self.count("frames")
+            self.latency.add(message.captured)
             return [("publish", publish_message(message.stream_id, "frame", record))]
+        if isinstance(message, StreamStatus):
+            self.count(f"status_{message.state}")
+            body = {"state": message.state, "detail": message.detail, "attempt": message.attempt,
+                    "time": round(message.time, 6)}
+            return [("publish", publish_message(message.stream_id, "status", body))]
         return []
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:

@@ -121,4 +121,5 @@ class RenderStage(Stage):
             return []
         image = draw(message.image, message.detections, self.info, **self.options)
         self.count("frames")
-        return [("frames", Frame(message.stream_id, message.index, message.pts, message.time_base, image))]
+        return [("frames", Frame(message.stream_id, message.index, message.pts, message.time_base, image,
+                                 message.captured))]
