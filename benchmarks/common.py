@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +27,22 @@ def model_fps(predictor: Any, frames: list[np.ndarray], batch: int) -> float:
     for i in range(0, len(frames), batch):
         predictor(frames[i:i + batch])
     return len(frames) / (time.perf_counter() - start)
+
+
+def make_clip(path: Path, frames: int, width: int, height: int) -> None:
+    """Moving textured rectangles, H.264."""
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 120, (height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(30))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            image = np.roll(texture, 2 * i, axis=1)
+            for k in range(4):
+                x = (40 + 60 * k + 3 * i * (k + 1)) % (width - width // 5)
+                y = (30 + 50 * k) % (height - height // 4)
+                image[y:y + height // 5, x:x + width // 6] = (200 - 40 * k, 60 + 40 * k, 120)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())

@@ -14,34 +14,13 @@ import os
 import platform
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
-from common import decoded_frames, model_fps
+from common import decoded_frames, make_clip, model_fps
 
 import streamseg
 from streamseg.stages.infer import Predictor
-
-
-def make_clip(path: Path, frames: int, width: int, height: int) -> None:
-    """Moving textured rectangles, H.264."""
-    rng = np.random.default_rng(0)
-    texture = rng.integers(0, 120, (height, width, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(30))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            image = np.roll(texture, 2 * i, axis=1)
-            for k in range(4):
-                x = (40 + 60 * k + 3 * i * (k + 1)) % (width - width // 5)
-                y = (30 + 50 * k) % (height - height // 4)
-                image[y:y + height // 5, x:x + width // 6] = (200 - 40 * k, 60 + 40 * k, 120)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
 
 
 def model_alone(frames: list[np.ndarray], model: str, batch: int, score_thresh: float) -> float:

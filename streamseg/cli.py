@@ -8,7 +8,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import ConfigError, Interrupted, StreamsegError
+from .errors import ConfigError, InputError, Interrupted, StreamsegError
 from .stages.batch import LIVE_POLICIES
 
 log = logging.getLogger("streamseg")
@@ -31,6 +31,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--stream-id", dest="stream_ids", action="append", metavar="ID",
                    help="name of a source's stream (topic, masks 'stream' field); once per source, in order")
     p.add_argument("--loop", action="store_true", default=None, help="start file sources again when they end")
+    p.add_argument("--frames", type=int, metavar="N", help="end each stream after N frames (default: no limit)")
     p.add_argument("--live", choices=("auto", "true", "false"),
                    help="treat sources as live (drop frames when behind, reconnect); auto: URLs and cameras")
     p.add_argument("--live-policy", choices=LIVE_POLICIES,
@@ -63,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         "input": {"path": None if several else args.inputs[0], "sources": args.inputs if several else None,
                   "stream_id": args.stream_ids[0] if args.stream_ids and not several else None,
                   "stream_ids": args.stream_ids if several else None, "loop": args.loop,
+                  "max_frames": args.frames,
                   "live": args.live, "rtsp_transport": args.rtsp_transport},
         "output": {"video": args.output, "masks": args.masks, "publish": args.publish},
         "model": {"name": args.model, "weights": args.weights, "device": args.device,
@@ -83,6 +85,10 @@ def _run(args: argparse.Namespace) -> int:
     if summary.interrupted:
         print(f"streamseg: interrupted; outputs hold the {summary.frames} frames done", file=sys.stderr)
         return Interrupted.exit_code
+    if summary.lost:
+        print(f"streamseg: error: lost the source of stream {', '.join(summary.lost)} and gave up reconnecting; "
+              f"outputs hold the {summary.frames} frames done", file=sys.stderr)
+        return InputError.exit_code
     return 0
 
 

@@ -39,6 +39,8 @@ class InputConfig:
     Live streams may drop frames before inference (``batch.live_policy``) and are reconnected when lost."""
     loop: bool = False
     """Start a file (or image folder) again when it ends, with timestamps that keep increasing."""
+    max_frames: int = 0
+    """End each stream after this many frames (a clip from a camera, a looped file); 0: no limit."""
     fps: float = 25.0
     """Frame rate given to a folder or glob of images."""
     rtsp_transport: str = "tcp"
@@ -320,6 +322,7 @@ def validate(config: Config) -> None:
         (inp.live in ("auto", "true", "false"), f"input.live must be auto, true or false, got {inp.live!r}"),
         (inp.rtsp_transport in ("tcp", "udp"), f"input.rtsp_transport must be tcp or udp, got {inp.rtsp_transport!r}"),
         (inp.fps > 0, "input.fps must be positive"),
+        (inp.max_frames >= 0, "input.max_frames must be >= 0 (0: no limit)"),
         (inp.open_timeout_s > 0 and inp.read_timeout_s > 0, "input timeouts must be positive"),
         (inp.reconnect_attempts >= 0, "input.reconnect_attempts must be >= 0 (0: never give up)"),
         (0 < inp.reconnect_initial_s <= inp.reconnect_max_s,

@@ -66,6 +66,8 @@ class Summary:
     ``p99_s``, ``max_s``, ``p99_first_half_s``, ``p99_second_half_s``, ``frames``."""
     latency_at: str = ""
     """The stage the latency was measured at."""
+    lost: list[str] = field(default_factory=list)
+    """Streams whose live source was lost and given up after the reconnection attempts."""
 
     def bottleneck(self) -> str:
         """The stage that was busy longest."""
@@ -92,7 +94,9 @@ class Summary:
             lines.append(f"latency capture to {self.latency_at}: p50 {lat['p50_s'] * 1000:.0f} ms  "
                          f"p99 {lat['p99_s'] * 1000:.0f} ms  max {lat['max_s'] * 1000:.0f} ms")
         if self.dropped:
-            lines.append(f"dropped {self.dropped} live frames before inference (inference was behind)")
+            by_stream = self.stages.get("batch", {}).get("dropped_by_stream", {})
+            detail = f" ({', '.join(f'{k}: {v}' for k, v in by_stream.items())})" if len(by_stream) > 1 else ""
+            lines.append(f"dropped {self.dropped} live frames before inference (inference was behind){detail}")
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         return "\n".join(lines)
@@ -183,7 +187,7 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
     decoders = [
         WorkerSpec(name, "streamseg.stages.decode:DecodeStage",
                    dict(path=url, stream_id=sid, threads=inp.decode_threads, live=is_live_stream,
-                        loop=inp.loop, fps=inp.fps, rtsp_transport=inp.rtsp_transport,
+                        loop=inp.loop, max_frames=inp.max_frames, fps=inp.fps, rtsp_transport=inp.rtsp_transport,
                         open_timeout_s=inp.open_timeout_s, read_timeout_s=inp.read_timeout_s,
                         options=dict(inp.options), reconnect_attempts=inp.reconnect_attempts,
                         reconnect_initial_s=inp.reconnect_initial_s, reconnect_max_s=inp.reconnect_max_s),
@@ -291,7 +295,8 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
     summary = Summary(frames, end - start, startup, frames / run_s, stats,
                       sum(int(c.get("skipped", 0)) for c in decoders), any(c.get("truncated") for c in decoders),
                       "interrupted" in marks, list(supervisor.warnings), outputs, dropped,
-                      dict(stats.get(latency_at, {}).get("latency", {})), latency_at)
+                      dict(stats.get(latency_at, {}).get("latency", {})), latency_at,
+                      [sid for (sid, _), c in zip(streams, decoders) if c.get("gave_up")])
     if summary.interrupted:
         log.warning("interrupted: outputs hold the %d frames done", frames)
     return summary

@@ -201,10 +201,15 @@ class Supervisor:
                 pass
 
     def _kill_all(self) -> None:
-        """SIGTERM every live worker, SIGKILL those still alive after ``kill_timeout_s``; reap all."""
+        """SIGTERM every live worker, SIGKILL those still alive after ``kill_timeout_s``; reap all.
+
+        Workers that have not reported ready yet get SIGKILL at once: they have written nothing."""
         alive = [w for w in self.workers.values() if w.process.is_alive()]
         for w in alive:
-            self._signal(w, signal.SIGTERM)
+            if w.ready:
+                self._signal(w, signal.SIGTERM)
+            else:  # still starting (SIGTERM blocked until its handlers are in): nothing to finish yet
+                w.process.kill()
         deadline = time.monotonic() + self.kill_timeout_s
         for w in alive:
             w.process.join(max(0.0, deadline - time.monotonic()))

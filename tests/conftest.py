@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from fractions import Fraction
@@ -83,6 +86,41 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     """The records of a JSON Lines file."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def assert_same_detections(records: list[dict], expected: list[dict]) -> None:
+    """Same instances and classes per frame, scores within 1e-4, boxes within 1e-2 px, mask IoU >= 0.99."""
+    from streamseg.masks import decode_rle
+
+    assert len(records) == len(expected)
+    for record, want in zip(records, expected):
+        got = record["instances"]
+        assert len(got) == len(want["scores"]), f"frame {record['frame']}"
+        unmatched = set(range(len(got)))
+        for j in range(len(want["scores"])):
+            # instances are matched by class and box: near-equal scores may swap places
+            candidates = [i for i in unmatched if got[i]["class_id"] == want["labels"][j]
+                          and np.abs(np.array(got[i]["box"]) - want["boxes"][j]).max() < 1e-2]
+            assert candidates, f"frame {record['frame']}: instance {j} missing"
+            i = min(candidates, key=lambda c: abs(got[c]["score"] - want["scores"][j]))
+            unmatched.discard(i)
+            assert abs(got[i]["score"] - want["scores"][j]) <= 1e-4
+            assert _iou(decode_rle(got[i]["mask"]), want["masks"][j]) >= 0.99
+
+
+def as_expected(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Masks JSONL records in the form :func:`assert_same_detections` expects."""
+    from streamseg.masks import decode_rle
+
+    return [{"boxes": np.array([i["box"] for i in r["instances"]], np.float32).reshape(-1, 4),
+             "scores": np.array([i["score"] for i in r["instances"]]),
+             "labels": np.array([i["class_id"] for i in r["instances"]]),
+             "masks": [decode_rle(i["mask"]) for i in r["instances"]]} for r in records]
 
 
 def tagged_processes(tag: str) -> list[int]:
@@ -177,3 +215,113 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], *needles: str) 
     assert len(errors) == 1, result.stderr
     for needle in needles:
         assert needle in errors[0], errors[0]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+class Collector(threading.Thread):
+    """A subscriber in a thread: every message until end of stream, or ``timeout_s`` of silence."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 60.0, topic: str | None = None) -> None:
+        from streamseg.client import Subscriber
+
+        super().__init__(daemon=True)
+        self.subscriber = Subscriber(endpoint, topic=topic, timeout_s=timeout_s)
+        self.messages: list[dict] = []
+
+    def run(self) -> None:
+        try:
+            for message in self.subscriber.messages():
+                self.messages.append(message)
+        finally:
+            self.subscriber.close()
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m for m in list(self.messages) if m["type"] == kind]
+
+    def wait_for(self, what: Any, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until ``what(messages)`` is true; False after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if what(list(self.messages)):
+                return True
+            time.sleep(poll_s)
+        return False
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SERVER = Path(__file__).resolve().parent / "rtsp_server.py"
+
+
+def rtsp_server_missing() -> str:
+    """Why GStreamer's RTSP server cannot run here ("" when it can)."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        return f"{SYSTEM_PYTHON} not found"
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
+                            "from gi.repository import GstRtspServer"], capture_output=True, text=True, timeout=30)
+    return "" if probe.returncode == 0 else "GStreamer's RTSP server is not installed (python3-gi, " \
+        "gir1.2-gst-rtsp-server-1.0; .ci/run installs them)"
+
+
+class RtspServer:
+    """GStreamer's gst-rtsp-server serving ``clip`` at ``rtsp://127.0.0.1:PORT/cam`` in real time."""
+
+    def __init__(self, clip: Path, port: int | None = None) -> None:
+        self.clip = clip
+        self.port = port or free_port()
+        self.url = f"rtsp://127.0.0.1:{self.port}/cam"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> RtspServer:
+        self.process = subprocess.Popen([SYSTEM_PYTHON, str(RTSP_SERVER), str(self.clip), str(self.port)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        ready = threading.Event()
+        threading.Thread(target=lambda: ready.set() if self.process.stdout.readline() else None,
+                         daemon=True).start()
+        if not ready.wait(20):
+            self.kill()
+            pytest.fail("the RTSP server did not start within 20 s")
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def rtsp_server() -> Any:
+    """A factory: ``rtsp_server(clip)`` starts a server (stopped at the end of the test).
+
+    Skips where the server is not installed, except under ``STREAMSEG_REQUIRE_RTSP=1`` (CI), where
+    that fails the test instead.
+    """
+    why = rtsp_server_missing()
+    if why:
+        if os.environ.get("STREAMSEG_REQUIRE_RTSP") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    servers: list[RtspServer] = []
+
+    def start(clip: Path, port: int | None = None) -> RtspServer:
+        servers.append(RtspServer(clip, port).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def have_ffmpeg() -> bool:
+    return shutil.which("ffmpeg") is not None

@@ -182,3 +182,21 @@ def test_weights_that_do_not_fit_are_refused(cli, tmp_path: Path) -> None:
     result = cli.run("run", str(clip), "-o", "out.mp4", *TEST_MODEL, "--weights", str(tmp_path / "bad.pt"))
     assert_clean_error(result, "do not fit")
     assert result.returncode == 4
+
+
+def test_coco_model_metadata_matches_torchvision_without_importing_it() -> None:
+    import subprocess
+    import sys
+
+    from torchvision.models import detection as tvd
+
+    from streamseg.models import model_info
+
+    assert model_info("maskrcnn_resnet50_fpn").categories == tuple(tvd.MaskRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"])
+    meta = tvd.KeypointRCNN_ResNet50_FPN_Weights.DEFAULT.meta
+    kp = model_info("keypointrcnn_resnet50_fpn")
+    assert kp.categories == tuple(meta["categories"]) and kp.keypoint_names == tuple(meta["keypoint_names"])
+    # the supervisor reads model metadata before starting workers: that must not cost a torch import
+    probe = "import sys; from streamseg.models import model_info; model_info('maskrcnn_resnet50_fpn_v2'); " \
+            "print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"

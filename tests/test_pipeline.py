@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import streamseg
-from conftest import TEST_MODEL, TEST_SCORE_THRESH, make_clip, read_jsonl, read_video
+from conftest import TEST_MODEL, TEST_SCORE_THRESH, as_expected, assert_same_detections, make_clip, read_jsonl, read_video
 from streamseg.masks import decode_rle
 from streamseg.models import load_model
 
@@ -51,29 +51,6 @@ def _direct(clip: Path, score_thresh: float) -> list[dict]:
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def assert_same_detections(records: list[dict], expected: list[dict]) -> None:
-    """Same instances and classes per frame, scores within 1e-4, boxes within 1e-2 px, mask IoU >= 0.99."""
-    assert len(records) == len(expected)
-    for record, want in zip(records, expected):
-        got = record["instances"]
-        assert len(got) == len(want["scores"]), f"frame {record['frame']}"
-        unmatched = set(range(len(got)))
-        for j in range(len(want["scores"])):
-            # instances are matched by class and box: near-equal scores may swap places
-            candidates = [i for i in unmatched if got[i]["class_id"] == want["labels"][j]
-                          and np.abs(np.array(got[i]["box"]) - want["boxes"][j]).max() < 1e-2]
-            assert candidates, f"frame {record['frame']}: instance {j} missing"
-            i = min(candidates, key=lambda c: abs(got[c]["score"] - want["scores"][j]))
-            unmatched.discard(i)
-            assert abs(got[i]["score"] - want["scores"][j]) <= 1e-4
-            assert _iou(decode_rle(got[i]["mask"]), want["masks"][j]) >= 0.99
-
-
 def test_pipeline_loses_nothing_against_the_model_called_directly(cli, clip: Path, tmp_path: Path) -> None:
     result = cli.run("run", str(clip), "--masks", "m.jsonl", *TEST_MODEL, "--max-batch", "4")
     assert result.returncode == 0, result.stderr
@@ -85,11 +62,7 @@ def test_batch_size_does_not_change_outputs(cli, clip: Path, tmp_path: Path) -> 
         result = cli.run("run", str(clip), "--masks", f"m{batch}.jsonl", *TEST_MODEL, "--max-batch", batch)
         assert result.returncode == 0, result.stderr
     one, four = read_jsonl(tmp_path / "m1.jsonl"), read_jsonl(tmp_path / "m4.jsonl")
-    as_expected = [{"boxes": np.array([i["box"] for i in r["instances"]], np.float32).reshape(-1, 4),
-                    "scores": np.array([i["score"] for i in r["instances"]]),
-                    "labels": np.array([i["class_id"] for i in r["instances"]]),
-                    "masks": [decode_rle(i["mask"]) for i in r["instances"]]} for r in one]
-    assert_same_detections(four, as_expected)
+    assert_same_detections(four, as_expected(one))
 
 
 def test_audio_is_copied_in_sync(cli, tmp_path: Path) -> None:

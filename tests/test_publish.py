@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -12,32 +11,11 @@ import jsonschema
 import numpy as np
 import zmq
 
-from conftest import TEST_MODEL, assert_clean_error, make_clip, read_jsonl
+from conftest import TEST_MODEL, Collector, assert_clean_error, free_endpoint, make_clip, read_jsonl
 from streamseg.client import Subscriber
 from streamseg.masks import decode_rle
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "detections-v1.schema.json").read_text())
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-class Collector(threading.Thread):
-    """A subscriber in a thread: every message until end of stream, or ``timeout_s`` of silence."""
-
-    def __init__(self, endpoint: str, timeout_s: float = 60.0, topic: str | None = None) -> None:
-        super().__init__(daemon=True)
-        self.subscriber = Subscriber(endpoint, topic=topic, timeout_s=timeout_s)
-        self.messages: list[dict] = []
-
-    def run(self) -> None:
-        try:
-            self.messages.extend(self.subscriber.messages())
-        finally:
-            self.subscriber.close()
 
 
 def test_a_subscriber_gets_one_valid_message_per_frame(cli, clip: Path, tmp_path: Path) -> None:

@@ -56,6 +56,84 @@ def test_batch_passes_stream_start_after_pending_frames() -> None:
     assert isinstance(out[0][1], Batch) and out[1][1] is start
 
 
+def _live(policy: str, queue: int = 3) -> BatchStage:
+    stage = BatchStage(max_batch=4, live_policy=policy, live_queue=queue)
+    list(stage.process(StreamStart("s", 64, 48, Fraction(25), TB, 0, "rtsp://x", False, live=True)))
+    return stage
+
+
+@pytest.mark.parametrize("policy, kept", [("latest", [9]), ("drop_oldest", [7, 8, 9]), ("drop_newest", [0, 1, 2])])
+def test_live_frames_wait_for_room_and_the_policy_says_which_are_dropped(policy: str, kept: list[int]) -> None:
+    stage = _live(policy)
+    for i in range(10):  # the model is busy: nothing is sent until there is room
+        assert list(stage.process(_frame(i))) == []
+    assert stage.waiting_port() == "batches"
+    (port, batch), = stage.on_room()
+    assert [f.index for f in batch.frames] == kept
+    assert stage.counters["dropped"] == 10 - len(kept) and stage.report()["dropped_by_stream"] == {"s": 10 - len(kept)}
+    assert stage.waiting_port() is None
+
+
+def test_block_policy_and_files_never_drop() -> None:
+    for stage in (_live("block"), BatchStage(max_batch=4)):
+        out = [e for i in range(10) for e in stage.process(_frame(i))]
+        out += list(stage.flush(EndOfStream("s", 10)))
+        assert [f.index for _, b in out for f in b.frames] == list(range(10))
+        assert "dropped" not in stage.counters and stage.waiting_port() is None
+
+
+def test_held_live_frames_are_flushed_on_end_of_stream() -> None:
+    stage = _live("drop_oldest", queue=6)
+    for i in range(6):
+        stage.process(_frame(i))
+    out = list(stage.flush(EndOfStream("s", 6)))
+    assert [[f.index for f in b.frames] for _, b in out] == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_decoder_loop_keeps_timestamps_increasing(clip: Path) -> None:
+    source = DecodeStage(str(clip), loop=True, max_frames=100)
+    source.setup()
+    source.bind_events(lambda event, **data: None)
+    frames = [m for _, m in source.produce() if isinstance(m, Frame)]
+    source.close()
+    assert [f.index for f in frames] == list(range(100))
+    pts = [f.pts for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+    step = pts[1] - pts[0]
+    assert pts[48] == pts[47] + step  # one frame after the last one of the first pass
+    assert source.counters["loops"] == 2
+
+
+def test_sources_are_told_apart_and_passwords_hidden(tmp_path: Path) -> None:
+    from streamseg.pipeline import stream_output
+    from streamseg.sources import is_live, safe_url, source_kind
+
+    assert [source_kind(u) for u in ("rtsp://h/x", "rtmp://h/x", "https://h/a.m3u8", "/dev/video0",
+                                     str(tmp_path), str(tmp_path / "*.jpg"), "clip.mp4")] == \
+        ["network", "network", "network", "device", "images", "images", "file"]
+    assert is_live("rtsp://h/x") and is_live("/dev/video0") and not is_live("clip.mp4")
+    assert not is_live("rtsp://h/x", "false") and is_live("clip.mp4", "true")
+    assert safe_url("rtsp://admin:hunter2@cam:554/s") == "rtsp://admin:***@cam:554/s"
+    assert safe_url("rtsp://cam/s") == "rtsp://cam/s"
+    assert stream_output("out.mp4", "cam1", True) == "out-cam1.mp4"
+    assert stream_output("out.mp4", "cam1", False) == "out.mp4"
+    assert stream_output("out/{stream}/a.jsonl", "c", True) == "out/c/a.jsonl"
+    assert stream_output("rtsp://server:8554/live", "c", True) == "rtsp://server:8554/live-c"
+
+
+def test_latency_meter_compares_halves() -> None:
+    from streamseg.stage import LatencyMeter
+
+    meter = LatencyMeter()
+    now = time.time()
+    for i in range(100):
+        meter.add(now - (0.1 if i < 50 else 0.5))
+    meter.add(0.0)  # no capture time: not a sample
+    summary = meter.summary()
+    assert summary["frames"] == 100
+    assert 0.1 <= summary["p99_first_half_s"] < 0.2 and 0.5 <= summary["p99_second_half_s"] < 0.6
+
+
 def test_rle_round_trip_is_exact() -> None:
     rng = np.random.default_rng(0)
     masks = rng.random((5, 37, 53)) > 0.6

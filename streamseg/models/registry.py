@@ -78,7 +78,7 @@ def register(entry: ModelEntry) -> ModelEntry:
 
 def _entries() -> dict[str, ModelEntry]:
     if not _REGISTRY:
-        _register_builtin()  # on first use: it imports torchvision
+        _register_builtin()
     return _REGISTRY
 
 
@@ -188,29 +188,57 @@ def _tiny_random() -> Any:
     return model
 
 
+COCO_CATEGORIES = (
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
+    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
+    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza",
+    "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet",
+    "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
+"""The 91 class ids of torchvision's COCO detection models (as in their weights' metadata)."""
+COCO_PERSON = ("no person", "person")
+COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                  "right_knee", "left_ankle", "right_ankle")
+
+
+def _torchvision_model(builder: str, weights: str, **kwargs: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(build, default_weights) of a torchvision detection model, both importing torchvision only when
+    called: listing models and reading their metadata stays cheap (the supervisor does it)."""
+
+    def build() -> Any:
+        from torchvision.models import detection
+
+        return getattr(detection, builder)(weights=None, weights_backbone=None, **kwargs)
+
+    def default_weights() -> dict[str, Any]:
+        from torchvision.models import detection
+
+        enum_name, _, member = weights.partition(".")
+        return _torchvision_weights(getattr(getattr(detection, enum_name), member))()
+
+    return build, default_weights
+
+
 def _register_builtin() -> None:
-    from torchvision.models import detection as tvd
-
-    coco = tuple(tvd.MaskRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"])
-    person_kp = tuple(tvd.KeypointRCNN_ResNet50_FPN_Weights.DEFAULT.meta["keypoint_names"])
-    person = tuple(tvd.KeypointRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"])
-    no_download = {"weights": None, "weights_backbone": None}
-    register(ModelEntry(
-        ModelInfo("maskrcnn_resnet50_fpn", coco),
-        lambda: tvd.maskrcnn_resnet50_fpn(num_classes=91, **no_download),
-        _torchvision_weights(tvd.MaskRCNN_ResNet50_FPN_Weights.COCO_V1),
-        "torchvision Mask R-CNN ResNet-50-FPN, COCO (box AP 37.9, mask AP 34.6)"))
-    register(ModelEntry(
-        ModelInfo("maskrcnn_resnet50_fpn_v2", coco),
-        lambda: tvd.maskrcnn_resnet50_fpn_v2(num_classes=91, **no_download),
-        _torchvision_weights(tvd.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
-        "torchvision Mask R-CNN ResNet-50-FPN v2, COCO (box AP 47.4, mask AP 41.8)"))
-    register(ModelEntry(
-        ModelInfo("keypointrcnn_resnet50_fpn", person, person_kp, COCO_SKELETON, masks=False),
-        lambda: tvd.keypointrcnn_resnet50_fpn(num_classes=2, num_keypoints=17, **no_download),
-        _torchvision_weights(tvd.KeypointRCNN_ResNet50_FPN_Weights.COCO_V1),
-        "torchvision Keypoint R-CNN ResNet-50-FPN, COCO persons (box AP 54.6, keypoint AP 65.0)"))
-
+    for name, builder, weights, info, description in (
+            ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1",
+             ModelInfo("maskrcnn_resnet50_fpn", COCO_CATEGORIES),
+             "torchvision Mask R-CNN ResNet-50-FPN, COCO (box AP 37.9, mask AP 34.6)"),
+            ("maskrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn_v2", "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
+             ModelInfo("maskrcnn_resnet50_fpn_v2", COCO_CATEGORIES),
+             "torchvision Mask R-CNN ResNet-50-FPN v2, COCO (box AP 47.4, mask AP 41.8)"),
+            ("keypointrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn", "KeypointRCNN_ResNet50_FPN_Weights.COCO_V1",
+             ModelInfo("keypointrcnn_resnet50_fpn", COCO_PERSON, COCO_KEYPOINTS, COCO_SKELETON, masks=False),
+             "torchvision Keypoint R-CNN ResNet-50-FPN, COCO persons (box AP 54.6, keypoint AP 65.0)")):
+        extra = {"num_classes": len(info.categories)}
+        if info.keypoint_names:
+            extra["num_keypoints"] = len(info.keypoint_names)
+        build, default_weights = _torchvision_model(builder, weights, **extra)
+        register(ModelEntry(info, build, default_weights, description))
     register(ModelEntry(
         ModelInfo("streamseg-small", SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON),
         build_streamseg_small, _shipped_weights,

@@ -9,6 +9,7 @@ the time the source was away added, so the output's clock keeps real time.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from fractions import Fraction
@@ -41,7 +42,7 @@ class DecodeStage(Source):
     outputs = ("frames",)
 
     def __init__(self, path: str, stream_id: str = "0", threads: int = 0, live: bool = False,
-                 loop: bool = False, fps: float = 25.0, rtsp_transport: str = "tcp",
+                 loop: bool = False, max_frames: int = 0, fps: float = 25.0, rtsp_transport: str = "tcp",
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0,
                  options: dict[str, str] | None = None, reconnect_attempts: int = 10,
                  reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0) -> None:
@@ -52,6 +53,7 @@ class DecodeStage(Source):
         self.threads = threads
         self.live = live
         self.loop = loop
+        self.max_frames = max_frames
         self.fps = fps
         self.open_options = OpenOptions(rtsp_transport, open_timeout_s, read_timeout_s, dict(options or {}))
         self.reconnect_attempts = reconnect_attempts
@@ -78,17 +80,23 @@ class DecodeStage(Source):
             stream.codec_context.thread_count = self.threads
 
     def _stream_start(self) -> StreamStart:
+        """What the stream is; ``frames`` is what will be read when that is known (for progress)."""
         if self.images is not None:
             seq = self.images
-            return StreamStart(self.stream_id, seq.width, seq.height, seq.rate, seq.time_base, len(seq.paths),
-                               self.shown, audio=False, live=self.live)
-        assert self.container is not None, "setup() first"
-        stream = self.container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-        return StreamStart(self.stream_id, stream.codec_context.width, stream.codec_context.height,
-                           Fraction(rate), Fraction(stream.time_base or Fraction(1, 90000)),
-                           0 if self.live or self.loop else int(stream.frames or 0), self.shown,
-                           audio=bool(self.container.streams.audio), live=self.live)
+            start = StreamStart(self.stream_id, seq.width, seq.height, seq.rate, seq.time_base, len(seq.paths),
+                                self.shown, audio=False, live=self.live)
+        else:
+            assert self.container is not None, "setup() first"
+            stream = self.container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            start = StreamStart(self.stream_id, stream.codec_context.width, stream.codec_context.height,
+                                Fraction(rate), Fraction(stream.time_base or Fraction(1, 90000)),
+                                0 if self.live else int(stream.frames or 0), self.shown,
+                                audio=bool(self.container.streams.audio), live=self.live)
+        frames = 0 if self.loop else start.frames
+        if self.max_frames:
+            frames = min(frames, self.max_frames) if frames else self.max_frames
+        return dataclasses.replace(start, frames=frames)
 
     def lossy(self, message: Any) -> bool:
         return self.live and isinstance(message, Frame)
@@ -99,12 +107,20 @@ class DecodeStage(Source):
                     height=start.height, rate=str(start.rate), live=self.live)
         yield ALL_PORTS, start
         reason, error = "end", ""
+        if self.live and self.container is not None:
+            # opened in setup() to fail fast; what a live source sent while the model loaded is stale
+            self._close_container()
+            try:
+                self._open()
+            except InputError as exc:
+                error = str(exc)  # gone in the meantime: reconnect as after any loss
         while True:
-            error = yield from self._segment()
-            if self.stop_requested:
+            error = error or (yield from self._segment())
+            if self.stop_requested or self._enough():
                 break
             if self.live:
                 if (yield from self._reconnect(error or "the source ended")):
+                    error = ""
                     continue
                 reason = "lost"
                 break
@@ -118,7 +134,7 @@ class DecodeStage(Source):
             reason, detail = "stopped", "stopped on request"
         elif reason == "lost":
             detail = f"the source was lost and could not be reconnected: {error or 'it ended'}"
-        elif error or (start.frames and self.index + self.skipped < start.frames):
+        elif not self._enough() and (error or (start.frames and self.index + self.skipped < start.frames)):
             reason = "truncated"
             self.counters["truncated"] = 1
             detail = (f"input ended after {self.index} of {start.frames} frames" if start.frames else
@@ -167,8 +183,11 @@ class DecodeStage(Source):
             yield "frames", Frame(self.stream_id, self.index, int(pts_out), start.time_base, image,
                                   captured=time.time())
             self.index += 1
-            if self.stop_requested:
+            if self.stop_requested or self._enough():
                 return ""
+
+    def _enough(self) -> bool:
+        return 0 < self.max_frames <= self.index
 
     def _picture(self, picture: av.VideoFrame | np.ndarray) -> np.ndarray | None:
         """RGB pixels at the stream's size: a live source that comes back at another size is scaled."""
@@ -259,6 +278,7 @@ class DecodeStage(Source):
             yield self._status("reconnected", "", attempt)
             return True
         log.error("stream %s: gave up on %s after %d attempts: %s", self.stream_id, self.shown, attempt, why)
+        self.count("gave_up")
         yield self._status("gave_up", why, attempt)
         return False
 
