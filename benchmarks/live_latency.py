@@ -106,7 +106,7 @@ def main() -> None:
     print(f"# live latency: {platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     print(f"# {args.model}, 640x360 RTSP feed at 30 fps over TCP, inference capped at {args.max_fps:g} fps, "
           f"{args.frames} frames read")
-    print(f"| policy | processed | dropped | p50 ms | p99 ms | p99 1st half ms | p99 2nd half ms | wall s |")
+    print("| policy | processed | dropped | p50 ms | p99 ms | p99 1st half ms | p99 2nd half ms | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for policy, s, w in rows:
         lat = s.latency

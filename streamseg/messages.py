@@ -75,7 +75,9 @@ class Frame:
     image: np.ndarray
     """Pixels, ``uint8[H, W, 3]``, RGB."""
     captured: float = 0.0
-    """Wall-clock time (``time.time()``) the decoder produced the frame; latency is measured from it."""
+    """Wall-clock time (``time.time()``) the frame was captured, latency is measured from it: when
+    the decoder read it (files), or when the source delivered it on its own clock (live sources:
+    the earliest arrival, advanced by the timestamps), so that a backlog before the decoder counts."""
 
     def __post_init__(self) -> None:
         _check(self.index >= 0, f"bad frame index {self.index}")

@@ -190,7 +190,8 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
                         loop=inp.loop, max_frames=inp.max_frames, fps=inp.fps, rtsp_transport=inp.rtsp_transport,
                         open_timeout_s=inp.open_timeout_s, read_timeout_s=inp.read_timeout_s,
                         options=dict(inp.options), reconnect_attempts=inp.reconnect_attempts,
-                        reconnect_initial_s=inp.reconnect_initial_s, reconnect_max_s=inp.reconnect_max_s),
+                        reconnect_initial_s=inp.reconnect_initial_s, reconnect_max_s=inp.reconnect_max_s,
+                        drop_when_full=config.batch.live_policy != "block"),
                    outputs={"frames": endpoint(f"frames-{i}")}, **dict(common, streams=1))
         for i, (name, (sid, url), is_live_stream) in enumerate(zip(source_stage_names(config), streams, live))]
     specs = [

@@ -148,6 +148,17 @@ def test_slow_inference_on_a_live_source_drops_and_keeps_latency_bounded(rtsp_se
     assert lat["p99_s"] < 1.5, lat
 
 
+def test_without_drops_a_live_backlog_shows_as_growing_latency(rtsp_server, long_clip: Path, tmp_path: Path) -> None:
+    # the contrast that makes the bound above mean something: block drops nothing, so frames wait
+    # (before the decoder, on the source's clock) and the latency grows for as long as the run lasts
+    server = rtsp_server(long_clip)
+    summary = streamseg.run(server.url, masks=str(tmp_path / "m.jsonl"), input__max_frames=60,
+                            model__max_fps=15.0, batch__live_policy="block", **LIVE_OPTIONS)
+    lat = summary.latency
+    assert summary.dropped == 0 and summary.frames == 60
+    assert lat["p99_second_half_s"] > lat["p99_first_half_s"] + 0.5, lat
+
+
 def test_slow_inference_on_a_file_drops_nothing(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "c.mp4", frames=40)
     summary = streamseg.run(str(clip), masks=str(tmp_path / "m.jsonl"), model__max_fps=15.0,

@@ -45,13 +45,16 @@ class DecodeStage(Source):
                  loop: bool = False, max_frames: int = 0, fps: float = 25.0, rtsp_transport: str = "tcp",
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0,
                  options: dict[str, str] | None = None, reconnect_attempts: int = 10,
-                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0) -> None:
+                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0, drop_when_full: bool = True) -> None:
         super().__init__()
         self.path = path
         self.shown = safe_url(path)
         self.stream_id = stream_id
         self.threads = threads
         self.live = live
+        self.drop_when_full = live and drop_when_full
+        """A live source drops a frame the batcher has no room for rather than fall behind (not under
+        the ``block`` policy); the batcher drains quickly, so this happens only when it is stalled."""
         self.loop = loop
         self.max_frames = max_frames
         self.fps = fps
@@ -66,6 +69,8 @@ class DecodeStage(Source):
         self.skipped = 0
         self.last_pts: int | None = None
         self.next_base: int | None = None  # first pts of the next segment (after a loop or reconnection)
+        self.first_pts: int | None = None  # of the stream, for its capture clock
+        self.clock_origin: float | None = None  # wall time of the stream's pts 0 on its own clock
 
     def setup(self) -> None:
         if source_kind(self.path) == "images":
@@ -99,7 +104,7 @@ class DecodeStage(Source):
         return dataclasses.replace(start, frames=frames)
 
     def lossy(self, message: Any) -> bool:
-        return self.live and isinstance(message, Frame)
+        return self.drop_when_full and isinstance(message, Frame)
 
     def produce(self) -> Iterator[Emit | None]:
         start = self.start = self._stream_start()
@@ -181,10 +186,30 @@ class DecodeStage(Source):
                 continue
             self.last_pts = pts_out
             yield "frames", Frame(self.stream_id, self.index, int(pts_out), start.time_base, image,
-                                  captured=time.time())
+                                  captured=self._captured(pts_out))
             self.index += 1
             if self.stop_requested or self._enough():
                 return ""
+
+    def _captured(self, pts: int) -> float:
+        """When the frame was captured, as well as this side can tell.
+
+        A file's frame: now (it is read when wanted). A live frame: when the source delivered it
+        on its own clock, i.e. the earliest arrival seen, advanced by the frame's timestamps, so a
+        backlog that builds up before the decoder (in the network, the server or the camera)
+        counts as latency too, not only the queues inside the pipeline.
+        """
+        now = time.time()
+        if not self.live:
+            return now
+        assert self.start is not None
+        stream_s = float((pts - (self.first_pts or 0)) * self.start.time_base)
+        if self.first_pts is None:
+            self.first_pts = pts
+            stream_s = 0.0
+        if self.clock_origin is None or now - stream_s < self.clock_origin:
+            self.clock_origin = now - stream_s
+        return self.clock_origin + stream_s
 
     def _enough(self) -> bool:
         return 0 < self.max_frames <= self.index
