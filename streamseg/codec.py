@@ -29,6 +29,8 @@ from .messages import MESSAGE_TYPES
 WIRE_VERSION = 1
 ALLOWED_DTYPES = frozenset({"uint8", "bool", "float32", "int64"})
 MAX_ARRAY_DIMS = 4
+MAX_HEADER_BYTES = 1 << 20
+"""Headers are small (a Batch of 16 frames is about 2 KB); a bigger one is refused before parsing."""
 _TYPES = {cls.__name__: cls for cls in MESSAGE_TYPES}
 _HINTS = {cls: typing.get_type_hints(cls) for cls in MESSAGE_TYPES}
 
@@ -69,10 +71,15 @@ def decode(parts: Sequence[Any]) -> Any:
     """The message in ``parts`` (``bytes`` or ``zmq.Frame``), validated; raises MessageError."""
     if not parts:
         raise MessageError("empty message")
+    head = _buffer(parts[0])
+    if head.nbytes > MAX_HEADER_BYTES:
+        raise MessageError(f"header is {head.nbytes} bytes, more than {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(_buffer(parts[0])))
+        header = json.loads(bytes(head))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"header is not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("header nests too deeply") from None
     if not isinstance(header, dict) or header.get("v") != WIRE_VERSION:
         raise MessageError(f"header has no supported version (want v={WIRE_VERSION})")
     specs = header.get("arrays")
@@ -84,8 +91,8 @@ def decode(parts: Sequence[Any]) -> Any:
         return _from_json(header.get("msg"), arrays, top=True)
     except MessageError:
         raise
-    except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError) as exc:
-        raise MessageError(f"malformed message body: {exc}") from None
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError, RecursionError) as exc:
+        raise MessageError(f"malformed message body: {type(exc).__name__}: {exc}") from None
 
 
 def _array(spec: Any, buffer: memoryview, i: int) -> np.ndarray:

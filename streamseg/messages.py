@@ -123,6 +123,9 @@ class Detections:
         _check_array(self.labels, "Detections.labels", np.int64, 1)
         n = self.boxes.shape[0]
         _check(self.boxes.shape[1] == 4, f"Detections.boxes must be [N, 4], got {self.boxes.shape}")
+        _check(bool(np.isfinite(self.boxes).all()), "Detections.boxes must be finite")
+        _check(bool(((self.scores >= 0) & (self.scores <= 1)).all()), "Detections.scores must be within [0, 1]")
+        _check(bool((self.labels >= 0).all()), "Detections.labels must be >= 0")
         _check(self.scores.shape[0] == n and self.labels.shape[0] == n,
                "Detections fields disagree on the instance count")
         if self.masks is not None:
@@ -132,6 +135,7 @@ class Detections:
             _check_array(self.keypoints, "Detections.keypoints", np.float32, 3)
             _check(self.keypoints.shape[0] == n and self.keypoints.shape[2] == 3,
                    f"Detections.keypoints must be [N, K, 3], got {self.keypoints.shape}")
+            _check(bool(np.isfinite(self.keypoints).all()), "Detections.keypoints must be finite")
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])

@@ -34,6 +34,10 @@ from .worker import DRAIN_SIGNAL, JOB_SIGNALS, START_SIGNAL, WorkerSpec, worker_
 
 log = logging.getLogger(__name__)
 
+EXIT_EVENT_GRACE_S = 1.0
+"""How long a worker that exited is given for its last event to arrive before its exit counts
+as a failure without an explanation."""
+
 
 @dataclass
 class WorkerState:
@@ -45,6 +49,8 @@ class WorkerState:
     done: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     error: tuple[str, str] | None = None
+    exit_seen: float | None = None
+    """When the supervisor first saw the process gone without its final event."""
 
 
 class Supervisor:
@@ -169,6 +175,11 @@ class Supervisor:
                 continue
             if code == 0 and w.done:
                 continue
+            if code >= 0:  # it exited by itself: its last event (done or error) may still be on its way
+                if w.exit_seen is None:
+                    w.exit_seen = now
+                if now - w.exit_seen < EXIT_EVENT_GRACE_S:
+                    continue
             if code < 0:
                 try:
                     why = f"worker process died ({signal.Signals(-code).name})"
@@ -177,10 +188,6 @@ class Supervisor:
             elif code == 0:
                 why = "worker process exited before finishing"
             else:
-                # give its error event (sent just before exiting) a moment to arrive
-                time.sleep(0.2)
-                if w.error is not None:
-                    return name, w.error[1], exit_code_for(w.error[0])
                 why = f"worker process exited with code {code}"
             return name, why, 1
         return None

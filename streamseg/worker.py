@@ -36,7 +36,7 @@ import zmq
 
 from . import codec
 from .errors import MessageError, OutputError, StreamsegError
-from .messages import EndOfStream
+from .messages import Batch, EndOfStream, StreamStart
 from .stage import ALL_PORTS, Emit, Source, Stage
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ JOB_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 """Signals meant for the whole job: the supervisor handles them and stops the workers in order;
 it starts each worker with them blocked until the worker has left the job's process group."""
 PROGRESS_EVERY_S = 0.1
+REJECTS_LOGGED = 5
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class _Runtime:
         self.received = 0
         self.sent = 0
         self.rejected = 0
+        self.open_streams: set[str] = set()
         self.closed = False
         self._last_progress = 0.0
 
@@ -254,17 +256,39 @@ class _Runtime:
             self.received += 1
             try:
                 message = codec.decode(parts)
+                if isinstance(message, EndOfStream):
+                    if message.stream_id not in self.open_streams:
+                        raise MessageError(f"end of stream {message.stream_id!r}, which is not open")
+                    self.open_streams.discard(message.stream_id)
+                    self.send(self.timed(lambda: stage.flush(message)))
+                    self.send([(ALL_PORTS, message)] if self.data_out else [])
+                    ended += 1
+                else:
+                    if isinstance(message, StreamStart):
+                        self.open_streams.add(message.stream_id)
+                    else:
+                        self._check_open(message)
+                    self.send(self.timed(lambda: stage.process(message)))
             except MessageError as exc:
-                self.rejected += 1
-                log.warning("%s: rejected a malformed message: %s", self.spec.name, exc)
+                self.reject(exc)
                 continue
-            if isinstance(message, EndOfStream):
-                self.send(self.timed(lambda: stage.flush(message)))
-                self.send([(ALL_PORTS, message)] if self.data_out else [])
-                ended += 1
-            else:
-                self.send(self.timed(lambda: stage.process(message)))
             self.progress()
+
+    def _check_open(self, message: Any) -> None:
+        """Frames and results belong to a stream that has started and not ended."""
+        if not isinstance(message, Batch) and not hasattr(message, "stream_id"):
+            raise MessageError(f"a bare {type(message).__name__} is not a message of the data path")
+        ids = {f.stream_id for f in message.frames} if isinstance(message, Batch) else {message.stream_id}
+        unknown = ids - self.open_streams
+        if unknown:
+            raise MessageError(f"{type(message).__name__} of stream {sorted(unknown)[0]!r}, which is not open")
+
+    def reject(self, exc: MessageError) -> None:
+        """Count a message that is malformed or does not fit (a stage raised MessageError); log a few."""
+        self.rejected += 1
+        if self.rejected <= REJECTS_LOGGED or self.rejected % 1000 == 0:
+            more = " (further ones are counted, and logged once per 1000)" if self.rejected == REJECTS_LOGGED else ""
+            log.warning("%s: rejected a malformed message (%d so far): %s%s", self.spec.name, self.rejected, exc, more)
 
     def run(self) -> int:
         spec = self.spec

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 
 import av
 
-from ..errors import OutputError
+from ..errors import MessageError, OutputError
 from ..messages import EndOfStream, Frame, StreamStart
 from ..sources import safe_url
 from ..stage import Emit, Stage
@@ -127,6 +127,9 @@ class _Writer:
                 self.warning = f"audio not copied into {path}: {exc}"
 
     def write(self, frame: Frame) -> None:
+        if frame.image.shape[:2] != (self.stream.height, self.stream.width):
+            raise MessageError(f"a frame of {frame.image.shape[1]}x{frame.image.shape[0]} for "
+                               f"{self.stream.width}x{self.stream.height} output {self.shown}")
         video_frame = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         video_frame.pts = frame.pts
         video_frame.time_base = Fraction(frame.time_base)
@@ -175,7 +178,7 @@ class EncodeStage(Stage):
         elif isinstance(message, Frame):
             writer = self.writers.get(message.stream_id)
             if writer is None:
-                raise OutputError(f"encode received a frame of stream {message.stream_id!r} before its StreamStart")
+                raise MessageError(f"a frame of stream {message.stream_id!r} came before its StreamStart")
             writer.write(message)
             self.count("frames")
             self.latency.add(message.captured)
@@ -186,7 +189,7 @@ class EncodeStage(Stage):
             return  # a second StreamStart for a stream continues the same output
         path = self.paths.get(start.stream_id, self.path)
         if not path:
-            raise OutputError(f"no output is configured for stream {start.stream_id!r}")
+            raise MessageError(f"no output is configured for stream {start.stream_id!r}")
         writer = self.writers[start.stream_id] = _Writer(path, start, **self.settings)
         if writer.warning:
             self.notify("warning", message=writer.warning)

@@ -17,7 +17,7 @@ import json
 import time
 from typing import IO, Any, Iterable
 
-from ..errors import OutputError
+from ..errors import MessageError, OutputError
 from ..masks import encode_rle
 from ..messages import EndOfStream, FrameResult
 from ..models.registry import ModelInfo
@@ -75,7 +75,7 @@ class MaskWriterStage(Stage):
         if isinstance(message, FrameResult):
             file = self.files.get(message.stream_id) or self.files.get("")
             if file is None:
-                raise OutputError(f"no masks file is configured for stream {message.stream_id!r}")
+                raise MessageError(f"no masks file is configured for stream {message.stream_id!r}")
             file.write(json.dumps(frame_record(message, self.info), separators=(",", ":")) + "\n")
             self.count("frames")
             self.latency.add(message.captured)
