@@ -233,6 +233,27 @@ def _add_subscribe(sub: Any) -> None:
     p.add_argument("--count", type=int, metavar="N", help="stop after N frame messages")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds without a message")
     p.add_argument("--forever", action="store_true", help="keep listening after end of stream")
+    p.add_argument("--curve-key", metavar="NAME.key_secret", help="our CURVE key pair (`streamseg keys`)")
+    p.add_argument("--curve-server-key", metavar="SERVER.key", help="the publisher's CURVE public key file")
+
+
+def _add_keys(sub: Any) -> None:
+    p = sub.add_parser("keys", help="make a CURVE key pair for encrypted, authenticated publishing",
+                       description="Write DIR/NAME.key (public: give it to the other side) and "
+                                   "DIR/NAME.key_secret (keep it). The publisher takes its own secret file "
+                                   "(output.publish_curve_secret) and a folder of allowed subscribers' public "
+                                   "keys (output.publish_curve_clients); a subscriber takes its own secret file "
+                                   "and the publisher's public key (--curve-key, --curve-server-key).")
+    p.add_argument("folder", metavar="DIR", help="where to write the key files")
+    p.add_argument("--name", default="streamseg", help="file name stem (default streamseg)")
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .security import make_keys
+
+    public, secret = make_keys(args.folder, args.name)
+    print(f"wrote {public} (public) and {secret} (secret, mode 600)", file=sys.stderr)
+    return 0
 
 
 def _subscribe(args: argparse.Namespace) -> int:
@@ -243,7 +264,8 @@ def _subscribe(args: argparse.Namespace) -> int:
     out = open(args.output, "a", encoding="utf-8") if args.output else sys.stdout
     frames = 0
     try:
-        with Subscriber(args.endpoint, args.topic, args.timeout, until_end=not args.forever) as subscriber:
+        with Subscriber(args.endpoint, args.topic, args.timeout, until_end=not args.forever,
+                        curve_secret=args.curve_key, curve_server_key=args.curve_server_key) as subscriber:
             for message in subscriber.messages():
                 out.write(json.dumps(message, separators=(",", ":")) + "\n")
                 out.flush()
@@ -276,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_subscribe(sub)
+    _add_keys(sub)
     sub.add_parser("models", help="list the models streamseg can run")
     return parser
 
@@ -286,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="streamseg: %(levelname)s %(message)s")
     handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval,
-                "subscribe": _subscribe, "models": _models}
+                "subscribe": _subscribe, "keys": _keys, "models": _models}
     try:
         return handlers[args.command](args)
     except StreamsegError as exc:

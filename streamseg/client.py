@@ -22,7 +22,9 @@ from typing import Any, Iterator
 import numpy as np
 import zmq
 
+from .errors import ConfigError
 from .masks import decode_rle
+from .security import curve_client
 from .stages.publish import SCHEMA, VERSION
 
 log = logging.getLogger(__name__)
@@ -77,12 +79,14 @@ class Subscriber:
     """Subscribes to a streamseg publisher. Iterating yields :class:`Frame` objects.
 
     ``topic``: one stream id (None: every stream). ``timeout_s``: iteration ends after this long
-    without a message (None: wait forever). Iteration also ends at the ``end_of_stream`` of the
+    without a message (None: wait forever). ``curve_secret`` and ``curve_server_key``: our
+    ``NAME.key_secret`` and the publisher's public ``.key`` file, for a publisher with CURVE. Iteration also ends at the ``end_of_stream`` of the
     subscribed stream (of every stream seen, without a topic) unless ``until_end`` is False.
     """
 
     def __init__(self, endpoint: str, topic: str | None = None, timeout_s: float | None = None,
-                 until_end: bool = True, hwm: int = 1000) -> None:
+                 until_end: bool = True, hwm: int = 1000, curve_secret: str | None = None,
+                 curve_server_key: str | None = None) -> None:
         self.topic = topic
         self.timeout_s = timeout_s
         self.until_end = until_end
@@ -90,6 +94,10 @@ class Subscriber:
         self.sock = self.ctx.socket(zmq.SUB)  # detections from the pipeline's publish stage
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
+        if curve_secret or curve_server_key:  # a publisher with CURVE: our key pair and its public key
+            if not (curve_secret and curve_server_key):
+                raise ConfigError("CURVE needs both our NAME.key_secret and the publisher's public key file")
+            curve_client(self.sock, curve_secret, curve_server_key)
         self.sock.setsockopt(zmq.SUBSCRIBE, (topic or "").encode())
         self.sock.connect(endpoint)
         self.rejected = 0

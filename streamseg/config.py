@@ -156,6 +156,11 @@ class OutputConfig:
     """ZeroMQ PUB endpoint to publish detections at (``tcp://127.0.0.1:5556``); None: no publishing."""
     publish_hwm: int = 1000
     """Messages queued per subscriber before a slow one misses messages (the pipeline never waits)."""
+    publish_curve_secret: str | None = None
+    """CURVE: the publisher's ``NAME.key_secret`` (``streamseg keys``); with ``publish_curve_clients``,
+    only subscribers holding an allowed key connect, and all traffic is encrypted."""
+    publish_curve_clients: str | None = None
+    """CURVE: folder of the subscribers' public ``*.key`` files that may connect."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from .config import Config, load_config
 from .errors import ConfigError, InputError, OutputError
 from .models import model_info
+from .security import server_from_config
 from .sources import is_live, source_kind
 from .stages.encode import stream_format
 from .supervisor import Supervisor
@@ -226,7 +227,9 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
     if out.publish:
         specs.append(WorkerSpec("publish", "streamseg.stages.publish:PublishStage", dict(model_info=info),
                                 inputs=(endpoint("results-publish"),), publish={"publish": out.publish},
-                                publish_hwm=out.publish_hwm, progress=progress_stage == "publish", **common))
+                                publish_hwm=out.publish_hwm,
+                                publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients),
+                                progress=progress_stage == "publish", **common))
     return specs, events, progress_stage
 
 

@@ -73,6 +73,8 @@ class WorkerSpec:
     """Publish port name -> endpoint to bind a PUB at (for subscribers outside the pipeline)."""
     publish_hwm: int = 1000
     """High-water mark of each publish socket, in messages per subscriber."""
+    publish_curve: dict[str, str] | None = None
+    """CURVE server settings of the publish sockets (:class:`~streamseg.security.CurveServer` fields)."""
     streams: int = 1
     """End-of-stream messages to see before the worker is done."""
     hwm_frames: int = 8
@@ -101,6 +103,7 @@ class _Runtime:
         self.events.setsockopt(zmq.SNDHWM, 10000)
         self.events.connect(spec.events)
         self.data_in: zmq.Socket | None = None
+        self.authenticators: list[Any] = []
         self.data_out: dict[str, zmq.Socket] = {}
         self.pub_out: dict[str, zmq.Socket] = {}
         self.stage: Stage | None = None
@@ -111,6 +114,7 @@ class _Runtime:
         self.rejected = 0
         self.open_streams: set[str] = set()
         self.closed = False
+        self.aborted = False
         self._last_progress = 0.0
 
     # --- events to the supervisor -------------------------------------------------------------
@@ -132,7 +136,10 @@ class _Runtime:
         for port, endpoint in self.spec.outputs.items():
             sock = self.ctx.socket(zmq.PUSH)  # data-out: to the downstream stage on this port
             sock.setsockopt(zmq.SNDHWM, self.spec.hwm_frames)
-            sock.setsockopt(zmq.LINGER, 5000)  # let queued frames reach a live peer at the end
+            # at the end, wait until every queued message has reached the peer, however slow it is
+            # (a timed linger would drop the tail, end of stream included, behind a busy model); the
+            # supervisor kills a worker whose peer died, and an aborted worker closes with linger 0
+            sock.setsockopt(zmq.LINGER, -1)
             sock.bind(endpoint)
             self.data_out[port] = sock
         for port, endpoint in self.spec.publish.items():
@@ -140,6 +147,10 @@ class _Runtime:
             sock.setsockopt(zmq.SNDHWM, self.spec.publish_hwm)
             sock.setsockopt(zmq.LINGER, 1000)
             self.pub_out[port] = sock
+            if self.spec.publish_curve:
+                from .security import CurveServer
+
+                self.authenticators.append(CurveServer(**self.spec.publish_curve).apply(self.ctx, sock))
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
@@ -325,14 +336,19 @@ class _Runtime:
             self.close_stage()
             return 1
         finally:
-            for sock in (*self.data_out.values(), *self.pub_out.values()):
+            for sock in self.data_out.values():
+                sock.close(linger=None if self.closed and not self.aborted else 0)
+            for sock in self.pub_out.values():
                 sock.close()
             if self.data_in is not None:
                 self.data_in.close()
+            for auth in self.authenticators:
+                auth.stop()
             self.events.close()
             self.ctx.term()
 
     def close_stage(self) -> None:
+        self.aborted = True
         if self.stage is None or self.closed:
             return
         self.closed = True

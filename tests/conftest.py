@@ -231,11 +231,14 @@ def free_endpoint() -> str:
 class Collector(threading.Thread):
     """A subscriber in a thread: every message until end of stream, or ``timeout_s`` of silence."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 60.0, topic: str | None = None) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 60.0, topic: str | None = None,
+                 curve: tuple[Path, Path] | None = None) -> None:
         from streamseg.client import Subscriber
 
         super().__init__(daemon=True)
-        self.subscriber = Subscriber(endpoint, topic=topic, timeout_s=timeout_s)
+        secret, server = (str(curve[0]), str(curve[1])) if curve else (None, None)
+        self.subscriber = Subscriber(endpoint, topic=topic, timeout_s=timeout_s, curve_secret=secret,
+                                     curve_server_key=server)
         self.messages: list[dict] = []
 
     def run(self) -> None:

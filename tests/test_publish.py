@@ -144,3 +144,29 @@ def test_client_ignores_foreign_messages() -> None:
         ctx.term()
     assert got == [good] and sub.rejected == 2
     assert np.asarray(got[0]["instances"]).size == 0
+
+
+def test_curve_lets_in_only_subscribers_with_an_allowed_key(cli, clip: Path, tmp_path: Path) -> None:
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    for name in ("server", "alice", "mallory"):
+        assert cli.run("keys", str(keys), "--name", name).returncode == 0
+    allowed.mkdir()
+    (allowed / "alice.key").write_bytes((keys / "alice.key").read_bytes())
+    assert oct((keys / "alice.key_secret").stat().st_mode & 0o777) == "0o600"
+    assert cli.run("keys", str(keys), "--name", "alice").returncode == 2  # never overwrites a key
+    endpoint = free_endpoint()
+    collectors = {
+        "alice": Collector(endpoint, timeout_s=45, curve=(keys / "alice.key_secret", keys / "server.key")),
+        "mallory": Collector(endpoint, timeout_s=45, curve=(keys / "mallory.key_secret", keys / "server.key")),
+        "plain": Collector(endpoint, timeout_s=45),
+    }
+    for collector in collectors.values():
+        collector.start()
+    result = cli.run("run", str(clip), "--masks", "m.jsonl", "--publish", endpoint, *TEST_MODEL,
+                     "--set", f"output.publish_curve_secret={keys / 'server.key_secret'}",
+                     "--set", f"output.publish_curve_clients={allowed}")
+    assert result.returncode == 0, result.stderr
+    for collector in collectors.values():
+        collector.join(60)
+    assert len(collectors["alice"].of_type("frame")) == 48
+    assert collectors["mallory"].messages == [] and collectors["plain"].messages == []
