@@ -15,8 +15,9 @@ polls so that SIGTERM and the death of the supervisor are noticed within a fract
 Signals: each worker runs in its own process group, so signals sent to the job's group (Ctrl-C,
 ``timeout``) reach only the supervisor; SIGINT is ignored besides. A source opens its input at
 once (so a bad one fails fast) but produces nothing until SIGUSR2, which the supervisor sends
-when every worker is ready: no frame is sent before the stage that reads it is there. SIGUSR1 (the supervisor's
-graceful stop) asks a source to end its streams cleanly, so that everything downstream drains.
+when every worker is ready: no frame is sent before the stage that reads it is there. SIGUSR1
+(the supervisor's graceful stop) asks a source to end its streams cleanly, so that everything
+downstream drains.
 SIGTERM stops any worker at once; its stage's ``close()`` still leaves its output usable.
 """
 
