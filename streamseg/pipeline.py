@@ -80,6 +80,7 @@ class Summary:
                  f"{self.fps:.2f} fps end to end",
                  f"{'stage':<8} {'busy s':>8} {'busy %':>7} {'blocked s':>10}  counts"]
         run_s = max(1e-9, self.wall_s - self.startup_s)
+
         def order(stage: str) -> tuple[int, str]:
             kind = stage.split("-")[0]
             return (STAGE_ORDER.index(kind) if kind in STAGE_ORDER else 99, stage)

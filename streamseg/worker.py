@@ -114,6 +114,7 @@ class _Runtime:
         self.sent = 0
         self.rejected = 0
         self.open_streams: set[str] = set()
+        self.pollers: dict[str | None, zmq.Poller] = {}
         self.closed = False
         self.aborted = False
         self._last_progress = 0.0
@@ -253,11 +254,7 @@ class _Runtime:
             timeout = stage.timeout_s()
             wait_ms = POLL_MS if timeout is None else max(0, min(POLL_MS, int(timeout * 1000)))
             waiting = stage.waiting_port()
-            poller = zmq.Poller()
-            poller.register(self.data_in, zmq.POLLIN)
-            if waiting is not None:
-                poller.register(self.data_out[waiting], zmq.POLLOUT)
-            ready = dict(poller.poll(wait_ms))
+            ready = dict(self._poller(waiting).poll(wait_ms))
             if waiting is not None and ready.get(self.data_out[waiting], 0) & zmq.POLLOUT:
                 self.send(self.timed(stage.on_room))
             if not ready.get(self.data_in, 0) & zmq.POLLIN:
@@ -285,6 +282,16 @@ class _Runtime:
                 self.reject(exc)
                 continue
             self.progress()
+
+    def _poller(self, waiting: str | None) -> zmq.Poller:
+        """A poller for input, and for room on the ``waiting`` port too (made once per port)."""
+        poller = self.pollers.get(waiting)
+        if poller is None:
+            poller = self.pollers[waiting] = zmq.Poller()
+            poller.register(self.data_in, zmq.POLLIN)
+            if waiting is not None:
+                poller.register(self.data_out[waiting], zmq.POLLOUT)
+        return poller
 
     def _check_open(self, message: Any) -> None:
         """Frames and results belong to a stream that has started and not ended."""

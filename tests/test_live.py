@@ -127,7 +127,9 @@ def test_a_source_that_stays_away_is_given_up_with_outputs_kept(cli, rtsp_server
     assert "gave up" in stderr and "Traceback" not in stderr
     collector.join(30)
     states = [m["state"] for m in collector.of_type("status")]
-    assert states == ["lost", "reconnecting", "reconnecting", "gave_up"]
+    # the kill: lost, two failed attempts, given up (on a loaded machine the 10 s clip may have
+    # ended once before the kill, which shows as an earlier lost/reconnected)
+    assert states[-4:] == ["lost", "reconnecting", "reconnecting", "gave_up"], states
     (end,) = collector.of_type("end_of_stream")
     assert end["reason"] == "lost"
     assert [r["frame"] for r in read_jsonl(tmp_path / "m.jsonl")] == [f["frame"] for f in collector.of_type("frame")]

@@ -155,7 +155,7 @@ class DecodeStage(Source):
         """Emit the frames of the source as opened now; return why it ended ("" for a clean end)."""
         assert self.start is not None
         start = self.start
-        frame_step = max(1, round(1 / (start.rate * start.time_base)))
+        frame_step = self._frame_step()
         seg_first: int | None = None
         base = 0
         raw = self._video_frames() if self.images is None else self._image_frames()
@@ -260,10 +260,15 @@ class DecodeStage(Source):
         return ""
 
     # --- starting again -------------------------------------------------------------------------
+    def _frame_step(self) -> int:
+        """One frame's duration in the stream's time base."""
+        assert self.start is not None
+        return max(1, round(1 / (self.start.rate * self.start.time_base)))
+
     def _continue_after(self, gap_s: float) -> None:
         """The next segment starts one frame (or the time the source was away) after the last frame."""
         assert self.start is not None
-        step = max(1, round(1 / (self.start.rate * self.start.time_base)))
+        step = self._frame_step()
         gap = round(gap_s / self.start.time_base)
         self.next_base = (self.last_pts if self.last_pts is not None else -step) + max(step, gap)
 
