@@ -154,6 +154,12 @@ def stream_output(template: str, stream_id: str, several: bool) -> str:
     return f"{root}-{stream_id}{ext}"
 
 
+def stream_outputs(config: Config, template: str | None) -> dict[str, str]:
+    """Stream id -> its output, for every source (empty without ``template``)."""
+    streams = config.input.streams()
+    return {sid: stream_output(template, sid, len(streams) > 1) for sid, _ in streams} if template else {}
+
+
 def source_stage_names(config: Config) -> list[str]:
     """Names of the decode workers: ``decode``, or ``decode-ID`` per stream with several sources."""
     streams = config.input.streams()
@@ -169,14 +175,10 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
     info = model_info(config.model.name).to_dict()
     inp = config.input
     streams = inp.streams()
-    several = len(streams) > 1
     live = [is_live(url, inp.live) for _, url in streams]
 
     def endpoint(name: str) -> str:
         return f"ipc://{os.path.join(ipc_dir, name)}"
-
-    def outputs_of(template: str | None) -> dict[str, str]:
-        return {sid: stream_output(template, sid, several) for sid, _ in streams} if template else {}
 
     events = endpoint("events")
     common = dict(events=events, hwm_frames=config.transport.hwm_frames, streams=len(streams),
@@ -218,12 +220,12 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
                                 **common))
         e = config.encode
         specs.append(WorkerSpec("encode", "streamseg.stages.encode:EncodeStage",
-                                dict(paths=outputs_of(out.video), codec=e.codec, crf=e.crf, preset=e.preset,
+                                dict(paths=stream_outputs(config, out.video), codec=e.codec, crf=e.crf, preset=e.preset,
                                      threads=e.threads, audio=e.audio),
                                 inputs=(endpoint("rendered"),), progress=progress_stage == "encode", **common))
     if out.masks:
         specs.append(WorkerSpec("masks", "streamseg.stages.maskwriter:MaskWriterStage",
-                                dict(path="", paths=outputs_of(out.masks), model_info=info),
+                                dict(path="", paths=stream_outputs(config, out.masks), model_info=info),
                                 inputs=(endpoint("results-masks"),), progress=progress_stage == "masks", **common))
     if out.publish:
         specs.append(WorkerSpec("publish", "streamseg.stages.publish:PublishStage", dict(model_info=info),
@@ -249,8 +251,7 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
         if source_kind(url) == "file" and not os.path.exists(url):
             raise InputError(f"input not found: {url}")
     for template, what in ((config.output.video, "output video"), (config.output.masks, "masks")):
-        for sid, _ in streams if template else ():
-            path = stream_output(template, sid, len(streams) > 1)
+        for path in stream_outputs(config, template).values():
             if what == "masks" or stream_format(path) is None:
                 _check_output_path(path, what)
     model_info(config.model.name)  # an unknown model name fails here, not in a worker
@@ -289,8 +290,7 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
     frames = int(stats.get(progress_stage, {}).get("counters", {}).get("frames", 0))
     startup = marks.get("ready", start) - start
     run_s = max(1e-9, end - start - startup)
-    several = len(streams) > 1
-    outputs = {k: ", ".join(dict.fromkeys(stream_output(v, sid, several) for sid, _ in streams))
+    outputs = {k: ", ".join(dict.fromkeys(stream_outputs(config, v).values()))
                for k, v in (("video", config.output.video), ("masks", config.output.masks)) if v}
     if config.output.publish:
         outputs["published"] = config.output.publish
