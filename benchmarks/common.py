@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
 import time
 from fractions import Fraction
@@ -46,3 +48,23 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> None:
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
+
+
+RTSP_SERVER = Path(__file__).resolve().parents[1] / "tests" / "rtsp_server.py"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_rtsp_server(source: Path | str, port: int) -> subprocess.Popen[str]:
+    """GStreamer's RTSP server (Debian's python3 and gst-rtsp-server) at rtsp://127.0.0.1:PORT/cam."""
+    proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(source), str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        sys.exit(f"the RTSP server did not start: {proc.stderr.read() if proc.stderr else ''}")
+    return proc

@@ -16,36 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from common import make_clip
+from common import free_port, make_clip, start_rtsp_server as start_server
 
 from streamseg.config import load_config
 from streamseg.pipeline import Summary, run_config
-
-SERVER = Path(__file__).resolve().parents[1] / "tests" / "rtsp_server.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(clip: Path, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(["/usr/bin/python3", str(SERVER), str(clip), str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        sys.exit(f"the RTSP server did not start: {proc.stderr.read() if proc.stderr else ''}")
-    return proc
 
 
 def run(url: str, tmp: str, args: argparse.Namespace, policy: str,

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .remote import REMOTE_STAGES
 from .stages.batch import LIVE_POLICIES
 
 
@@ -168,11 +169,33 @@ class TransportConfig:
     """ZeroMQ sockets between the stage workers."""
 
     hwm_frames: int = 8
-    """High-water mark of every data socket, in messages: at most this many queue per hop."""
+    """Credit of every link between stages, in messages: at most this many wait at each hop (with a
+    live source, one batch waits at the model)."""
     max_msg_bytes: int = 512 * 1024 * 1024
     """Largest message a stage accepts (ZMQ_MAXMSGSIZE); bigger ones drop the sending peer."""
     ipc_dir: str | None = None
     """Folder for ipc:// socket files; None: a fresh temporary folder per run."""
+    endpoints: str = "ipc"
+    """How the stages reach each other: ``ipc`` (this machine only) or ``tcp`` (needed for stages on
+    other hosts; the same stage code runs either way)."""
+    bind_host: str = "127.0.0.1"
+    """Where tcp endpoints bind: loopback (the default) reaches this machine only; ``0.0.0.0`` or an
+    interface's address lets other hosts in (give them CURVE keys then: ``curve_secret``)."""
+    advertise_host: str | None = None
+    """The address workers on other hosts connect to; None: ``bind_host``, or this host's name when
+    ``bind_host`` is ``0.0.0.0``."""
+    base_port: int = 0
+    """First of the consecutive tcp ports the links and events use; 0: any free ports."""
+    join_port: int = 5550
+    """Where workers on other hosts ask for a stage: ``streamseg worker tcp://HOST:PORT``."""
+    remote: tuple[str, ...] = ()
+    """Stages that workers on other hosts run (any of infer, render, encode, masks; needs
+    ``endpoints: tcp``). The run waits for them to join, and for a new one when one vanishes."""
+    curve_secret: str | None = None
+    """CURVE on every tcp socket of the pipeline: this host's ``NAME.key_secret`` (``streamseg keys``).
+    Workers on other hosts need its public ``NAME.key`` (``streamseg worker --curve-server-key``)."""
+    curve_clients: str | None = None
+    """CURVE: folder of the public ``*.key`` files of the workers on other hosts that may join."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +208,16 @@ class RuntimeConfig:
     """After a failure, how long workers get to exit on SIGTERM before SIGKILL."""
     start_timeout_s: float = 120.0
     """How long a worker may take to start (load its model) before the run fails."""
+    max_restarts: int = 3
+    """A worker that dies, hangs or hits a CUDA error is replaced by a new process up to this many
+    times per stage (its unfinished frames are sent to the new one); 0: the first failure ends the run."""
+    heartbeat_timeout_s: float = 5.0
+    """A worker that sends no heartbeat for this long (stopped, or wedged) is replaced."""
+    stage_timeout_s: float = 300.0
+    """A single stage call (a batch through the model) that runs longer than this counts as hung; 0: no limit."""
+    remote_wait_s: float = 120.0
+    """How long a stage run on another host (``transport.remote``) waits for a worker to join,
+    at the start or after its worker vanished, before the run fails."""
     quiet: bool = False
     """No progress bar and no summary table."""
     log_level: str = "WARNING"
@@ -342,6 +375,16 @@ def validate(config: Config) -> None:
         (0.0 < config.model.mask_thresh < 1.0, "model.mask_thresh must be within (0, 1)"),
         (0.0 <= config.render.mask_alpha <= 1.0, "render.mask_alpha must be within [0, 1]"),
         (config.transport.hwm_frames >= 1, "transport.hwm_frames must be at least 1"),
+        (config.runtime.max_restarts >= 0, "runtime.max_restarts must be >= 0"),
+        (config.transport.endpoints in ("ipc", "tcp"), "transport.endpoints must be ipc or tcp"),
+        (not config.transport.remote or config.transport.endpoints == "tcp",
+         "stages on other hosts (transport.remote) need transport.endpoints: tcp"),
+        (set(config.transport.remote) <= set(REMOTE_STAGES),
+         f"transport.remote may name {', '.join(REMOTE_STAGES)}, got {', '.join(config.transport.remote)}"),
+        (0 <= config.transport.base_port < 65000 and 0 < config.transport.join_port < 65536,
+         "transport.base_port and transport.join_port must be tcp port numbers"),
+        (config.runtime.heartbeat_timeout_s >= 1.0, "runtime.heartbeat_timeout_s must be at least 1 s"),
+        (config.runtime.stage_timeout_s >= 0, "runtime.stage_timeout_s must be >= 0 (0: no limit)"),
         (0 <= config.encode.crf <= 51, "encode.crf must be within [0, 51]"),
         (config.runtime.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
          "runtime.log_level must be DEBUG, INFO, WARNING or ERROR"),

@@ -24,6 +24,8 @@ class StreamsegError(Exception):
     """Base class of every error streamseg raises on purpose."""
 
     exit_code = 1
+    restartable = False
+    """Whether a new worker process may succeed where this one failed (the supervisor then replaces it)."""
 
 
 class ConfigError(StreamsegError, ValueError):
@@ -48,6 +50,13 @@ class OutputError(StreamsegError, OSError):
     """An output cannot be written (bad path, encoder refused the settings)."""
 
     exit_code = 5
+
+
+class DeviceError(StreamsegError, RuntimeError):
+    """The GPU failed (a CUDA error, out of memory): a new worker process on a fresh CUDA context may
+    succeed, so the supervisor replaces the worker instead of failing the run."""
+
+    restartable = True
 
 
 class MessageError(StreamsegError, ValueError):
@@ -75,7 +84,7 @@ class Interrupted(StreamsegError, KeyboardInterrupt):
 
 
 _BY_NAME = {cls.__name__: cls for cls in (StreamsegError, ConfigError, InputError, ModelError,
-                                          OutputError, MessageError, StageError, Interrupted)}
+                                          OutputError, DeviceError, MessageError, StageError, Interrupted)}
 
 
 def exit_code_for(error_type: str) -> int:

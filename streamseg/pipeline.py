@@ -13,22 +13,24 @@ and every stage after it keeps each stream's outputs apart.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .config import Config, load_config
+from .config import Config, TransportConfig, load_config
 from .errors import ConfigError, InputError, OutputError
 from .models import model_info
-from .security import server_from_config
+from .security import server_from_config, transport_from_config
 from .sources import is_live, source_kind
 from .stages.encode import stream_format
-from .supervisor import Supervisor
+from .supervisor import RemoteStages, RestartPolicy, Supervisor
 from .worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,10 @@ class Summary:
     """The stage the latency was measured at."""
     lost: list[str] = field(default_factory=list)
     """Streams whose live source was lost and given up after the reconnection attempts."""
+    restarts: dict[str, list[str]] = field(default_factory=dict)
+    """Stage -> why each of its workers that failed was replaced (empty when none was)."""
+    resent: int = 0
+    """Messages sent again to a replaced worker (what the failed one had not finished)."""
 
     def bottleneck(self) -> str:
         """The stage that was busy longest."""
@@ -99,6 +105,10 @@ class Summary:
             by_stream = self.stages.get("batch", {}).get("dropped_by_stream", {})
             detail = f" ({', '.join(f'{k}: {v}' for k, v in by_stream.items())})" if len(by_stream) > 1 else ""
             lines.append(f"dropped {self.dropped} live frames before inference (inference was behind){detail}")
+        for stage, causes in self.restarts.items():
+            lines.append(f"restarted {stage} {len(causes)}x: {'; '.join(causes)}")
+        if self.resent:
+            lines.append(f"resent {self.resent} messages that replaced workers had not finished")
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         return "\n".join(lines)
@@ -166,8 +176,74 @@ def source_stage_names(config: Config) -> list[str]:
     return ["decode"] if len(streams) == 1 else [f"decode-{sid}" for sid, _ in streams]
 
 
-def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, str]:
-    """Worker specs of the pipeline; returns (specs, events endpoint, progress stage)."""
+class _Endpoints:
+    """Where each link binds and connects: ipc:// files in one folder, or tcp:// ports.
+
+    With tcp, the side on this host binds (at ``transport.bind_host``) and a stage on another host
+    connects to it at ``advertise_host``: links between two remote stages are not possible.
+    """
+
+    WILDCARDS = ("0.0.0.0", "*", "::", "")
+
+    def __init__(self, transport: TransportConfig, ipc_dir: str) -> None:
+        self.transport = transport
+        self.ipc_dir = ipc_dir
+        self.next_port = transport.base_port
+        host = transport.bind_host
+        self.local = "127.0.0.1" if host in self.WILDCARDS else host
+        self.advertised = transport.advertise_host or (socket.gethostname() if host in self.WILDCARDS else host)
+
+    def port(self) -> int:
+        """The next of the consecutive ports from ``base_port``, or a port free now."""
+        if self.next_port:
+            self.next_port += 1
+            return self.next_port - 1
+        with socket.socket() as probe:
+            probe.bind((self.local, 0))
+            return int(probe.getsockname()[1])
+
+    def bind(self, port: int) -> str:
+        return f"tcp://{self.transport.bind_host or '0.0.0.0'}:{port}"
+
+    def link(self, name: str, sender: str, receiver: str) -> tuple[str, str]:
+        """(the sender's endpoint, the receiver's) of the link ``name``."""
+        remote = set(self.transport.remote)
+        if self.transport.endpoints == "ipc":
+            address = f"ipc://{os.path.join(self.ipc_dir, name)}"
+            return address, address
+        port = self.port()
+        if sender in remote and receiver in remote:
+            raise ConfigError(f"{sender} and {receiver} cannot both run on other hosts (transport.remote): "
+                              "one end of each link must be on the supervisor's host")
+        if sender in remote:
+            return f">tcp://{self.advertised}:{port}", f"@{self.bind(port)}"
+        return f"@{self.bind(port)}", f">tcp://{self.advertised if receiver in remote else self.local}:{port}"
+
+
+def _resolve_links(specs: list[WorkerSpec], endpoints: _Endpoints) -> list[WorkerSpec]:
+    """Replace the link names in the specs' inputs and outputs by real endpoints."""
+    senders = {link: spec.name for spec in specs for link in spec.outputs.values()}
+    receivers = {link: spec.name for spec in specs for link in spec.inputs}
+    ends = {link: endpoints.link(link, senders[link], receivers[link]) for link in senders}
+    return [dataclasses.replace(spec, outputs={port: ends[link][0] for port, link in spec.outputs.items()},
+                                inputs=tuple(ends[link][1] for link in spec.inputs)) for spec in specs]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The workers of a run and how they are joined."""
+
+    specs: list[WorkerSpec]
+    events: str
+    """The supervisor's events endpoint (for its own workers)."""
+    progress_stage: str
+    """The stage whose frame count is the run's progress (the last sink)."""
+    remote: RemoteStages | None
+    """Where workers on other hosts join and report, when ``transport.remote`` names stages."""
+
+
+def build_specs(config: Config, ipc_dir: str) -> Plan:
+    """The worker specs of the pipeline, with their endpoints."""
     out = config.output
     if not out.video and not out.masks and not out.publish:
         raise ConfigError("nothing to write: give an annotated video (-o FILE), masks (--masks FILE) "
@@ -178,14 +254,16 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
     live = [is_live(url, inp.live) for _, url in streams]
 
     def endpoint(name: str) -> str:
-        return f"ipc://{os.path.join(ipc_dir, name)}"
+        return name  # a link's name, made an endpoint once both its ends are known
 
-    events = endpoint("events")
+    events = f"ipc://{os.path.join(ipc_dir, 'events')}"
     common = dict(events=events, hwm_frames=config.transport.hwm_frames, streams=len(streams),
                   max_msg_bytes=config.transport.max_msg_bytes, log_level=config.runtime.log_level)
-    # with a live stream, at most one batch waits between the batcher and the model: the batcher
-    # holds the rest and drops what the model cannot keep up with, so latency stays bounded
-    near_model = dict(common, hwm_frames=1) if any(live) else common
+    # the model's input counts batches: as many frames as elsewhere wait there (at least one batch);
+    # with a live stream only one batch, and the batcher holds the rest and drops what the model
+    # cannot keep up with, so latency stays bounded
+    batches = -(-config.transport.hwm_frames // config.batch.max_batch)
+    near_model = dict(common, hwm_frames=1 if any(live) else batches)
     ports = tuple(p for p, on in (("render", out.video), ("masks", out.masks), ("publish", out.publish)) if on)
     progress_stage = "encode" if out.video else "masks" if out.masks else "publish"
     decoders = [
@@ -204,7 +282,7 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
                    dict(max_batch=config.batch.max_batch, max_wait_ms=config.batch.max_wait_ms,
                         live_policy=config.batch.live_policy, live_queue=config.batch.live_queue),
                    inputs=tuple(d.outputs["frames"] for d in decoders), outputs={"batches": endpoint("batches")},
-                   **near_model),
+                   **common),
         WorkerSpec("infer", "streamseg.stages.infer:InferStage",
                    dict(model=dict(vars(config.model)), ports=ports),
                    inputs=(endpoint("batches"),), outputs={p: endpoint(f"results-{p}") for p in ports},
@@ -233,7 +311,20 @@ def build_specs(config: Config, ipc_dir: str) -> tuple[list[WorkerSpec], str, st
                                 publish_hwm=out.publish_hwm,
                                 publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients),
                                 progress=progress_stage == "publish", **common))
-    return specs, events, progress_stage
+    missing = set(config.transport.remote) - {spec.name for spec in specs}
+    if missing:
+        raise ConfigError(f"transport.remote names {', '.join(sorted(missing))}, which this run does not have")
+    curve = transport_from_config(config.transport.curve_secret, config.transport.curve_clients)
+    if curve and config.transport.endpoints == "ipc":
+        raise ConfigError("transport CURVE keys are for tcp endpoints (transport.endpoints: tcp)")
+    specs = [dataclasses.replace(spec, curve=curve) for spec in specs]
+    endpoints = _Endpoints(config.transport, ipc_dir)
+    remote = None
+    if config.transport.remote:
+        port = endpoints.port()
+        remote = RemoteStages(frozenset(config.transport.remote), endpoints.bind(config.transport.join_port),
+                              endpoints.bind(port), f"tcp://{endpoints.advertised}:{port}", curve)
+    return Plan(_resolve_links(specs, endpoints), events, progress_stage, remote)
 
 
 def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None = None) -> Summary:
@@ -274,9 +365,12 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
             on_event(event)
 
     try:
-        specs, events, progress_stage = build_specs(config, ipc_dir)
-        supervisor = Supervisor(specs, events, set(source_stage_names(config)), config.runtime.stop_timeout_s,
-                                config.runtime.kill_timeout_s, config.runtime.start_timeout_s, handle)
+        plan = build_specs(config, ipc_dir)
+        specs, progress_stage = plan.specs, plan.progress_stage
+        rt = config.runtime
+        supervisor = Supervisor(specs, plan.events, set(source_stage_names(config)), rt.stop_timeout_s,
+                                rt.kill_timeout_s, rt.start_timeout_s, handle,
+                                RestartPolicy.of(rt), plan.remote)
         start = time.monotonic()
         try:
             stats = supervisor.run()
@@ -301,7 +395,9 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
                       sum(int(c.get("skipped", 0)) for c in decoders), any(c.get("truncated") for c in decoders),
                       "interrupted" in marks, list(supervisor.warnings), outputs, dropped,
                       dict(stats.get(latency_at, {}).get("latency", {})), latency_at,
-                      [sid for (sid, _), c in zip(streams, decoders) if c.get("gave_up")])
+                      [sid for (sid, _), c in zip(streams, decoders) if c.get("gave_up")],
+                      {name: st["restarts"] for name, st in stats.items() if st.get("restarts")},
+                      sum(int(st.get("counters", {}).get("resent", 0)) for st in stats.values()))
     if summary.interrupted:
         log.warning("interrupted: outputs hold the %d frames done", frames)
     return summary
@@ -332,4 +428,4 @@ def run(input: str | list[str], output: str | None = None, masks: str | None = N
     return run_config(config)
 
 
-__all__ = ["Summary", "build_specs", "run", "run_config", "stream_output"]
+__all__ = ["Plan", "Summary", "build_specs", "run", "run_config", "stream_output"]

@@ -9,6 +9,12 @@ drives a stage through its lifecycle::
 every output port. After ``flush`` the runtime passes the :class:`EndOfStream` on to every port
 itself, so a stage only emits what it still holds. ``close`` is always called, also when the run
 is aborted, and must leave outputs playable.
+
+A stage may be a replacement for one that died (``restarted``): its upstream then sends again
+whatever the dead one had not finished, and a stage that writes outputs resumes them (skipping
+what they already hold) instead of starting them anew. A stage that keeps inputs across calls
+(a batcher's pending frames, an encoder's frames not yet written) says so in :meth:`holds`, so
+that they are not acknowledged, and lost with the process, before they are done.
 """
 
 from __future__ import annotations
@@ -69,12 +75,20 @@ class Stage:
 
     outputs: tuple[str, ...] = ()
     """Names of the output ports this stage sends on."""
+    totals: tuple[str, ...] = ()
+    """Counters that say what the stage's outputs hold rather than what this process did (a restarted
+    sink counts the frames its outputs already had): the summary takes them from the last process."""
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = {}
         self.latency = LatencyMeter()
         """Sinks add each frame's capture time; the summary reports it (publish stage first)."""
         self._notify: Callable[..., None] = lambda event, **data: None
+        self.restarted = False
+        """Set by the runtime before :meth:`setup`: this process replaces one of this stage that failed."""
+        self.previous: dict[str, Any] = {}
+        """For a replacement: ``cause`` (why the one before failed) and what it last reported with
+        ``notify("checkpoint", ...)``."""
 
     def bind_events(self, notify: Callable[..., None]) -> None:
         """Called by the runtime: ``notify(event, **data)`` reports to the supervisor."""
@@ -119,6 +133,10 @@ class Stage:
         """Called when :meth:`waiting_port` has room: return at most one message for it."""
         return ()
 
+    def holds(self) -> frozenset[tuple[str, int]]:
+        """``(stream id, frame index)`` of the inputs this stage still keeps and has not finished."""
+        return frozenset()
+
     def report(self) -> dict[str, Any]:
         """Figures beyond the counters for the run summary (JSON values), sent with the stage's stats."""
         return {"latency": self.latency.summary()} if self.latency.samples else {}
@@ -146,6 +164,10 @@ class Source(Stage):
     def dropped(self, message: Any) -> None:
         """A lossy message found no room downstream and was dropped."""
         self.count("dropped")
+
+    def resume(self, points: dict[str, tuple[int, int]]) -> None:
+        """A restarted source learns ``stream -> (index, pts)`` of the newest frame downstream has,
+        before :meth:`produce`; it goes on after it."""
 
     def produce(self) -> Iterator[Emit | None]:
         """Yield every message, :class:`StreamStart` first and :class:`EndOfStream` last per stream.

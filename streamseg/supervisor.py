@@ -1,14 +1,24 @@
-"""The supervisor: starts the stage workers, watches them, and stops them; no failure becomes a hang.
+"""The supervisor: starts the stage workers, watches them, replaces failed ones, and stops them.
 
 It binds one ``events`` PULL socket that every worker reports to (ready, progress, warning,
-error, stats, done), and watches every process's exit. The run ends when every worker has said
-``done`` and exited. The sources start producing (SIGUSR2) only once every worker is ready, so
-that nothing is sent before its reader is listening, however long a model takes to load.
-Failure policy:
+error, stats, done, and a heartbeat every ``heartbeat_s``), and watches every process's exit. The
+run ends when every worker has said ``done`` and exited. The sources start producing (SIGUSR2)
+only once every worker is ready, so that nothing is sent before its reader is listening, however
+long a model takes to load.
 
-- a worker that reports an error, exits without finishing, or dies (SIGKILL, segfault) fails the
-  run: the others get SIGTERM (each finishes its outputs as far as it can), then SIGKILL after
-  ``kill_timeout_s``, and :class:`StageError` names the stage and the cause;
+Failure policy (:class:`RestartPolicy`, set by the ``runtime`` config keys):
+
+- a worker that dies (SIGKILL, segfault), exits without finishing, stops beating (a stopped or
+  wedged process: no heartbeat for ``heartbeat_timeout_s``), spends longer than
+  ``stage_timeout_s`` in one stage call, or reports an error it marks restartable (a CUDA error)
+  is killed and replaced by a new process of the same stage, up to ``max_restarts`` times per
+  stage. Its upstream sends the new one everything the old one had not finished
+  (:mod:`streamseg.link`), so a file run still gives every frame once, in order. Each restart is
+  logged, reported as a ``restart`` event and counted in the summary;
+- a worker that reports an error (bad input, missing model, unwritable output, a bug), or fails
+  once more after its restarts, fails the run: the others get SIGTERM (each finishes its outputs
+  as far as it can), then SIGKILL after ``kill_timeout_s``, and :class:`StageError` names the
+  stage and the cause;
 - SIGINT or SIGTERM asks the sources to end their streams, so every stage drains and flushes and
   the outputs are complete for the frames read; a second SIGINT (Ctrl-C pressed again), or
   ``stop_timeout_s`` passing, aborts as above. Repeated SIGTERMs do not escalate: tools such as
@@ -17,6 +27,7 @@ Failure policy:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -24,33 +35,118 @@ import os
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
 
 from .errors import Interrupted, StageError, exit_code_for
+from .remote import SPEC, STOP, WAIT, JoinServer, spec_to_json
+from .security import TransportCurve
 from .worker import DRAIN_SIGNAL, JOB_SIGNALS, START_SIGNAL, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
+DONE_EXIT_S = 30.0
+"""How long a worker that said ``done`` may take to exit (its last acknowledgements going out)
+before it is killed."""
 EXIT_EVENT_GRACE_S = 1.0
 """How long a worker that exited is given for its last event to arrive before its exit counts
 as a failure without an explanation."""
+SUMMED = ("busy_s", "blocked_s", "received", "sent", "rejected")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When the supervisor replaces a worker: the ``runtime`` config keys of the same names
+    (:class:`~streamseg.config.RuntimeConfig` documents them and holds their defaults)."""
+
+    max_restarts: int
+    heartbeat_timeout_s: float
+    stage_timeout_s: float
+    remote_wait_s: float
+
+    @classmethod
+    def of(cls, runtime: Any) -> RestartPolicy:
+        """The policy a :class:`~streamseg.config.RuntimeConfig` sets."""
+        return cls(runtime.max_restarts, runtime.heartbeat_timeout_s, runtime.stage_timeout_s, runtime.remote_wait_s)
+
+
+@dataclass(frozen=True)
+class RemoteStages:
+    """Stages that run on other hosts (``streamseg worker``), and where those workers join."""
+
+    stages: frozenset[str]
+    join: str
+    """The supervisor's join endpoint (bound here)."""
+    events_bind: str
+    """Where the supervisor's events socket also binds, for workers on other hosts."""
+    events: str
+    """The same, as workers on other hosts reach it."""
+    curve: dict[str, Any] | None = None
+    """The transport's CURVE settings on this host (:class:`~streamseg.security.TransportCurve`)."""
 
 
 @dataclass
 class WorkerState:
-    """What the supervisor knows of one worker."""
+    """What the supervisor knows of one stage's worker (the current process, and those it replaced)."""
 
     spec: WorkerSpec
     process: Any
+    remote: bool = False
+    """Runs on another host: no process here, only its heartbeats and events."""
+    holder: bytes | None = None
+    """The remote worker running it now (its address on the join socket); None: waiting for one."""
+    host: str = ""
+    instance: str = ""
+    vacant_since: float = 0.0
+    pending: WorkerSpec | None = None
+    """The spec a joining remote worker gets."""
     ready: bool = False
     done: bool = False
+    started: bool = False
+    """Whether the start signal was sent (sources)."""
     stats: dict[str, Any] = field(default_factory=dict)
-    error: tuple[str, str] | None = None
+    error: tuple[str, str, bool] | None = None
+    """(error type, message, restartable) of a reported error."""
     exit_seen: float | None = None
     """When the supervisor first saw the process gone without its final event."""
+    last_beat: float | None = None
+    """When its last heartbeat arrived (monotonic); None before the first."""
+    busy_s: float = 0.0
+    """How long its current stage call had run at the last heartbeat."""
+    spawned_at: float = 0.0
+    done_at: float | None = None
+    restarts: list[str] = field(default_factory=list)
+    """Why each earlier process was replaced."""
+    past: list[dict[str, Any]] = field(default_factory=list)
+    """The last stats of each replaced process."""
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    """The last ``checkpoint`` event of the stage, handed to a replacement."""
+
+    def alive(self) -> bool:
+        if self.remote:
+            return self.holder is not None and not self.done
+        return self.process is not None and self.process.is_alive()
+
+    def merged_stats(self) -> dict[str, Any]:
+        """Stats over every process of the stage: times and work counters add up; counters the stage
+        names ``totals`` (what its outputs hold) are the last process's."""
+        merged = dict(self.stats)
+        totals = set(self.stats.get("totals", ()))
+        counters = dict(self.stats.get("counters", {}))
+        for past in self.past:
+            for key in SUMMED:
+                merged[key] = round(merged.get(key, 0) + past.get(key, 0), 4)
+            for key, value in past.get("counters", {}).items():
+                if key not in totals and isinstance(value, (int, float)):
+                    counters[key] = counters.get(key, 0) + value
+        if self.restarts:
+            counters["restarts"] = len(self.restarts)
+        merged["counters"] = counters
+        merged["restarts"] = list(self.restarts)
+        return merged
 
 
 class Supervisor:
@@ -58,17 +154,28 @@ class Supervisor:
 
     def __init__(self, specs: list[WorkerSpec], events_endpoint: str, sources: set[str],
                  stop_timeout_s: float = 20.0, kill_timeout_s: float = 3.0, start_timeout_s: float = 120.0,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 policy: RestartPolicy | None = None, remote: RemoteStages | None = None) -> None:
         self.specs = specs
+        self.remote = remote
+        self.join: JoinServer | None = None
+        self.former: dict[str, bytes] = {}
+        """Instance -> join address of remote workers that were replaced (told to stop if heard from)."""
         self.endpoint = events_endpoint
         self.sources = sources
         self.stop_timeout_s = stop_timeout_s
         self.kill_timeout_s = kill_timeout_s
         self.start_timeout_s = start_timeout_s
+        if policy is None:
+            from .config import RuntimeConfig
+
+            policy = RestartPolicy.of(RuntimeConfig())
+        self.policy = policy
         self.on_event = on_event or (lambda event: None)
         self.workers: dict[str, WorkerState] = {}
         self.warnings: list[str] = []
         self.stop_requested = False
+        self.draining = False
         self.interrupts = 0
         self.started_at = 0.0
 
@@ -91,46 +198,92 @@ class Supervisor:
         could not finish cleanly.
         """
         ctx = zmq.Context()
-        events = ctx.socket(zmq.PULL)  # events: JSON reports from every worker
+        events = ctx.socket(zmq.PULL)  # events: JSON reports and heartbeats from every worker
         events.setsockopt(zmq.LINGER, 0)
-        events.bind(self.endpoint)
+        events.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        auth: list[Any] = []
         previous = self._install_signals()
-        spawn = mp.get_context("spawn")
         self.started_at = time.monotonic()
         try:
+            events.bind(self.endpoint)
+            if self.remote is not None:
+                curve = TransportCurve(**self.remote.curve) if self.remote.curve else None
+                if curve is not None:
+                    curve.server(ctx, events, auth)
+                events.bind(self.remote.events_bind)  # workers on other hosts report here
+                self.join = JoinServer(ctx, self.remote.join, curve, auth)
             for spec in self.specs:
-                process = spawn.Process(target=worker_main, args=(spec,), name=f"streamseg-{spec.name}", daemon=True)
-                # a child starts with these blocked (the mask survives exec) and unblocks them once it
-                # has left the job's process group: a Ctrl-C during start-up then reaches only us
-                old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
-                try:
-                    process.start()
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                self.workers[spec.name] = WorkerState(spec, process)
+                self.workers[spec.name] = WorkerState(spec, None, remote=self.remote is not None
+                                                      and spec.name in self.remote.stages)
+                self._spawn(self.workers[spec.name])
             self._watch(events)
         finally:
             self._kill_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             events.close()
+            if self.join is not None:
+                self.join.close()
+            for authenticator in auth:
+                authenticator.stop()
             ctx.term()
-        return {name: w.stats for name, w in self.workers.items()}
+        return {name: w.merged_stats() for name, w in self.workers.items()}
+
+    def _spawn(self, worker: WorkerState) -> None:
+        """Start a (new) process of the stage; for a stage on another host, wait for a worker to join."""
+        previous = {**worker.checkpoint, "cause": worker.restarts[-1]} if worker.restarts else {}
+        worker.instance = uuid.uuid4().hex
+        spec = dataclasses.replace(worker.spec, attempt=len(worker.restarts), previous=previous,
+                                   instance=worker.instance)
+        worker.ready = worker.done = worker.started = False
+        worker.error = None
+        worker.exit_seen = worker.last_beat = worker.done_at = None
+        worker.busy_s = 0.0
+        worker.spawned_at = time.monotonic()
+        if worker.remote:
+            assert self.remote is not None
+            worker.pending = dataclasses.replace(spec, events=self.remote.events, curve=None)
+            worker.holder, worker.vacant_since = None, time.monotonic()
+            log.warning("%s: waiting for a worker on another host to join (streamseg worker %s)", spec.name,
+                        self.remote.join.replace("*", "HOST"))
+            return
+        process = mp.get_context("spawn").Process(target=worker_main, args=(spec,), name=f"streamseg-{spec.name}",
+                                                  daemon=True)
+        # a child starts with these blocked (the mask survives exec) and unblocks them once it
+        # has left the job's process group: a Ctrl-C during start-up then reaches only us
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        worker.process = process
 
     def _watch(self, events: zmq.Socket) -> None:
         stop_deadline: float | None = None
-        started = False
+        all_ready = False
         while True:
             while events.poll(50 if stop_deadline is None else 20, zmq.POLLIN):
-                self._handle(json.loads(events.recv()))
+                try:
+                    event = json.loads(events.recv())
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    self._handle(event)
+            if self.join is not None:
+                self._serve_joins()
             failure = self._failure()
             if failure is not None:
-                self._abort(*failure)
-            if not started and all(w.ready for w in self.workers.values()):
-                started = True  # every stage is listening: the sources may start
+                self._recover(*failure)
+            all_ready = all_ready or all(w.ready for w in self.workers.values())
+            if all_ready:  # every stage is listening: the sources may start (a replaced one when it is ready)
                 for name in self.sources:
-                    self._signal(self.workers[name], START_SIGNAL)
-            if all(w.done and not w.process.is_alive() for w in self.workers.values()):
+                    source = self.workers[name]
+                    if source.ready and not source.started:
+                        source.started = True
+                        self._signal(source, START_SIGNAL)
+                        if self.draining:
+                            self._signal(source, DRAIN_SIGNAL)
+            if all(w.done and not w.alive() for w in self.workers.values()):
                 if self.stop_requested:
                     self.on_event({"event": "interrupted"})
                 return
@@ -140,38 +293,88 @@ class Supervisor:
                     self._abort("supervisor", "interrupted before the pipeline started", 130)
                 log.warning("stopping: the sources end their streams; outputs are being finished")
                 stop_deadline = time.monotonic() + self.stop_timeout_s
+                self.draining = True
                 for name in self.sources:
                     self._signal(self.workers[name], DRAIN_SIGNAL)
             if self.interrupts > 1:
                 self._abort("supervisor", "interrupted a second time; outputs may be incomplete", 130)
             if stop_deadline is not None and time.monotonic() > stop_deadline:
-                self._abort("supervisor", f"the pipeline did not drain within {self.stop_timeout_s:g} s of the stop", 130)
+                self._abort("supervisor", f"the pipeline did not drain within {self.stop_timeout_s:g} s of the stop",
+                            130)
+
+    def _serve_joins(self) -> None:
+        """Give stages that wait for a worker on another host to the workers that ask; ping the rest."""
+        assert self.join is not None
+        for who, request in self.join.requests():
+            wanted = request.get("stages") or None
+            vacant = [w for w in self.workers.values() if w.remote and w.holder is None and not w.done
+                      and (wanted is None or w.spec.name in wanted)]
+            if not vacant:
+                self.join.send(who, WAIT, {"why": "no stage of this run is waiting for a worker"})
+                continue
+            worker = vacant[0]
+            worker.holder, worker.host = who, str(request.get("host", "?"))[:100]
+            worker.spawned_at = time.monotonic()
+            assert worker.pending is not None
+            self.join.send(who, SPEC, spec_to_json(worker.pending))
+            log.warning("%s: runs on %s now (pid %s there)", worker.spec.name, worker.host, request.get("pid"))
+            self.on_event({"event": "joined", "stage": worker.spec.name, "host": worker.host})
+        self.join.ping([w.holder for w in self.workers.values() if w.remote and w.holder is not None])
 
     def _handle(self, event: dict[str, Any]) -> None:
         worker = self.workers.get(event.get("stage", ""))
+        if worker is not None and event.get("instance") != worker.instance:
+            former = self.former.pop(str(event.get("instance")), None)
+            if former is not None and self.join is not None:  # a replaced remote worker is still at it
+                self.join.send(former, STOP, {"why": "another worker runs this stage now"})
+            return  # a late word from a process that has been replaced
         kind = event.get("event")
+        if kind == "heartbeat":
+            if worker is not None:
+                worker.last_beat = time.monotonic()
+                worker.busy_s = float(event.get("busy_s") or 0.0)
+                if not worker.done and isinstance(event.get("stats"), dict):
+                    worker.stats = event["stats"]
+            return
         if worker is not None:
             if kind == "ready":
                 worker.ready = True
             elif kind in ("done", "stats"):
-                worker.done = worker.done or kind == "done"
+                if kind == "done" and not worker.done:
+                    worker.done, worker.done_at = True, time.monotonic()
                 worker.stats = {k: v for k, v in event.items() if k not in ("event", "stage", "pid")}
+            elif kind == "checkpoint":
+                worker.checkpoint = {k: v for k, v in event.items() if k not in ("event", "stage", "pid")}
             elif kind == "error" and worker.error is None:
-                worker.error = (event.get("error_type", "Exception"), event.get("message", ""))
+                worker.error = (event.get("error_type", "Exception"), event.get("message", ""),
+                                bool(event.get("restartable")))
         if kind == "warning":
             self.warnings.append(f"{event.get('stage')}: {event.get('message')}")
         self.on_event(event)
 
-    def _failure(self) -> tuple[str, str, int] | None:
-        """(stage, cause, exit code) of the first worker that failed, if any."""
+    def _failure(self) -> tuple[str, str, int, bool] | None:
+        """(stage, cause, exit code, whether a new process may fix it) of the first failed worker."""
         now = time.monotonic()
         for name, w in self.workers.items():
             if w.error is not None:
-                return name, w.error[1], exit_code_for(w.error[0])
+                return name, w.error[1], exit_code_for(w.error[0]), w.error[2]
+            if w.remote:
+                failure = self._remote_failure(w, now)
+                if failure is not None:
+                    return name, *failure
+                continue
             code = w.process.exitcode
+            if code is None and w.done:
+                if w.done_at is not None and now - w.done_at > DONE_EXIT_S:
+                    log.warning("%s: finished but did not exit within %g s; killing it", name, DONE_EXIT_S)
+                    w.process.kill()
+                continue
             if code is None:
-                if not w.ready and now - self.started_at > self.start_timeout_s:
-                    return name, f"did not start within {self.start_timeout_s:g} s", 1
+                if w.last_beat is None and now - w.spawned_at > self.start_timeout_s:
+                    return name, f"did not start within {self.start_timeout_s:g} s", 1, False
+                failure = self._silence(w, now, "")
+                if failure is not None:
+                    return name, *failure
                 continue
             if code == 0 and w.done:
                 continue
@@ -189,8 +392,54 @@ class Supervisor:
                 why = "worker process exited before finishing"
             else:
                 why = f"worker process exited with code {code}"
-            return name, why, 1
+            return name, why, 1, True
         return None
+
+    def _remote_failure(self, w: WorkerState, now: float) -> tuple[str, int, bool] | None:
+        if w.done:
+            return None
+        if w.holder is None:
+            if now - w.vacant_since > self.policy.remote_wait_s:
+                return (f"no worker joined to run it within {self.policy.remote_wait_s:g} s (start one on another "
+                        f"host: streamseg worker tcp://THIS-HOST:PORT)", 1, False)
+            return None
+        if w.last_beat is None and now - w.spawned_at > self.start_timeout_s:
+            return f"the worker on {w.host} did not start within {self.start_timeout_s:g} s", 1, True
+        return self._silence(w, now, f"the worker on {w.host} ")
+
+    def _silence(self, w: WorkerState, now: float, who: str) -> tuple[str, int, bool] | None:
+        """A started worker that stopped beating (stopped, wedged, or its host gone), or is stuck in one call."""
+        if w.last_beat is None:
+            return None
+        if now - w.last_beat > self.policy.heartbeat_timeout_s:
+            return f"{who}stopped responding (no heartbeat for {now - w.last_beat:.1f} s)", 1, True
+        if self.policy.stage_timeout_s and w.busy_s > self.policy.stage_timeout_s:
+            return f"{who}hung in one stage call for {w.busy_s:.0f} s", 1, True
+        return None
+
+    def _recover(self, stage: str, cause: str, exit_code: int, restartable: bool) -> None:
+        """Replace the failed worker if the policy allows; otherwise fail the run."""
+        worker = self.workers[stage]
+        if not restartable or len(worker.restarts) >= self.policy.max_restarts:
+            if restartable and self.policy.max_restarts:
+                cause = f"{cause} (after {len(worker.restarts)} restarts)"
+            self._abort(stage, cause, exit_code)
+        if worker.remote:
+            if worker.holder is not None and self.join is not None:
+                self.former[worker.instance] = worker.holder
+                self.join.send(worker.holder, STOP, {"why": cause})
+        else:
+            if worker.process.is_alive():
+                worker.process.kill()  # SIGKILL also ends a stopped process
+            worker.process.join(5.0)
+        worker.past.append(worker.stats)
+        worker.stats = {}
+        worker.restarts.append(cause)
+        attempt = len(worker.restarts)
+        log.warning("%s: %s; starting a new one (restart %d of at most %d)", stage, cause, attempt,
+                    self.policy.max_restarts)
+        self._spawn(worker)
+        self.on_event({"event": "restart", "stage": stage, "cause": cause, "attempt": attempt})
 
     def _abort(self, stage: str, cause: str, exit_code: int) -> None:
         log.debug("aborting: %s: %s", stage, cause)
@@ -201,7 +450,7 @@ class Supervisor:
 
     @staticmethod
     def _signal(worker: WorkerState, sig: int) -> None:
-        if worker.process.pid is not None and worker.process.is_alive():
+        if not worker.remote and worker.process.pid is not None and worker.process.is_alive():
             try:
                 os.kill(worker.process.pid, sig)
             except ProcessLookupError:
@@ -211,9 +460,13 @@ class Supervisor:
         """SIGTERM every live worker, SIGKILL those still alive after ``kill_timeout_s``; reap all.
 
         Workers that have not reported ready yet get SIGKILL at once: they have written nothing."""
-        alive = [w for w in self.workers.values() if w.process.is_alive()]
+        for w in self.workers.values():
+            if w.remote and w.holder is not None and not w.done and self.join is not None:
+                self.join.send(w.holder, STOP, {"why": "the run is over"})
+        alive = [w for w in self.workers.values() if not w.remote and w.process is not None and w.process.is_alive()]
         for w in alive:
             if w.ready:
+                self._signal(w, signal.SIGCONT)  # a stopped worker could not act on SIGTERM
                 self._signal(w, signal.SIGTERM)
             else:  # still starting (SIGTERM blocked until its handlers are in): nothing to finish yet
                 w.process.kill()

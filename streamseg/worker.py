@@ -1,24 +1,32 @@
-"""The worker runtime: runs one stage in its own process and owns its sockets and signals.
+"""The worker runtime: runs one stage in its own process and owns its sockets, signals and heartbeat.
 
 Sockets of a worker (upstream binds, downstream connects):
 
 - ``events`` PUSH, connects to the supervisor's PULL: JSON events (ready, progress, stats, error, done);
-- one ``data-in`` PULL, connecting to each upstream worker's output endpoint;
-- one ``data-out`` PUSH per output port, bound at the endpoint the supervisor chose;
+- ``heartbeat`` PUSH from a thread of its own, to the same PULL: a beat every ``heartbeat_s``, with
+  how long the current stage call has run, so a stopped or hung worker is noticed;
+- one ``data-in`` DEALER per upstream port (:class:`~streamseg.link.Inbox`), named after the worker;
+- one ``data-out`` ROUTER per output port (:class:`~streamseg.link.Outbox`), bound at the endpoint
+  the supervisor chose;
 - one ``publish`` PUB per publish port, bound for outside subscribers. It never blocks: ZeroMQ
   drops what a subscriber too slow to keep its queue under the high-water mark would have got.
 
-Every data socket has an explicit high-water mark (``transport.hwm_frames``): a full downstream
-queue blocks the sender, which is the file-mode backpressure. Sends and receives wait in short
-polls so that SIGTERM and the death of the supervisor are noticed within a fraction of a second.
+Delivery on the data path is at-least-once (:mod:`streamseg.link`): an input is acknowledged as
+done only when what came of it is done downstream (or written, in a sink), so the supervisor can
+replace a dead worker and its upstream sends the unfinished messages again. Repeats that this
+causes are dropped here, by stream position, before the stage sees them; a stage that is
+restarted is told so (``Stage.restarted``) and resumes its outputs instead of starting them anew.
+
+Backpressure is by credit: a worker takes a new input only when all it produced has been sent,
+and a port sends only as many messages as its receivers have room for (``transport.hwm_frames``).
 
 Signals: each worker runs in its own process group, so signals sent to the job's group (Ctrl-C,
 ``timeout``) reach only the supervisor; SIGINT is ignored besides. A source opens its input at
 once (so a bad one fails fast) but produces nothing until SIGUSR2, which the supervisor sends
 when every worker is ready: no frame is sent before the stage that reads it is there. SIGUSR1
 (the supervisor's graceful stop) asks a source to end its streams cleanly, so that everything
-downstream drains.
-SIGTERM stops any worker at once; its stage's ``close()`` still leaves its output usable.
+downstream drains. SIGTERM stops any worker at once; its stage's ``close()`` still leaves its
+output usable.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -37,7 +46,8 @@ import zmq
 
 from . import codec
 from .errors import MessageError, OutputError, StreamsegError
-from .messages import Batch, EndOfStream, StreamStart
+from .link import Inbox, Ledger, Outbox, message_keys
+from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart, StreamStatus
 from .stage import ALL_PORTS, Emit, Source, Stage
 
 log = logging.getLogger(__name__)
@@ -52,6 +62,8 @@ JOB_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 it starts each worker with them blocked until the worker has left the job's process group."""
 PROGRESS_EVERY_S = 0.1
 REJECTS_LOGGED = 5
+RESUME_WAIT_S = 10.0
+"""How long a restarted source waits to hear from its receivers where to resume."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,8 @@ class WorkerSpec:
     """What a worker process needs to run its stage. Plain data: it crosses the spawn boundary."""
 
     name: str
-    """Stage name used in logs, errors and the summary (``decode``, ``infer``...)."""
+    """Stage name used in logs, errors and the summary (``decode``, ``infer``...); also the
+    worker's name on its input links, so a restarted worker takes over from the one it replaces."""
     stage: str
     """``module:Class`` of the stage."""
     params: dict[str, Any]
@@ -67,9 +80,9 @@ class WorkerSpec:
     events: str
     """Supervisor's event endpoint."""
     inputs: tuple[str, ...] = ()
-    """Upstream endpoints to connect the data-in PULL to; empty for a source."""
+    """Upstream endpoints to connect a data-in link to, one each; empty for a source."""
     outputs: dict[str, str] = field(default_factory=dict)
-    """Output port name -> endpoint to bind a data-out PUSH at."""
+    """Output port name -> endpoint to bind its data-out link at."""
     publish: dict[str, str] = field(default_factory=dict)
     """Publish port name -> endpoint to bind a PUB at (for subscribers outside the pipeline)."""
     publish_hwm: int = 1000
@@ -77,104 +90,220 @@ class WorkerSpec:
     publish_curve: dict[str, str] | None = None
     """CURVE server settings of the publish sockets (:class:`~streamseg.security.CurveServer` fields)."""
     streams: int = 1
-    """End-of-stream messages to see before the worker is done."""
+    """Streams to see end before the worker is done."""
     hwm_frames: int = 8
-    """High-water mark of every data socket, in messages."""
+    """Credit of each data-in link: messages that may wait for this worker, per upstream port."""
     max_msg_bytes: int = 512 * 1024 * 1024
-    """ZMQ_MAXMSGSIZE of the data-in socket."""
+    """ZMQ_MAXMSGSIZE of the data-in sockets."""
     progress: bool = False
     """Whether this worker reports frame progress (the last sink does)."""
     log_level: str = "WARNING"
     """Log level inside the worker."""
+    attempt: int = 0
+    """0 for the first process of this stage; n for its n-th replacement after a failure."""
+    heartbeat_s: float = 0.5
+    """Seconds between two heartbeats to the supervisor."""
+    previous: dict[str, Any] = field(default_factory=dict)
+    """For a replacement: why the process before it failed (``cause``), and the last ``checkpoint``
+    event that process reported."""
+    instance: str = ""
+    """Names this process of the stage in its events, so that the word of one it replaced is ignored."""
+    curve: dict[str, Any] | None = None
+    """CURVE settings of its tcp sockets (:class:`~streamseg.security.TransportCurve` fields); None: off."""
 
 
 class _Stopped(Exception):
     """Raised inside the runtime when SIGTERM or the supervisor's death ends the worker early."""
 
 
+@dataclass
+class _StreamState:
+    """What the runtime has let through of one stream (repeats after a restart are dropped)."""
+
+    open: bool = False
+    ended: bool = False
+    last_index: int = -1
+    """Index of the newest frame let through."""
+    last_pts: int = 0
+
+
+class _Heartbeat(threading.Thread):
+    """Beats to the supervisor from its own thread and socket; a stopped or wedged process stops beating."""
+
+    def __init__(self, runtime: _Runtime) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.runtime = runtime
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        spec = self.runtime.spec
+        sock = self.runtime.ctx.socket(zmq.PUSH)  # heartbeat: to the supervisor's event PULL
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 10)
+        self.runtime.secure(sock, spec.events, False)
+        sock.connect(spec.events)
+        try:
+            while not self.stop.wait(spec.heartbeat_s):
+                runtime = self.runtime
+                since = runtime.busy_since
+                beat = {"event": "heartbeat", "stage": spec.name, "pid": os.getpid(), "instance": spec.instance,
+                        "busy_s": round(time.monotonic() - since, 3) if since else 0.0,
+                        "stats": runtime.work_stats()}
+                try:
+                    sock.send(json.dumps(beat).encode(), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+        finally:
+            sock.close()
+
+
 class _Runtime:
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, alive: Callable[[], str | None] | None = None) -> None:
         self.spec = spec
-        self.parent = os.getppid()
+        parent = os.getppid()
+        self.alive = alive or (lambda: None if os.getppid() == parent else "the supervisor is gone")
+        """None while the worker should go on; otherwise why it must stop."""
         self.terminate = False
         self.go = False
         self.ctx = zmq.Context()
-        self.events = self.ctx.socket(zmq.PUSH)
+        self.authenticators: list[Any] = []
+        self.events = self.ctx.socket(zmq.PUSH)  # events: to the supervisor's PULL
         self.events.setsockopt(zmq.LINGER, 2000)
         self.events.setsockopt(zmq.SNDHWM, 10000)
+        self.secure(self.events, spec.events, False)
         self.events.connect(spec.events)
-        self.data_in: zmq.Socket | None = None
-        self.authenticators: list[Any] = []
-        self.data_out: dict[str, zmq.Socket] = {}
+        self.inboxes: list[Inbox] = []
+        self.outboxes: dict[str, Outbox] = {}
         self.pub_out: dict[str, zmq.Socket] = {}
         self.stage: Stage | None = None
+        self.ledger = Ledger(self._held)
+        self.streams: dict[str, _StreamState] = {}
         self.busy_s = 0.0
         self.blocked_s = 0.0
+        self.busy_since = 0.0
+        """When the current stage call began (monotonic); 0 between calls."""
         self.received = 0
         self.sent = 0
         self.rejected = 0
-        self.open_streams: set[str] = set()
-        self.pollers: dict[str | None, zmq.Poller] = {}
         self.closed = False
         self.aborted = False
         self._last_progress = 0.0
+        self._next_inbox = 0
+        self._pollers: dict[bool, zmq.Poller] = {}
 
     # --- events to the supervisor -------------------------------------------------------------
     def event(self, event: str, **data: Any) -> None:
-        data.update(event=event, stage=self.spec.name, pid=os.getpid())
+        data.update(event=event, stage=self.spec.name, pid=os.getpid(), instance=self.spec.instance)
         try:
             self.events.send(json.dumps(data, default=str).encode(), zmq.NOBLOCK)
         except zmq.ZMQError:
             log.warning("%s: could not report %s to the supervisor", self.spec.name, event)
 
-    def stats(self) -> dict[str, Any]:
+    def work_stats(self) -> dict[str, Any]:
+        """Counters and times, cheap enough for every heartbeat (no percentiles)."""
         counters = dict(self.stage.counters) if self.stage else {}
+        resent = sum(o.resent for o in self.outboxes.values())
+        if resent:
+            counters["resent"] = resent
         return {"busy_s": round(self.busy_s, 4), "blocked_s": round(self.blocked_s, 4),
-                "received": self.received, "sent": self.sent, "rejected": self.rejected,
-                "counters": counters, **(self.stage.report() if self.stage else {})}
+                "received": self.received, "sent": self.sent,
+                "rejected": self.rejected, "counters": counters,
+                "totals": list(self.stage.totals) if self.stage else []}
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.work_stats(), **(self.stage.report() if self.stage else {})}
 
     # --- sockets ------------------------------------------------------------------------------
+    def secure(self, sock: zmq.Socket, address: str, binds: bool) -> None:
+        """CURVE on a tcp socket when the transport has keys (ipc:// stays on this machine)."""
+        if self.spec.curve and address.lstrip("@>").startswith("tcp://"):
+            from .security import TransportCurve
+
+            TransportCurve(**self.spec.curve).apply(self.ctx, sock, binds, self.authenticators)
+
     def open_sockets(self) -> None:
-        for port, endpoint in self.spec.outputs.items():
-            sock = self.ctx.socket(zmq.PUSH)  # data-out: to the downstream stage on this port
-            sock.setsockopt(zmq.SNDHWM, self.spec.hwm_frames)
-            # at the end, wait until every queued message has reached the peer, however slow it is
-            # (a timed linger would drop the tail, end of stream included, behind a busy model); the
-            # supervisor kills a worker whose peer died, and an aborted worker closes with linger 0
-            sock.setsockopt(zmq.LINGER, -1)
-            sock.bind(endpoint)
-            self.data_out[port] = sock
-        for port, endpoint in self.spec.publish.items():
+        spec = self.spec
+        for port, endpoint in spec.outputs.items():
+            self.outboxes[port] = Outbox(self.ctx, endpoint, port, self.ledger.sent, self.ledger.finished,
+                                         self.reject, self.secure)
+        for port, endpoint in spec.publish.items():
             sock = self.ctx.socket(zmq.PUB)  # publish: detections for subscribers outside the pipeline
-            sock.setsockopt(zmq.SNDHWM, self.spec.publish_hwm)
+            sock.setsockopt(zmq.SNDHWM, spec.publish_hwm)
             sock.setsockopt(zmq.LINGER, 1000)
             self.pub_out[port] = sock
-            if self.spec.publish_curve:
+            if spec.publish_curve:
                 from .security import CurveServer
 
-                self.authenticators.append(CurveServer(**self.spec.publish_curve).apply(self.ctx, sock))
+                self.authenticators.append(CurveServer(**spec.publish_curve).apply(self.ctx, sock))
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
                 raise OutputError(f"cannot publish at {endpoint}: {exc.strerror}") from None
-        if self.spec.inputs:
-            sock = self.ctx.socket(zmq.PULL)  # data-in: from every upstream worker
-            sock.setsockopt(zmq.RCVHWM, self.spec.hwm_frames)
-            sock.setsockopt(zmq.MAXMSGSIZE, self.spec.max_msg_bytes)
-            sock.setsockopt(zmq.LINGER, 0)
-            for endpoint in self.spec.inputs:
-                sock.connect(endpoint)
-            self.data_in = sock
+        for endpoint in spec.inputs:
+            self.inboxes.append(Inbox(self.ctx, endpoint, spec.name, spec.hwm_frames, spec.max_msg_bytes,
+                                      self._hello_state, self.secure))
+
+    def _hello_state(self) -> dict[str, Any]:
+        return {"open": [s for s, st in self.streams.items() if st.open],
+                "last": {s: [st.last_index, st.last_pts] for s, st in self.streams.items() if st.last_index >= 0}}
+
+    def _held(self) -> frozenset:
+        return self.stage.holds() if self.stage is not None else frozenset()
 
     def check_alive(self) -> None:
         if self.terminate:
             raise _Stopped("terminated")
-        if os.getppid() != self.parent:
-            raise _Stopped("the supervisor is gone")
+        why = self.alive()
+        if why:
+            raise _Stopped(why)
 
-    def send(self, emits: Iterable[Emit], lossy: bool = False) -> bool:
-        """Send each emit; with ``lossy``, only if there is room now. False: something was not sent."""
-        sent_all = True
+    def service(self) -> None:
+        """Hellos and acknowledgements in both directions; streams that upstream says are over."""
+        for outbox in self.outboxes.values():
+            outbox.service()
+        for inbox in self.inboxes:
+            inbox.service()
+            for stream in inbox.ended:
+                state = self.streams.setdefault(stream, _StreamState())
+                if not state.ended:
+                    log.info("%s: stream %s ended before this worker started", self.spec.name, stream)
+                    state.open, state.ended = False, True
+            inbox.ended = []
+
+    def _poller(self, with_input: bool) -> zmq.Poller:
+        """Polls link control traffic, and the data-in sockets too ``with_input`` (made once each)."""
+        poller = self._pollers.get(with_input)
+        if poller is None:
+            poller = self._pollers[with_input] = zmq.Poller()
+            for outbox in self.outboxes.values():
+                poller.register(outbox.sock, zmq.POLLIN)
+            for inbox in self.inboxes:
+                poller.register(inbox.monitor, zmq.POLLIN)
+                if with_input:
+                    poller.register(inbox.sock, zmq.POLLIN)
+        return poller
+
+    def wait(self, ms: int, with_input: bool = False) -> None:
+        """Wait up to ``ms`` for link traffic (and input), then service the links."""
+        self._poller(with_input).poll(ms)
+        self.service()
+
+    def backlog(self) -> bool:
+        return any(o.backlog for o in self.outboxes.values())
+
+    def drain_backlog(self) -> None:
+        """Wait until every output waiting for credit has gone out (file-mode backpressure)."""
+        if not self.backlog():
+            return
+        start = time.perf_counter()
+        while self.backlog():
+            self.check_alive()
+            self.wait(POLL_MS)
+        self.blocked_s += time.perf_counter() - start
+
+    # --- sending ------------------------------------------------------------------------------
+    def send(self, emits: Iterable[Emit]) -> None:
+        """Queue each emit on its ports (sent as credit allows); publish ports send at once or drop."""
         for port, message in emits:
             if port in self.pub_out:
                 try:
@@ -183,31 +312,11 @@ class _Runtime:
                 except zmq.Again:
                     pass  # PUB drops for slow subscribers rather than stall the pipeline
                 continue
-            ports = self.data_out if port == ALL_PORTS else {port: self.data_out[port]}
+            outboxes = self.outboxes.values() if port == ALL_PORTS else (self.outboxes[port],)
             parts = codec.encode(message)
-            for sock in ports.values():
-                sent_all = self._send_parts(sock, parts, lossy) and sent_all
-        return sent_all
-
-    def _send_parts(self, sock: zmq.Socket, parts: list[Any], lossy: bool = False) -> bool:
-        if lossy:
-            try:
-                sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return False
-            self.sent += 1
-            return True
-        start = time.perf_counter()
-        while True:
-            try:
-                sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-                break
-            except zmq.Again:
-                self.check_alive()
-                sock.poll(POLL_MS, zmq.POLLOUT)
-        self.sent += 1
-        self.blocked_s += time.perf_counter() - start
-        return True
+            for outbox in outboxes:
+                outbox.put(message, parts)
+                self.sent += 1
 
     def progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -216,91 +325,179 @@ class _Runtime:
             self.event("progress", frames=self.stage.counters.get("frames", 0) if self.stage else 0)
 
     def timed(self, call: Callable[[], Iterable[Emit] | None]) -> list[Emit]:
-        """Run one stage call and account its time as busy."""
+        """Run one stage call, account its time as busy, and send what it returns."""
         start = time.perf_counter()
-        out = list(call() or ())
-        self.busy_s += time.perf_counter() - start
+        self.busy_since = time.monotonic()
+        try:
+            out = list(call() or ())
+        finally:
+            self.busy_since = 0.0
+            self.busy_s += time.perf_counter() - start
         return out
+
+    def call(self, call: Callable[[], Iterable[Emit] | None]) -> None:
+        """A stage call that is not tied to one input (deadline, room): send its output, release what it let go."""
+        held = self._held()
+        self.send(self.timed(call))
+        self.ledger.release(held)
 
     # --- the loops ----------------------------------------------------------------------------
     def run_source(self, stage: Source) -> None:
         while not self.go and not stage.stop_requested:  # the supervisor's start signal
             self.check_alive()
-            time.sleep(0.02)
+            self.wait(20)
+        if stage.restarted:
+            stage.resume(self._resume_points())
         iterator = iter(stage.produce())
         while True:
             self.check_alive()
+            self.service()
             start = time.perf_counter()
+            self.busy_since = time.monotonic()
             try:
                 emit = next(iterator)
             except StopIteration:
                 break
             finally:
+                self.busy_since = 0.0
                 self.busy_s += time.perf_counter() - start
             if emit is None:
                 continue
-            if stage.lossy(emit[1]):
-                if not self.send([emit], lossy=True):
-                    stage.dropped(emit[1])
+            port, message = emit
+            if stage.lossy(message) and not all(self.outboxes[p].room() for p in self._ports(port)):
+                stage.dropped(message)
             else:
                 self.send([emit])
+                self.drain_backlog()
             self.progress()
+        self.finish_outputs()
+
+    def _ports(self, port: str) -> Iterable[str]:
+        return self.outboxes if port == ALL_PORTS else (port,)
+
+    def _resume_points(self) -> dict[str, tuple[int, int]]:
+        """Where the receivers of a restarted source are: ``stream -> (index, pts)`` of their newest frame."""
+        deadline = time.monotonic() + RESUME_WAIT_S
+        while not all(o.heard() for o in self.outboxes.values()) and time.monotonic() < deadline:
+            self.check_alive()
+            self.wait(20)
+        points: dict[str, tuple[int, int]] = {}
+        for outbox in self.outboxes.values():
+            for stream, (index, pts) in outbox.resume_points().items():
+                if stream not in points or index > points[stream][0]:
+                    points[stream] = (index, pts)
+        return points
 
     def run_stage(self, stage: Stage) -> None:
-        assert self.data_in is not None
-        ended = 0
-        while ended < self.spec.streams:
+        while sum(s.ended for s in self.streams.values()) < self.spec.streams:
             self.check_alive()
+            self.service()
+            self.drain_backlog()
             timeout = stage.timeout_s()
-            wait_ms = POLL_MS if timeout is None else max(0, min(POLL_MS, int(timeout * 1000)))
             waiting = stage.waiting_port()
-            ready = dict(self._poller(waiting).poll(wait_ms))
-            if waiting is not None and ready.get(self.data_out[waiting], 0) & zmq.POLLOUT:
-                self.send(self.timed(stage.on_room))
-            if not ready.get(self.data_in, 0) & zmq.POLLIN:
-                if timeout is not None and timeout <= wait_ms / 1000:
-                    self.send(self.timed(stage.on_timeout))
+            if waiting is not None and self.outboxes[waiting].room():
+                self.call(stage.on_room)
                 continue
-            parts = self.data_in.recv_multipart(copy=False)
-            self.received += 1
-            try:
-                message = codec.decode(parts)
-                if isinstance(message, EndOfStream):
-                    if message.stream_id not in self.open_streams:
-                        raise MessageError(f"end of stream {message.stream_id!r}, which is not open")
-                    self.open_streams.discard(message.stream_id)
-                    self.send(self.timed(lambda: stage.flush(message)))
-                    self.send([(ALL_PORTS, message)] if self.data_out else [])
-                    ended += 1
-                else:
-                    if isinstance(message, StreamStart):
-                        self.open_streams.add(message.stream_id)
-                    else:
-                        self._check_open(message)
-                    self.send(self.timed(lambda: stage.process(message)))
-            except MessageError as exc:
-                self.reject(exc)
+            item = self._take()
+            if item is None:
+                if timeout is not None and timeout <= 0:
+                    self.call(stage.on_timeout)
+                    continue
+                wait_ms = POLL_MS if timeout is None else max(1, min(POLL_MS, int(timeout * 1000) + 1))
+                self.wait(wait_ms, with_input=True)
                 continue
+            inbox, seq, parts = item
+            self.handle(stage, inbox, seq, parts)
             self.progress()
+        self.finish_outputs()
 
-    def _poller(self, waiting: str | None) -> zmq.Poller:
-        """A poller for input, and for room on the ``waiting`` port too (made once per port)."""
-        poller = self.pollers.get(waiting)
-        if poller is None:
-            poller = self.pollers[waiting] = zmq.Poller()
-            poller.register(self.data_in, zmq.POLLIN)
-            if waiting is not None:
-                poller.register(self.data_out[waiting], zmq.POLLOUT)
-        return poller
+    def _take(self) -> tuple[Inbox, int, list[Any]] | None:
+        """The next input, taking the inputs in turn."""
+        count = len(self.inboxes)
+        for i in range(count):
+            inbox = self.inboxes[(self._next_inbox + i) % count]
+            try:
+                got = inbox.receive()
+            except MessageError as exc:
+                self.received += 1
+                self.reject(exc)
+                return None
+            if got is not None:
+                self._next_inbox = (self._next_inbox + i + 1) % count
+                return inbox, got[0], got[1]
+        return None
 
-    def _check_open(self, message: Any) -> None:
-        """Frames and results belong to a stream that has started and not ended."""
-        if not isinstance(message, Batch) and not hasattr(message, "stream_id"):
-            raise MessageError(f"a bare {type(message).__name__} is not a message of the data path")
-        ids = {f.stream_id for f in message.frames} if isinstance(message, Batch) else {message.stream_id}
-        unknown = ids - self.open_streams
-        if unknown:
-            raise MessageError(f"{type(message).__name__} of stream {sorted(unknown)[0]!r}, which is not open")
+    def handle(self, stage: Stage, inbox: Inbox, seq: int, parts: list[Any]) -> None:
+        """Decode, check and pass one input to the stage; acknowledge it when it is done."""
+        self.received += 1
+        try:
+            original = codec.decode(parts)
+            message = self.admit(original)
+        except MessageError as exc:
+            self.reject(exc)
+            inbox.taken(seq)
+            inbox.done(seq)  # nothing will ever come of it
+            return
+        keys = message_keys(original)
+        if message is not None:
+            held = self._held()
+            if isinstance(message, EndOfStream):
+                self.send(self.timed(lambda: stage.flush(message)))
+                self.send([(ALL_PORTS, message)] if self.outboxes else [])
+            else:
+                self.send(self.timed(lambda: stage.process(message)))
+            self.ledger.release(held)
+        # a repeat is done when the first copy is: it waits on the same stream positions
+        inbox.taken(seq)
+        self.ledger.settle(inbox, seq, keys)
+
+    def admit(self, message: Any) -> Any:
+        """The part of ``message`` that is new for its stream; None for a repeat. MessageError when it
+        does not fit (a bare Detections, a frame of a stream that is not open)."""
+        if isinstance(message, StreamStart):
+            state = self.streams.setdefault(message.stream_id, _StreamState())
+            if state.open or state.ended:
+                return None
+            state.open = True
+            return message
+        if isinstance(message, EndOfStream):
+            state = self.streams.get(message.stream_id)
+            if state is not None and state.ended:
+                return None
+            self._open(message.stream_id, "end of stream")
+            state = self.streams[message.stream_id]
+            state.open, state.ended = False, True
+            return message
+        if isinstance(message, StreamStatus):
+            self._open(message.stream_id, "StreamStatus")
+            return message
+        if isinstance(message, Batch):
+            new = tuple(f for f in message.frames if self._new_frame(f))
+            return None if not new else message if len(new) == len(message.frames) else Batch(new)
+        if isinstance(message, (Frame, FrameResult)):
+            return message if self._new_frame(message) else None
+        raise MessageError(f"a bare {type(message).__name__} is not a message of the data path")
+
+    def _open(self, stream_id: str, what: str) -> _StreamState:
+        state = self.streams.get(stream_id)
+        if state is None or not state.open:
+            raise MessageError(f"{what} of stream {stream_id!r}, which is not open")
+        return state
+
+    def _new_frame(self, frame: Frame | FrameResult) -> bool:
+        state = self._open(frame.stream_id, type(frame).__name__)
+        if frame.index <= state.last_index:
+            return False
+        state.last_index, state.last_pts = frame.index, frame.pts
+        return True
+
+    def finish_outputs(self) -> None:
+        """Wait until the receivers are done with everything sent (a restarted one may need it again)."""
+        start = time.perf_counter()
+        while not all(o.idle for o in self.outboxes.values()):
+            self.check_alive()
+            self.wait(POLL_MS)
+        self.blocked_s += time.perf_counter() - start
 
     def reject(self, exc: MessageError) -> None:
         """Count a message that is malformed or does not fit (a stage raised MessageError); log a few."""
@@ -311,15 +508,19 @@ class _Runtime:
 
     def run(self) -> int:
         spec = self.spec
+        heartbeat = _Heartbeat(self)
+        heartbeat.start()
         try:
             module, _, cls_name = spec.stage.partition(":")
             cls = getattr(importlib.import_module(module), cls_name)
             self.stage = stage = cls(**spec.params)
+            stage.restarted = spec.attempt > 0
+            stage.previous = dict(spec.previous)
             stage.bind_events(self.event)
             self.open_sockets()
             start = time.perf_counter()
             stage.setup()
-            self.event("ready", setup_s=round(time.perf_counter() - start, 3))
+            self.event("ready", setup_s=round(time.perf_counter() - start, 3), attempt=spec.attempt)
             if isinstance(stage, Source):
                 self.run_source(stage)
             else:
@@ -327,6 +528,8 @@ class _Runtime:
             self.progress(force=True)
             self.closed = True
             stage.close()
+            for inbox in self.inboxes:
+                inbox.flush()
             self.event("done", **self.stats())
             return 0
         except _Stopped as exc:
@@ -334,7 +537,8 @@ class _Runtime:
             self.close_stage()
             return 3
         except StreamsegError as exc:
-            self.event("error", error_type=type(exc).__name__, message=str(exc))
+            self.event("error", error_type=type(exc).__name__, message=str(exc),
+                       restartable=exc.restartable)
             self.close_stage()
             return 1
         except Exception as exc:  # noqa: BLE001 - any stage bug becomes a reported stage error
@@ -344,12 +548,15 @@ class _Runtime:
             self.close_stage()
             return 1
         finally:
-            for sock in self.data_out.values():
-                sock.close(linger=None if self.closed and not self.aborted else 0)
+            heartbeat.stop.set()
+            heartbeat.join(2.0)
+            clean = self.closed and not self.aborted
+            for outbox in self.outboxes.values():
+                outbox.close(linger=None if clean else 0)
             for sock in self.pub_out.values():
                 sock.close()
-            if self.data_in is not None:
-                self.data_in.close()
+            for inbox in self.inboxes:
+                inbox.close(linger=None if clean else 0)
             for auth in self.authenticators:
                 auth.stop()
             self.events.close()
@@ -374,6 +581,14 @@ def _set_process_name(name: str) -> None:
             comm.write(name[:15])
     except OSError:
         pass
+
+
+def run_spec(spec: WorkerSpec, alive: Callable[[], str | None]) -> int:
+    """Run a stage in this process for a supervisor elsewhere (``streamseg worker``); the exit code.
+
+    ``alive()`` says why to stop (the supervisor is gone, or said stop), or None."""
+    _set_process_name(f"sseg-{spec.name}")
+    return _Runtime(spec, alive).run()
 
 
 def worker_main(spec: WorkerSpec) -> None:

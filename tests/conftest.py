@@ -328,3 +328,54 @@ def rtsp_server() -> Any:
 
 def have_ffmpeg() -> bool:
     return shutil.which("ffmpeg") is not None
+
+
+FAULT_FRAMES = 150
+"""Length of the clip the fault tests (restarts, remote workers) run on."""
+
+
+@pytest.fixture(scope="session")
+def fault_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("faults") / "clip.mp4", frames=FAULT_FRAMES)
+
+
+def decoded(path: Path | str) -> list[tuple[int, np.ndarray]]:
+    """(pts, RGB pixels) of every frame of a video."""
+    with av.open(str(path)) as container:
+        return [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+
+
+def digest(video: list[tuple[int, np.ndarray]]) -> list[tuple[int, str]]:
+    import hashlib
+
+    return [(pts, hashlib.md5(image.tobytes()).hexdigest()) for pts, image in video]
+
+
+@pytest.fixture(scope="session")
+def undisturbed(fault_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The outputs of a run on :func:`fault_clip` that nobody disturbs, to compare against."""
+    cli = CLI(tmp_path_factory.mktemp("undisturbed"))
+    result = cli.run("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, "-q")
+    assert result.returncode == 0, result.stderr
+    return {"masks": read_jsonl(cli.cwd / "m.jsonl"), "video": decoded(cli.cwd / "out.mp4")}
+
+
+def assert_same_outputs(folder: Path, undisturbed: dict[str, Any]) -> None:
+    """out.mp4 and m.jsonl in ``folder`` are those of the undisturbed run: same lines, same pictures."""
+    assert read_jsonl(folder / "m.jsonl") == undisturbed["masks"]
+    assert digest(decoded(folder / "out.mp4")) == digest(undisturbed["video"])
+
+
+def masks_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -86,6 +86,11 @@ class BatchStage(Stage):
             emits += self._batch([queue.popleft() for _ in range(min(self.max_batch, len(queue)))])
         return emits
 
+    def holds(self) -> frozenset[tuple[str, int]]:
+        """Frames waiting for their batch, and live frames waiting for room."""
+        frames = [*self.pending, *(f for queue in self.held.values() for f in queue)]
+        return frozenset((f.stream_id, f.index) for f in frames)
+
     def timeout_s(self) -> float | None:
         return max(0.0, self.deadline - time.monotonic()) if self.pending else None
 

@@ -5,6 +5,12 @@ starts the file again when it ends. Live sources (network streams, cameras): a l
 reopened with exponential backoff, and the loss and each attempt flow downstream as
 :class:`StreamStatus` messages; timestamps stay increasing across reconnections and loops, with
 the time the source was away added, so the output's clock keeps real time.
+
+A decode worker that crashes (FFmpeg can segfault on a damaged file) is replaced, and the new one
+goes on after the newest frame downstream has: a file is sought back to it, a live source is
+reopened and the frames it sent meanwhile are lost (said in a status message and a warning). If
+the replacement fails again at the same frame, the damage is taken to be in the file: the
+stream ends there (``truncated``) with every frame before it, and the run finishes normally.
 """
 
 from __future__ import annotations
@@ -71,6 +77,15 @@ class DecodeStage(Source):
         self.next_base: int | None = None  # first pts of the next segment (after a loop or reconnection)
         self.first_pts: int | None = None  # of the stream, for its capture clock
         self.clock_origin: float | None = None  # wall time of the stream's pts 0 on its own clock
+        self.resume_point: tuple[int, int] | None = None
+        """(index, pts) of the newest frame downstream has, for a replacement decoder."""
+        self.resume_pts: int | None = None
+        """While set, frames up to this pts are passed over silently (downstream has them)."""
+
+    totals = ("frames",)
+
+    def resume(self, points: dict[str, tuple[int, int]]) -> None:
+        self.resume_point = points.get(self.stream_id)
 
     def setup(self) -> None:
         if source_kind(self.path) == "images":
@@ -112,6 +127,11 @@ class DecodeStage(Source):
                     height=start.height, rate=str(start.rate), live=self.live)
         yield ALL_PORTS, start
         reason, error = "end", ""
+        if self.restarted:
+            ended = yield from self._after_failure()
+            if ended is not None:
+                yield ALL_PORTS, ended
+                return
         if self.live and self.container is not None:
             # opened in setup() to fail fast; what a live source sent while the model loaded is stale
             self._close_container()
@@ -150,6 +170,40 @@ class DecodeStage(Source):
             self.notify("warning", message=f"{self.shown}: {detail}")
         yield ALL_PORTS, EndOfStream(self.stream_id, self.index, reason, self.skipped, detail)
 
+    def _after_failure(self) -> Generator[Emit, None, EndOfStream | None]:
+        """A replacement for a decoder that failed: go on after the newest frame downstream has, or
+        end the stream when the last one failed at that very frame too (damaged input)."""
+        cause = str(self.previous.get("cause", "it failed"))
+        if self.resume_point is None:
+            self.notify("warning", message=f"{self.shown}: the decoder failed ({cause}) before any frame "
+                                           "arrived downstream; starting again")
+            return None
+        index, pts = self.resume_point
+        if self.previous.get("resumed_at") == index:
+            self.index = index + 1
+            detail = f"the decoder failed twice at frame {self.index} ({cause}); the stream ends there"
+            self.counters.update(frames=self.index, truncated=1)
+            self.notify("warning", message=f"{self.shown}: {detail}")
+            return EndOfStream(self.stream_id, self.index, "truncated", 0, detail)
+        self.notify("checkpoint", resumed_at=index)
+        self.index, self.last_pts = index + 1, pts
+        what = "frames it sent meanwhile are lost" if self.live else "it goes on from there"
+        self.notify("warning", message=f"{self.shown}: the decoder failed ({cause}) and was restarted after "
+                                       f"frame {index}; {what}")
+        if self.live:
+            yield self._status("lost", f"the decoder failed ({cause})", 0)
+            self._continue_after(0.0)
+            yield self._status("reconnected", "", 1)
+        elif self.loop:
+            self._continue_after(0.0)  # where in which pass it was is not known: start the file again
+        elif self.container is not None:
+            self.resume_pts = pts
+            stream = self.container.streams.video[0]
+            self.container.seek(pts, stream=stream, backward=True)
+        else:
+            self.resume_pts = pts  # an image sequence: read up to it again, without sending
+        return None
+
     # --- one open of the source -----------------------------------------------------------------
     def _segment(self) -> Generator[Emit, None, str]:
         """Emit the frames of the source as opened now; return why it ended ("" for a clean end)."""
@@ -175,6 +229,10 @@ class DecodeStage(Source):
                     base = (round(pts * time_base / start.time_base) if self.next_base is None
                             else self.next_base)
                 pts_out = base + round((pts - seg_first) * time_base / start.time_base)
+            if self.resume_pts is not None:
+                if pts_out <= self.resume_pts:
+                    continue  # downstream has it from the decoder this one replaces
+                self.resume_pts = None
             if self.last_pts is not None and pts_out <= self.last_pts:
                 self.skipped += 1  # a duplicate or out-of-order timestamp would break the output's pts
                 continue

@@ -1,10 +1,22 @@
 """Encode: annotated frames to H.264 (libx264, yuv420p): MP4 files with the moov atom first and the
-input's audio copied in, or a live stream pushed to an ``rtsp://`` or ``rtmp://`` server."""
+input's audio copied in, or a live stream pushed to an ``rtsp://`` or ``rtmp://`` server.
+
+An MP4 cannot be read until it is finished, so a file output also keeps a *journal* beside it
+(``.NAME.streamseg-journal``): every packet as the encoder gives it out, and a checkpoint each
+time the packets written so far hold every frame up to some point. A frame counts as written
+(its input is acknowledged) only at a checkpoint. When the encode worker dies, its replacement
+rebuilds the output from the journal up to the last checkpoint, then encodes the frames that its
+upstream sends again; the journal is removed once the output is finished.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import struct
+import zlib
+from collections import deque
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Iterable, Iterator
 
@@ -85,11 +97,114 @@ class _AudioCopier:
         self.input.close()
 
 
+@dataclass(frozen=True)
+class JournalPacket:
+    """One encoded video packet as the journal keeps it (times in the stream's time base)."""
+
+    data: bytes
+    pts: int
+    dts: int
+    duration: int
+    keyframe: bool
+
+
+class Journal:
+    """An append-only record of an output's encoded packets, with checkpoints, that survives a crash.
+
+    Record: ``kind``, pts, dts, duration, keyframe, size, CRC-32, then ``size`` bytes. Kinds: ``P``
+    a packet; ``K`` a checkpoint (every frame up to its pts is in the packets before it; its dts
+    field holds the frame count); ``F`` the output was finished. :meth:`read` stops at a torn or
+    damaged record and keeps what comes before the last checkpoint.
+    """
+
+    MAGIC = b"SSJ1"
+    RECORD = struct.Struct("<cqqqBII")
+
+    def __init__(self, output: str) -> None:
+        folder, name = os.path.split(os.path.abspath(output))
+        self.path = os.path.join(folder, f".{name}.streamseg-journal")
+        self.fd: int | None = None
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def read(self) -> Recovered:
+        """What the journal holds up to its last checkpoint."""
+        with open(self.path, "rb") as f:
+            data = f.read()
+        packets: list[JournalPacket] = []
+        kept = Recovered([], None, 0, False)
+        at = len(self.MAGIC) if data[:len(self.MAGIC)] == self.MAGIC else len(data)
+        while at + self.RECORD.size <= len(data):
+            kind, pts, dts, duration, key, size, crc = self.RECORD.unpack_from(data, at)
+            body = data[at + self.RECORD.size:at + self.RECORD.size + size]
+            if len(body) != size or zlib.crc32(body) != crc or kind not in (b"P", b"K", b"F"):
+                break  # torn by the crash, or damaged: what follows cannot be trusted
+            at += self.RECORD.size + size
+            if kind == b"P":
+                packets.append(JournalPacket(body, pts, dts, duration, bool(key)))
+            elif kind == b"K":
+                kept = Recovered(list(packets), pts, dts, False)
+            else:
+                kept = Recovered(kept.packets, kept.saved_pts, kept.frames, True)
+        return kept
+
+    def start(self) -> None:
+        """Begin a new journal (replacing any old one)."""
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(self.fd, self.MAGIC)
+
+    def rewrite(self, recovered: Recovered) -> None:
+        """A new journal that holds what was recovered, to go on from."""
+        self.start()
+        for packet in recovered.packets:
+            self.packet(packet)
+        if recovered.saved_pts is not None:
+            self.record(b"K", recovered.saved_pts, recovered.frames)
+
+    def packet(self, packet: JournalPacket) -> None:
+        assert self.fd is not None
+        head = self.RECORD.pack(b"P", packet.pts, packet.dts, packet.duration, int(packet.keyframe),
+                                len(packet.data), zlib.crc32(packet.data))
+        os.write(self.fd, head + packet.data)  # one write: in the OS, so a crash of this process keeps it
+
+    def record(self, kind: bytes, pts: int = 0, frames: int = 0) -> None:
+        """A checkpoint (``K``) or the finish mark (``F``)."""
+        assert self.fd is not None
+        os.write(self.fd, self.RECORD.pack(kind, pts, frames, 0, 0, 0, zlib.crc32(b"")))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def remove(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What a journal holds: packets up to the last checkpoint, its pts, the frame count, finished or not."""
+
+    packets: list[JournalPacket]
+    saved_pts: int | None
+    frames: int
+    finished: bool
+
+
 class _Writer:
-    """One output (file or stream URL) for one stream."""
+    """One output (file or stream URL) for one stream.
+
+    A file output keeps ``journal``; with ``recovered`` (a replaced encode worker) the output is
+    first rebuilt from it. :attr:`held` are the frames given to the encoder and not yet at a checkpoint.
+    """
 
     def __init__(self, path: str, start: StreamStart, codec: str, crf: int, preset: str, threads: int,
-                 audio: bool) -> None:
+                 audio: bool, journal: Journal | None = None, recovered: Recovered | None = None) -> None:
         if start.width % 2 or start.height % 2:
             raise OutputError(f"H.264 yuv420p needs even frame sizes; the input is {start.width}x{start.height}")
         self.path = path
@@ -99,6 +214,12 @@ class _Writer:
         options = {"movflags": "+faststart"} if fmt is None and ext in (".mp4", ".m4v", ".mov") else {}
         if fmt == "rtsp":
             options["rtsp_transport"] = "tcp"
+        self.journal = journal
+        if journal is not None:
+            try:
+                journal.start() if recovered is None else None  # before the output, so that a crash leaves one
+            except OSError as exc:
+                raise OutputError(f"cannot write {journal.path}: {exc.strerror}") from None
         try:
             self.output = av.open(path, "w", format=fmt, options=options, timeout=10.0)
             stream = self.output.add_stream(codec, rate=start.rate)
@@ -107,6 +228,7 @@ class _Writer:
         stream.width, stream.height = start.width, start.height
         stream.pix_fmt = "yuv420p"
         stream.time_base = start.time_base
+        stream.codec_context.time_base = start.time_base  # exact input timestamps, not rounded to 1/rate
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
@@ -115,9 +237,11 @@ class _Writer:
             if fmt is not None:  # a live stream: no frame reordering delay, a keyframe every 2 s to join at
                 stream.options.update(tune="zerolatency", g=str(max(1, round(2 * start.rate))))
         self.stream = stream
+        self.time_base = Fraction(start.time_base)
         self.audio_copier: _AudioCopier | None = None
         self.last_time = 0.0
         self.frames = 0
+        """Frames in the output (with those rebuilt from the journal)."""
         self.warning = ""
         if audio and start.audio and fmt is None and os.path.isfile(start.source):
             try:
@@ -125,34 +249,104 @@ class _Writer:
             except (av.FFmpegError, ValueError, IndexError) as exc:
                 log.warning("%s: audio not copied: %s", path, exc)
                 self.warning = f"audio not copied into {path}: {exc}"
+        self.fed: deque[tuple[int, tuple[str, int]]] = deque()
+        """(pts, stream position) of frames given to the encoder whose packet has not come out."""
+        self.out_of_order: set[int] = set()
+        """pts of packets out ahead of an earlier frame's (B-frames): not yet a closed prefix."""
+        self.unsaved: list[tuple[str, int]] = []
+        """Frames whose packets are out, waiting for the next checkpoint."""
+        self.saved_pts: int | None = None
+        """pts of the last frame at a checkpoint: it and every frame before are in the output."""
+        self.saved_candidate: int | None = None
+        self.last_dts: int | None = None
+        if recovered is not None:
+            self._recover(recovered)
 
-    def write(self, frame: Frame) -> None:
+    @property
+    def held(self) -> set[tuple[str, int]]:
+        return {key for _, key in self.fed} | set(self.unsaved)
+
+    def _recover(self, recovered: Recovered) -> None:
+        """Rebuild the output from the journal of the encoder this one replaces."""
+        assert self.journal is not None
+        self.saved_pts, self.frames = recovered.saved_pts, recovered.frames
+        for packet in recovered.packets:
+            self._mux(packet.data, packet.pts, packet.dts, packet.duration, packet.keyframe, journal=False)
+        self.journal.rewrite(recovered)
+        if self.saved_pts is not None:
+            self.last_time = float(self.saved_pts * self.time_base)
+            if self.audio_copier is not None:
+                self.audio_copier.until(self.last_time)
+        log.warning("%s: rebuilt %d frames from the journal of the encoder that failed", self.shown, self.frames)
+
+    def write(self, frame: Frame) -> bool:
+        """Encode one frame; False when the output already has it (sent again after a restart)."""
+        if self.saved_pts is not None and frame.pts <= self.saved_pts:
+            return False
         if frame.image.shape[:2] != (self.stream.height, self.stream.width):
             raise MessageError(f"a frame of {frame.image.shape[1]}x{frame.image.shape[0]} for "
                                f"{self.stream.width}x{self.stream.height} output {self.shown}")
         video_frame = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         video_frame.pts = frame.pts
-        video_frame.time_base = Fraction(frame.time_base)
+        video_frame.time_base = self.time_base
+        self.fed.append((frame.pts, (frame.stream_id, frame.index)))
         try:
-            for packet in self.stream.encode(video_frame):
-                self.output.mux(packet)
+            self._encode(video_frame)
         except (av.FFmpegError, OSError) as exc:
             raise OutputError(f"encoding {self.shown} failed at frame {frame.index}: {exc}") from None
         self.last_time = frame.time_s
-        self.frames += 1
         if self.audio_copier is not None:
             self.audio_copier.until(self.last_time)
+        return True
+
+    def _encode(self, frame: av.VideoFrame | None) -> None:
+        for packet in self.stream.encode(frame):
+            self._mux(bytes(packet), packet.pts, packet.dts, packet.duration or 0, packet.is_keyframe)
+
+    def _mux(self, data: bytes, pts: int, dts: int, duration: int, keyframe: bool, journal: bool = True) -> None:
+        """Write one packet to the output (and the journal), keeping decode timestamps increasing: a
+        replacement encoder starts with a new keyframe whose reordering delay would step back."""
+        if self.last_dts is not None and dts <= self.last_dts:
+            dts = self.last_dts + 1
+        self.last_dts = dts
+        packet = av.Packet(data)
+        packet.pts, packet.dts, packet.duration, packet.time_base = pts, dts, duration, self.time_base
+        packet.is_keyframe = keyframe
+        packet.stream = self.stream
+        self.output.mux(packet)
+        if journal and self.journal is not None:
+            self.journal.packet(JournalPacket(data, pts, dts, duration, keyframe))
+        if journal:
+            self._advance(pts)
+
+    def _advance(self, pts: int) -> None:
+        """A packet is out: move the frames that now form a closed prefix towards the checkpoint."""
+        self.out_of_order.add(pts)
+        while self.fed and self.fed[0][0] in self.out_of_order:
+            done_pts, key = self.fed.popleft()
+            self.out_of_order.discard(done_pts)
+            self.unsaved.append(key)
+            self.frames += 1
+            self.saved_candidate = done_pts
+        if self.unsaved and not self.out_of_order:
+            # the packets so far hold exactly the frames up to here: a point to rebuild from
+            self.saved_pts = self.saved_candidate
+            if self.journal is not None:
+                self.journal.record(b"K", self.saved_pts, self.frames)
+            self.unsaved.clear()
 
     def finish(self, all_audio: bool) -> None:
         """Flush the encoder, finish the audio and close the container (playable from here on)."""
         try:
-            for packet in self.stream.encode(None):
-                self.output.mux(packet)
+            self._encode(None)
             if self.audio_copier is not None:
                 self.audio_copier.until(None if all_audio else self.last_time)
                 self.audio_copier.close()
         finally:
             self.output.close()
+            if self.journal is not None:
+                self.journal.record(b"F")  # finished: a replacement must leave this output alone
+                self.journal.close()
 
 
 class EncodeStage(Stage):
@@ -161,8 +355,11 @@ class EncodeStage(Stage):
     ``paths`` maps stream id -> output file or stream URL (``path`` alone: every stream, for the
     one-stream case). Each output is finished (encoder flushed, index written) on its stream's
     EndOfStream, and also by ``close()`` when the run is aborted, so it is playable for every
-    frame written.
+    frame written. A restarted encode stage rebuilds each file output from its journal and leaves
+    alone the outputs its predecessor finished.
     """
+
+    totals = ("frames",)
 
     def __init__(self, path: str = "", codec: str = "libx264", crf: int = 20, preset: str = "veryfast",
                  threads: int = 0, audio: bool = True, paths: dict[str, str] | None = None) -> None:
@@ -171,37 +368,63 @@ class EncodeStage(Stage):
         self.path = path
         self.settings = dict(codec=codec, crf=crf, preset=preset, threads=threads, audio=audio)
         self.writers: dict[str, _Writer] = {}
+        self.finished: set[str] = set()
+        """Streams whose output is complete (by this process or the one it replaced)."""
+        self.journals: list[Journal] = []
+        """Journals of finished outputs, removed when the stage closes."""
 
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
             self._open(message)
-        elif isinstance(message, Frame):
+        elif isinstance(message, Frame) and message.stream_id not in self.finished:
             writer = self.writers.get(message.stream_id)
             if writer is None:
                 raise MessageError(f"a frame of stream {message.stream_id!r} came before its StreamStart")
-            writer.write(message)
-            self.count("frames")
-            self.latency.add(message.captured)
+            if writer.write(message):
+                self.count("frames")
+                self.latency.add(message.captured)
         return ()
 
+    def holds(self) -> frozenset[tuple[str, int]]:
+        return frozenset(key for writer in self.writers.values() for key in writer.held)
+
     def _open(self, start: StreamStart) -> None:
-        if start.stream_id in self.writers:
+        if start.stream_id in self.writers or start.stream_id in self.finished:
             return  # a second StreamStart for a stream continues the same output
         path = self.paths.get(start.stream_id, self.path)
         if not path:
             raise MessageError(f"no output is configured for stream {start.stream_id!r}")
-        writer = self.writers[start.stream_id] = _Writer(path, start, **self.settings)
+        journal = Journal(path) if stream_format(path) is None else None
+        recovered = None
+        if self.restarted and journal is not None and journal.exists():
+            recovered = journal.read()
+            self.count("frames", recovered.frames)
+            if recovered.finished:
+                log.info("%s: finished before this encode worker started", path)
+                self.finished.add(start.stream_id)
+                self.journals.append(journal)
+                return
+        writer = self.writers[start.stream_id] = _Writer(path, start, **self.settings, journal=journal,
+                                                         recovered=recovered)
         if writer.warning:
             self.notify("warning", message=writer.warning)
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         writer = self.writers.pop(eos.stream_id, None)
         if writer is not None:
-            writer.finish(all_audio=eos.reason == "end")
+            self._finish(writer, all_audio=eos.reason == "end")
+        self.finished.add(eos.stream_id)
         return ()
+
+    def _finish(self, writer: _Writer, all_audio: bool) -> None:
+        writer.finish(all_audio)
+        if writer.journal is not None:
+            self.journals.append(writer.journal)
 
     def close(self) -> None:
         while self.writers:
             _, writer = self.writers.popitem()
             log.info("%s: finishing the output early", writer.shown)
-            writer.finish(all_audio=False)
+            self._finish(writer, all_audio=False)
+        while self.journals:
+            self.journals.pop().remove()

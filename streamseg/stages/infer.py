@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DeviceError
 from ..messages import Batch, Detections, FrameResult, StreamStart, StreamStatus
 from ..stage import ALL_PORTS, Emit, Stage
 
@@ -24,6 +24,14 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"model.device is {name!r} but no CUDA device is usable here; use --device cpu or auto")
     return name
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    """A CUDA failure (out of memory, an illegal access, a lost device), after which a new process may work."""
+    import torch
+
+    kinds = tuple(k for k in (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", None)) if k is not None)
+    return isinstance(exc, kinds) or "CUDA" in str(exc) or "cuDNN" in str(exc)
 
 
 class Predictor:
@@ -123,7 +131,12 @@ class InferStage(Stage):
             return []
         self._throttle(len(message.frames))
         assert self.predictor is not None, "setup() first"
-        results = self.predictor([f.image for f in message.frames])
+        try:
+            results = self.predictor([f.image for f in message.frames])
+        except RuntimeError as exc:
+            if self.predictor.cuda and _is_device_error(exc):
+                raise DeviceError(f"the GPU failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+            raise
         self.count("batches")
         self.count("frames", len(results))
         emits: list[Emit] = []

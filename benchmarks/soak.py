@@ -1,0 +1,116 @@
+"""Soak: the memory (RSS) of every worker over a long live run; none may keep growing.
+
+An endless live RTSP feed (GStreamer's test pattern at 30 fps, served by ``tests/rtsp_server.py``
+with Debian's gst-rtsp-server) goes through the whole pipeline, annotated video, masks and
+publishing on, for ``--minutes``. Every ``--sample-s`` seconds the resident memory of the
+supervisor and of each worker process is read from ``/proc``. The baseline is each process's own
+RSS once the run has warmed up (the median over the minute after ``--warmup-min``); the figure
+is its RSS at the end (the median of the last three samples) as a ratio of that baseline, and
+the growth in percent. A leak of anything per frame shows as a ratio that grows with the run.
+
+    python benchmarks/soak.py [--minutes 20] [--size 640x360] [--model streamseg-small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import free_port, start_rtsp_server
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident memory of a process in KiB, or None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def workers(root: int) -> dict[str, int]:
+    """Name -> pid of the run's own process and its worker processes (``sseg-<stage>``)."""
+    found = {"supervisor": root}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == root and comm.startswith("sseg-"):
+            found[comm[len("sseg-"):]] = int(entry)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--size", default="640x360")
+    parser.add_argument("--model", default="streamseg-small")
+    parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument("--warmup-min", type=float, default=2.0)
+    args = parser.parse_args()
+    port = free_port()
+    server = start_rtsp_server(f"pattern:{args.size}@30", port)
+    frames = int(args.minutes * 60 * 30)
+    samples: dict[str, list[tuple[float, int]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = subprocess.Popen([sys.executable, "-m", "streamseg", "run", f"rtsp://127.0.0.1:{port}/cam",
+                                "-o", "soak.mp4", "--masks", "soak.jsonl", "--publish", f"tcp://127.0.0.1:{free_port()}",
+                                "--model", args.model, "--frames", str(frames)],
+                               cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        start = time.monotonic()
+        try:
+            while run.poll() is None:
+                now = time.monotonic() - start
+                for name, pid in workers(run.pid).items():
+                    value = rss_kib(pid)
+                    if value is not None:
+                        samples.setdefault(name, []).append((now, value))
+                time.sleep(args.sample_s)
+            _, stderr = run.communicate()
+        finally:
+            if run.poll() is None:
+                run.terminate()
+                run.wait(60)
+            server.kill()
+            server.wait()
+        output_mb = (Path(tmp) / "soak.mp4").stat().st_size / 1e6 if (Path(tmp) / "soak.mp4").exists() else 0.0
+    wall = time.monotonic() - start
+    warm = args.warmup_min * 60
+    print(f"# soak: {platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; {args.model}, "
+          f"live RTSP test pattern {args.size} at 30 fps, {frames} source frames, {wall / 60:.1f} min, "
+          f"exit {run.returncode}")
+    print(f"# baseline: each process's median RSS in the minute after {args.warmup_min:g} min; "
+          f"end: the median of its last 3 samples (every {args.sample_s:g} s); output video {output_mb:.1f} MB")
+    print("| process | baseline MiB | end MiB | max MiB | end / baseline | growth |")
+    print("|---|---|---|---|---|---|")
+    worst = 0.0
+    for name, series in sorted(samples.items()):
+        base = [v for t, v in series if warm <= t < warm + 60]
+        if not base or len(series) < 4:
+            print(f"| {name} | - | - | - | - | too few samples |")
+            continue
+        baseline = statistics.median(base)
+        end = statistics.median(v for _, v in series[-3:])
+        growth = 100 * (end - baseline) / baseline
+        worst = max(worst, growth)
+        print(f"| {name} | {baseline / 1024:.1f} | {end / 1024:.1f} | {max(v for _, v in series) / 1024:.1f} | "
+              f"{end / baseline:.3f} | {growth:+.1f}% |")
+    print(f"largest growth: {worst:+.1f}% (target under 5%)")
+    print("\n".join(line for line in stderr.splitlines() if not line.startswith("streamseg: WARNING"))[-3000:])
+
+
+if __name__ == "__main__":
+    main()
