@@ -5,7 +5,9 @@ Wire format (version 1), one ZeroMQ multipart message per :mod:`streamseg.messag
 - part 0: a UTF-8 JSON header ``{"v": 1, "msg": BODY, "arrays": [[dtype, shape], ...]}``, where
   BODY is the message with dataclasses written as ``{"@": "TypeName", field: value, ...}``,
   fractions as ``{"/": [num, den]}`` and arrays as ``{"#": i}``, a reference to part ``i + 1``;
-- parts 1..n: the raw C-order bytes of each array, sent and received without copies.
+- parts 1..n: the raw C-order bytes of each array, sent and received without copies. On an ipc
+  link a large array may instead lie in shared memory (:mod:`streamseg.shm`): its spec is then
+  ``[dtype, shape, slot name, byte offset]`` and its part is empty.
 
 :func:`decode` trusts nothing: the header must parse, every type and field must be known, every
 array's dtype must be allowed and its byte size must match its shape, and the message's own
@@ -18,13 +20,16 @@ import dataclasses
 import json
 import math
 import typing
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Sequence
 
 import numpy as np
 
+from . import shm
 from .errors import MessageError
 from .messages import MESSAGE_TYPES
+from .shm import SharedPool
 
 WIRE_VERSION = 1
 ALLOWED_DTYPES = frozenset({"uint8", "bool", "float32", "int64"})
@@ -37,12 +42,43 @@ _HINTS = {cls: typing.get_type_hints(cls) for cls in MESSAGE_TYPES}
 
 def encode(message: Any) -> list[Any]:
     """The multipart frames of ``message``: a JSON header, then one buffer per array."""
+    return encode_shared(message, None).parts
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A message's frames, and the shared-memory slots they name (ours, and other workers')."""
+
+    parts: list[Any]
+    own: list[str]
+    """Slots of this worker's pool (in use while the message is in flight)."""
+    foreign: list[str]
+    """Slots of other workers, passed on by name."""
+
+
+def encode_shared(message: Any, pool: SharedPool | None) -> Encoded:
+    """:func:`encode`, with the large arrays in shared memory when a ``pool`` is given: an array
+    that already lies in a mapped slot is named, any other is copied into a slot of ``pool``."""
     arrays: list[np.ndarray] = []
     body = _to_json(message, arrays)
-    header = {"v": WIRE_VERSION, "msg": body,
-              "arrays": [[a.dtype.name, list(a.shape)] for a in arrays]}
-    return [json.dumps(header, separators=(",", ":")).encode()] + [memoryview(a).cast("B") if a.size else b""
-                                                                  for a in arrays]
+    specs: list[list[Any]] = []
+    parts: list[Any] = []
+    own: list[str] = []
+    foreign: list[str] = []
+    for a in arrays:
+        spec: list[Any] = [a.dtype.name, list(a.shape)]
+        if pool is not None and a.nbytes >= shm.MIN_BYTES:
+            where = shm.REGISTRY.locate(a)
+            if where is None or not (pool.owns(where[0]) or shm.exists(where[0])):
+                where = pool.put(a)
+            (own if pool.owns(where[0]) else foreign).append(where[0])
+            specs.append(spec + [where[0], where[1]])
+            parts.append(b"")
+            continue
+        specs.append(spec)
+        parts.append(memoryview(a).cast("B") if a.size else b"")
+    header = {"v": WIRE_VERSION, "msg": body, "arrays": specs}
+    return Encoded([json.dumps(header, separators=(",", ":")).encode(), *parts], own, foreign)
 
 
 def _to_json(value: Any, arrays: list[np.ndarray]) -> Any:
@@ -67,8 +103,10 @@ def _buffer(part: Any) -> memoryview:
     return part.buffer if hasattr(part, "buffer") else memoryview(part)
 
 
-def decode(parts: Sequence[Any]) -> Any:
-    """The message in ``parts`` (``bytes`` or ``zmq.Frame``), validated; raises MessageError."""
+def decode(parts: Sequence[Any], mappings: shm.Mappings | None = None) -> Any:
+    """The message in ``parts`` (``bytes`` or ``zmq.Frame``), validated; raises MessageError.
+
+    ``mappings`` resolves arrays in shared memory (None: a message that names one is refused)."""
     if not parts:
         raise MessageError("empty message")
     head = _buffer(parts[0])
@@ -86,7 +124,7 @@ def decode(parts: Sequence[Any]) -> Any:
     if not isinstance(specs, list) or len(specs) != len(parts) - 1:
         raise MessageError(f"header announces {len(specs) if isinstance(specs, list) else '?'} arrays, "
                            f"message carries {len(parts) - 1}")
-    arrays = [_array(spec, _buffer(part), i) for i, (spec, part) in enumerate(zip(specs, parts[1:]))]
+    arrays = [_array(spec, _buffer(part), i, mappings) for i, (spec, part) in enumerate(zip(specs, parts[1:]))]
     try:
         return _from_json(header.get("msg"), arrays, top=True)
     except MessageError:
@@ -95,13 +133,19 @@ def decode(parts: Sequence[Any]) -> Any:
         raise MessageError(f"malformed message body: {type(exc).__name__}: {exc}") from None
 
 
-def _array(spec: Any, buffer: memoryview, i: int) -> np.ndarray:
-    if (not isinstance(spec, list) or len(spec) != 2 or spec[0] not in ALLOWED_DTYPES
+def _array(spec: Any, buffer: memoryview, i: int, mappings: shm.Mappings | None) -> np.ndarray:
+    if (not isinstance(spec, list) or len(spec) not in (2, 4) or spec[0] not in ALLOWED_DTYPES
             or not isinstance(spec[1], list) or len(spec[1]) > MAX_ARRAY_DIMS
             or not all(type(d) is int and d >= 0 for d in spec[1])):
         raise MessageError(f"array {i}: bad spec {str(spec)[:80]}")
     dtype = np.dtype(spec[0])
     expected = math.prod(spec[1]) * dtype.itemsize
+    if len(spec) == 4:
+        if mappings is None:
+            raise MessageError(f"array {i}: in shared memory, on a link without it")
+        if buffer.nbytes:
+            raise MessageError(f"array {i}: both in shared memory and in the message")
+        buffer = mappings.view(spec[2], spec[3], expected)
     if expected != buffer.nbytes:
         raise MessageError(f"array {i}: {spec[0]}{spec[1]} needs {expected} bytes, got {buffer.nbytes}")
     return np.frombuffer(buffer, dtype=dtype).reshape(spec[1]) if expected else np.zeros(spec[1], dtype)

@@ -102,7 +102,8 @@ class ModelConfig:
     fp16: bool = True
     """Use fp16 autocast on CUDA (ignored on the CPU)."""
     torch_threads: int = 0
-    """CPU threads for torch in the inference worker; 0: all cores."""
+    """CPU threads for torch in the inference worker; 0: all cores but one, which the other stages
+    run on (a model on the CPU gains little from its last core, and loses much when it shares it)."""
     seed: int = 0
     """Seed for models built without weights (the random-init test model)."""
     max_fps: float = 0.0
@@ -125,6 +126,9 @@ class RenderConfig:
     """Draw keypoints and skeleton lines where the model gives them."""
     keypoint_thresh: float = 0.0
     """Keypoints whose score is below this are not drawn."""
+    workers: int = 1
+    """Render worker processes; frames go to whichever is free and reach the encoder in order. Raise it
+    when render is the bottleneck in the run summary."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,9 @@ class EncodeConfig:
     """Encoder threads; 0 lets FFmpeg choose."""
     audio: bool = True
     """Copy the input's audio into the annotated video (remuxed; AAC when MP4 cannot hold it)."""
+    workers: int = 1
+    """Encode worker processes, for several sources: each writes the outputs of some of the streams
+    (one stream's video is always one worker's; ``threads`` speeds that up)."""
 
 
 @dataclass(frozen=True)
@@ -168,13 +175,16 @@ class OutputConfig:
 class TransportConfig:
     """ZeroMQ sockets between the stage workers."""
 
-    hwm_frames: int = 8
+    hwm_frames: int = 4
     """Credit of every link between stages, in messages: at most this many wait at each hop (with a
-    live source, one batch waits at the model)."""
+    live source, one batch waits at the model). Few is faster: fewer frames in flight stay in cache."""
     max_msg_bytes: int = 512 * 1024 * 1024
     """Largest message a stage accepts (ZMQ_MAXMSGSIZE); bigger ones drop the sending peer."""
     ipc_dir: str | None = None
     """Folder for ipc:// socket files; None: a fresh temporary folder per run."""
+    shared_memory: bool = True
+    """Frames cross ipc links in shared memory (``/dev/shm``), one copy each, with only their names
+    on the socket; off: as bytes in the messages. tcp links always carry bytes."""
     endpoints: str = "ipc"
     """How the stages reach each other: ``ipc`` (this machine only) or ``tcp`` (needed for stages on
     other hosts; the same stage code runs either way)."""
@@ -189,8 +199,8 @@ class TransportConfig:
     join_port: int = 5550
     """Where workers on other hosts ask for a stage: ``streamseg worker tcp://HOST:PORT``."""
     remote: tuple[str, ...] = ()
-    """Stages that workers on other hosts run (any of infer, render, encode, masks; needs
-    ``endpoints: tcp``). The run waits for them to join, and for a new one when one vanishes."""
+    """Stages that workers on other hosts run (any of infer, render, encode, masks; ``render-0``,
+    ``render-1``... with several render workers; needs ``endpoints: tcp``). The run waits for them to join, and for a new one when one vanishes."""
     curve_secret: str | None = None
     """CURVE on every tcp socket of the pipeline: this host's ``NAME.key_secret`` (``streamseg keys``).
     Workers on other hosts need its public ``NAME.key`` (``streamseg worker --curve-server-key``)."""
@@ -222,6 +232,9 @@ class RuntimeConfig:
     """No progress bar and no summary table."""
     log_level: str = "WARNING"
     """Log level of the supervisor and every worker."""
+    nice: int = 19
+    """Niceness of every worker but the model's: on a machine whose cores the model keeps busy, the
+    other stages run in the gaps it leaves instead of slowing it down (0: all equal)."""
 
 
 @dataclass(frozen=True)
@@ -374,8 +387,11 @@ def validate(config: Config) -> None:
         (0.0 <= config.model.score_thresh <= 1.0, "model.score_thresh must be within [0, 1]"),
         (0.0 < config.model.mask_thresh < 1.0, "model.mask_thresh must be within (0, 1)"),
         (0.0 <= config.render.mask_alpha <= 1.0, "render.mask_alpha must be within [0, 1]"),
+        (1 <= config.render.workers <= 64, "render.workers must be within [1, 64]"),
+        (1 <= config.encode.workers <= 64, "encode.workers must be within [1, 64]"),
         (config.transport.hwm_frames >= 1, "transport.hwm_frames must be at least 1"),
         (config.runtime.max_restarts >= 0, "runtime.max_restarts must be >= 0"),
+        (0 <= config.runtime.nice <= 19, "runtime.nice must be within [0, 19]"),
         (config.transport.endpoints in ("ipc", "tcp"), "transport.endpoints must be ipc or tcp"),
         (not config.transport.remote or config.transport.endpoints == "tcp",
          "stages on other hosts (transport.remote) need transport.endpoints: tcp"),

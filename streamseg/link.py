@@ -45,6 +45,7 @@ from typing import Any, Callable, Collection
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from . import codec, shm
 from .errors import MessageError
 from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart, StreamStatus
 
@@ -63,6 +64,8 @@ Key = tuple[str, int]
 """A message's position in its stream: ``(stream id, frame index)``; :data:`START`, :data:`STATUS`
 and :data:`END` stand for the stream's start, status changes and end."""
 START, STATUS, END = -1, -2, 1 << 62
+BROADCAST = (StreamStart, StreamStatus, EndOfStream)
+"""What every receiver of a port gets (frames go to one)."""
 
 
 def message_keys(message: Any) -> tuple[Key, ...]:
@@ -133,8 +136,10 @@ class _Entry:
     to: bytes | None = None
     """Only for this receiver (a replayed stream start); None: any."""
     taken: bool = False
-    sent: bool = False
-    """Sent at least once (a stream start still queued needs no replay)."""
+    own: list[str] = field(default_factory=list)
+    """Shared-memory slots of ours that it names."""
+    foreign: list[str] = field(default_factory=list)
+    """Shared-memory slots of other workers that it names."""
 
 
 @dataclass
@@ -153,14 +158,18 @@ class Outbox:
 
     ``on_sent(keys)`` and ``on_done(keys)`` tell the worker runtime which stream positions are in
     flight downstream, so that it can acknowledge its own inputs only when what came of them is done.
+    With a ``pool`` (ipc links), large arrays travel in shared memory; a slot of ours is in use
+    until the message that names it is done.
     """
 
     def __init__(self, ctx: zmq.Context, endpoint: str, port: str,
                  on_sent: Callable[[tuple[Key, ...]], None] = lambda keys: None,
                  on_done: Callable[[tuple[Key, ...]], None] = lambda keys: None,
                  on_reject: Callable[[MessageError], None] | None = None,
-                 setup_socket: SocketSetup = lambda sock, address, binds: None) -> None:
+                 setup_socket: SocketSetup = lambda sock, address, binds: None,
+                 pool: shm.SharedPool | None = None) -> None:
         self.port = port
+        self.pool = pool
         self.on_reject = on_reject or (lambda exc: log.warning("%s: rejected a control message: %s", port, exc))
         self.endpoint = endpoint
         self.on_sent = on_sent
@@ -181,24 +190,41 @@ class Outbox:
         self.seq = 0
         self.starts: dict[str, _Entry] = {}
         """The StreamStart of each open stream, replayed to a receiver that joins later."""
+        self.ends: dict[str, _Entry] = {}
+        """The EndOfStream of each stream whose end is not done yet, likewise replayed."""
         self.ended: list[str] = []
         """Streams whose end of stream is done on this link."""
         self.resent = 0
 
     # --- sending ----------------------------------------------------------------------------------
-    def put(self, message: Any, parts: list[Any]) -> None:
-        """Send ``message`` (its codec ``parts``) when a receiver has credit; keep it until done."""
-        entry = self._entry(message, parts)
+    def put(self, message: Any) -> None:
+        """Send ``message`` when a receiver has credit; keep it until done.
+
+        A stream's start, status and end go to every receiver (several workers may read the port,
+        and each must know which streams are open and when they end); frames go to one."""
+        if isinstance(message, BROADCAST) and self.peers:
+            entries = [self._entry(message, to=name) for name in self.peers]
+        else:
+            entries = [self._entry(message)]  # whoever comes first; the others get it when they say hello
         if isinstance(message, StreamStart):
-            self.starts.setdefault(message.stream_id, entry)
-        self.queue.append(entry)
+            self.starts.setdefault(message.stream_id, entries[0])
+        if isinstance(message, EndOfStream):
+            self.ends.setdefault(message.stream_id, entries[0])
+        self.queue.extend(entries)
         self.dispatch()
 
-    def _entry(self, message: Any, parts: list[Any], to: bytes | None = None) -> _Entry:
+    def _entry(self, message: Any, to: bytes | None = None) -> _Entry:
         self.seq += 1
-        entry = _Entry(self.seq, parts, message_keys(message), message, to)
+        entry = _Entry(self.seq, [], message_keys(message), message, to)
+        self._encode(entry)
         self.on_sent(entry.keys)
         return entry
+
+    def _encode(self, entry: _Entry) -> None:
+        encoded = codec.encode_shared(entry.message, self.pool)
+        entry.parts, entry.own, entry.foreign = encoded.parts, encoded.own, encoded.foreign
+        if self.pool is not None:
+            self.pool.use(entry.own)
 
     def room(self) -> bool:
         """Whether a message put now would go out at once."""
@@ -225,7 +251,7 @@ class Outbox:
             self.queue.popleft()
             peer.credit -= 1
             peer.inflight[entry.seq] = entry
-            entry.taken, entry.sent = False, True
+            entry.taken = False
             try:
                 self.sock.send_multipart([name, MESSAGE, entry.seq.to_bytes(8, "little"), *entry.parts],
                                          flags=zmq.NOBLOCK, copy=False)
@@ -277,12 +303,17 @@ class Outbox:
                 self._done(entry)
 
     def _done(self, entry: _Entry) -> None:
+        if self.pool is not None:
+            self.pool.release(entry.own)
         self.on_done(entry.keys)
         if isinstance(entry.message, EndOfStream):
             stream = entry.message.stream_id
-            self.starts.pop(stream, None)
-            if stream not in self.ended:
-                self.ended.append(stream)
+            if not any(e is not entry and isinstance(e.message, EndOfStream) and e.message.stream_id == stream
+                       for peer in self.peers.values() for e in peer.inflight.values()):
+                self.starts.pop(stream, None)
+                self.ends.pop(stream, None)
+                if stream not in self.ended:
+                    self.ended.append(stream)
 
     def _hello(self, name: bytes, hello: Any) -> None:
         if not isinstance(hello, dict) or hello.get("v") != PROTOCOL or type(hello.get("credit")) is not int:
@@ -299,13 +330,29 @@ class Outbox:
         if lost:
             log.warning("%s: receiver %s restarted; sending its %d unfinished messages again",
                         self.port, name.decode(errors="replace"), len(lost))
-        # a new receiver first learns the streams that are open (their starts), then gets what was lost
+        # a new receiver first learns the streams that are open (their starts), then gets what was
+        # lost, then the ends on their way that it had no copy of
         known = set(hello.get("open") or ())
-        replay = [self._entry(e.message, e.parts, to=name) for s, e in self.starts.items() if s not in known and e.sent]
+
+        def coming(kind: type) -> set[str]:
+            """Streams whose ``kind`` message is on its way to this receiver (or to the first that has room)."""
+            return {e.message.stream_id for e in [*lost, *self.queue]
+                    if isinstance(e.message, kind) and e.to in (None, name)}
+
+        has_start, has_end = coming(StreamStart), coming(EndOfStream)
+        replay = [self._entry(e.message, to=name) for s, e in self.starts.items() if s not in known | has_start]
+        ends = [self._entry(e.message, to=name) for s, e in self.ends.items() if s not in has_end]
         for entry in reversed(lost):
-            entry.to = None
+            if not isinstance(entry.message, BROADCAST):
+                entry.to = None  # any receiver may take it over
+            if not all(shm.exists(slot) for slot in entry.foreign):
+                # a slot it names went with a worker that died: the arrays are still mapped here
+                if self.pool is not None:
+                    self.pool.release(entry.own)
+                self._encode(entry)
             self.queue.appendleft(entry)
         self.queue.extendleft(reversed(replay))
+        self.queue.extend(ends)
         try:
             self.sock.send_multipart([name, WELCOME, _json({"ended": self.ended})], flags=zmq.NOBLOCK)
         except zmq.ZMQError:

@@ -78,9 +78,14 @@ class Frame:
     """Wall-clock time (``time.time()``) the frame was captured, latency is measured from it: when
     the decoder read it (files), or when the source delivered it on its own clock (live sources:
     the earliest arrival, advanced by the timestamps), so that a backlog before the decoder counts."""
+    prev: int = -1
+    """Index of the frame of this stream sent before it on the way to this stage, stamped by the
+    inference stage that all of a stream's frames pass through; -1 when there was none or it is not
+    known. A stage fed by several parallel workers restores the order by it (:mod:`streamseg.reorder`)."""
 
     def __post_init__(self) -> None:
         _check(self.index >= 0, f"bad frame index {self.index}")
+        _check(-1 <= self.prev < self.index, f"frame {self.index} cannot come after frame {self.prev}")
         _check_array(self.image, "Frame.image", np.uint8, 3)
         _check(self.image.shape[2] == 3, f"Frame.image must be [H, W, 3], got {self.image.shape}")
 
@@ -102,6 +107,79 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class MaskRegions:
+    """Binary masks of N instances at the frame's resolution, each kept only within its region.
+
+    Instance ``i`` covers the frame's columns ``x .. x + w - 1`` and rows ``y .. y + h - 1``
+    (``regions[i] = [x, y, w, h]``, inside the frame) and is empty outside them; its pixels are
+    ``bits[offsets[i] : offsets[i] + h * w]``, column by column, as COCO's RLE runs (so it is
+    encoded without reordering). Most of a frame lies outside every instance, so this is far
+    smaller than ``bool[N, H, W]`` and costs nothing to carry.
+    """
+
+    bits: np.ndarray
+    """``bool[sum of h * w]``, the regions' pixels one after the other, each region column by column."""
+    regions: np.ndarray
+    """``int64[N, 4]``, ``[x, y, w, h]`` of each instance's region, in pixels."""
+    height: int
+    """Frame height in pixels."""
+    width: int
+    """Frame width in pixels."""
+
+    def __post_init__(self) -> None:
+        _check_array(self.bits, "MaskRegions.bits", np.bool_, 1)
+        _check_array(self.regions, "MaskRegions.regions", np.int64, 2)
+        _check(self.height > 0 and self.width > 0, f"bad frame size {self.width}x{self.height}")
+        _check(self.regions.shape[1] == 4, f"MaskRegions.regions must be [N, 4], got {self.regions.shape}")
+        x, y, w, h = self.regions.T
+        _check(bool(((x >= 0) & (y >= 0) & (w >= 0) & (h >= 0) & (x + w <= self.width)
+                     & (y + h <= self.height)).all()), "MaskRegions: a region reaches outside the frame")
+        _check(int((w * h).sum()) == self.bits.shape[0], "MaskRegions: bits do not match the regions' sizes")
+
+    def __len__(self) -> int:
+        return int(self.regions.shape[0])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """``int64[N + 1]``: where each region's pixels start in :attr:`bits` (and where the last ends)."""
+        return np.concatenate([[0], np.cumsum(self.regions[:, 2] * self.regions[:, 3])]).astype(np.int64)
+
+    def region(self, i: int) -> tuple[int, int, np.ndarray]:
+        """``(x, y, bool[h, w])`` of instance ``i`` (a view, no copy)."""
+        x, y, w, h = (int(v) for v in self.regions[i])
+        start = int((self.regions[:i, 2] * self.regions[:i, 3]).sum())
+        return x, y, self.bits[start:start + w * h].reshape(w, h).T
+
+    def full(self) -> np.ndarray:
+        """The masks as ``bool[N, H, W]`` (for tests and small frames; large with many instances)."""
+        out = np.zeros((len(self), self.height, self.width), bool)
+        for i in range(len(self)):
+            x, y, bits = self.region(i)
+            out[i, y:y + bits.shape[0], x:x + bits.shape[1]] = bits
+        return out
+
+    @classmethod
+    def from_full(cls, masks: np.ndarray) -> MaskRegions:
+        """The tight regions of ``bool[N, H, W]`` masks."""
+        _check_array(masks, "masks", np.bool_, 3)
+        n, height, width = masks.shape
+        regions = np.zeros((n, 4), np.int64)
+        parts = []
+        for i in range(n):
+            rows, cols = np.flatnonzero(masks[i].any(1)), np.flatnonzero(masks[i].any(0))
+            if len(rows):
+                y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                regions[i] = (x0, y0, x1 - x0, y1 - y0)
+                parts.append(masks[i, y0:y1, x0:x1].T.ravel())
+        bits = np.concatenate(parts) if parts else np.zeros(0, bool)
+        return cls(bits, regions, height, width)
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> MaskRegions:
+        return cls(np.zeros(0, bool), np.zeros((0, 4), np.int64), height, width)
+
+
+@dataclass(frozen=True)
 class Detections:
     """The instances found in one frame, at the frame's resolution. N may be 0."""
 
@@ -111,11 +189,15 @@ class Detections:
     """``float32[N]``, in [0, 1]."""
     labels: np.ndarray
     """``int64[N]``, the model's class ids (0 is background and never appears)."""
-    masks: np.ndarray | None
-    """``bool[N, H, W]``, one binary mask per instance at the frame's resolution; None when the
-    model has no mask head (Keypoint R-CNN)."""
+    masks: MaskRegions | None
+    """One binary mask per instance at the frame's resolution; None when the model has no mask
+    head (Keypoint R-CNN)."""
     keypoints: np.ndarray | None = None
     """``float32[N, K, 3]`` of ``[x, y, score]``, or None when the model has no keypoint head."""
+    rles: tuple[str, ...] | None = None
+    """The masks as COCO compressed RLE ``counts`` strings (size ``[H, W]``), when already encoded
+    (:class:`~streamseg.stages.infer.Predictor` with ``encode_rle``); the stages that write or
+    publish masks encode them otherwise, so that the model's stage does only the model's work."""
 
     def __post_init__(self) -> None:
         _check_array(self.boxes, "Detections.boxes", np.float32, 2)
@@ -129,8 +211,10 @@ class Detections:
         _check(self.scores.shape[0] == n and self.labels.shape[0] == n,
                "Detections fields disagree on the instance count")
         if self.masks is not None:
-            _check_array(self.masks, "Detections.masks", np.bool_, 3)
-            _check(self.masks.shape[0] == n, "Detections.masks disagrees on the instance count")
+            _check(isinstance(self.masks, MaskRegions), "Detections.masks must be MaskRegions")
+            _check(len(self.masks) == n, "Detections.masks disagrees on the instance count")
+        if self.rles is not None:
+            _check(len(self.rles) == n, "Detections.rles disagrees on the instance count")
         if self.keypoints is not None:
             _check_array(self.keypoints, "Detections.keypoints", np.float32, 3)
             _check(self.keypoints.shape[0] == n and self.keypoints.shape[2] == 3,
@@ -146,7 +230,7 @@ class Detections:
         """No instances in a frame of the given size."""
         keypoints = None if num_keypoints is None else np.zeros((0, num_keypoints, 3), np.float32)
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64),
-                   np.zeros((0, height, width), bool) if masks else None, keypoints)
+                   MaskRegions.empty(height, width) if masks else None, keypoints, () if masks else None)
 
 
 @dataclass(frozen=True)
@@ -171,11 +255,16 @@ class FrameResult:
     """``uint8[H, W, 3]`` RGB pixels, or None where the receiver does not need them."""
     captured: float = 0.0
     """Wall-clock time the frame was captured (decoded), copied from its :class:`Frame`."""
+    prev: int = -1
+    """Index of the result of this stream the inference stage sent before this one (-1: none, or
+    not known); see :attr:`Frame.prev`."""
 
     def __post_init__(self) -> None:
+        _check(-1 <= self.prev < self.index, f"result {self.index} cannot come after result {self.prev}")
         masks = self.detections.masks
-        _check(masks is None or masks.shape[1:] == (self.height, self.width),
-               f"masks are {None if masks is None else masks.shape[1:]}, frame is {(self.height, self.width)}")
+        _check(masks is None or (masks.height, masks.width) == (self.height, self.width),
+               f"masks are {None if masks is None else (masks.height, masks.width)}, "
+               f"frame is {(self.height, self.width)}")
         if self.image is not None:
             _check_array(self.image, "FrameResult.image", np.uint8, 3)
             _check(self.image.shape == (self.height, self.width, 3),
@@ -227,11 +316,16 @@ class EndOfStream:
     """Packets or frames the decoder could not decode and skipped."""
     detail: str = ""
     """Human-readable explanation for a reason other than ``end``."""
+    last: int = -1
+    """Index of the stream's last frame the inference stage sent on (-1: none, or not known): where
+    parallel workers join again, the end waits for that frame."""
 
     def __post_init__(self) -> None:
         _check(self.reason in END_REASONS, f"bad end-of-stream reason {self.reason!r}")
         _check(self.frames >= 0 and self.skipped >= 0, "EndOfStream counts must be >= 0")
+        _check(self.last >= -1, f"bad last frame {self.last}")
 
 
 Message = StreamStart | Frame | Batch | FrameResult | StreamStatus | EndOfStream
-MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, Detections, FrameResult, StreamStatus, EndOfStream)
+MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, MaskRegions, Detections, FrameResult, StreamStatus,
+                                   EndOfStream)

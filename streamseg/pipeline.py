@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import uuid
 import shutil
 import socket
 import sys
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import shm
 from .config import Config, TransportConfig, load_config
 from .errors import ConfigError, InputError, OutputError
 from .models import model_info
@@ -51,7 +53,8 @@ class Summary:
     fps: float
     """Frames per second end to end, after start-up."""
     stages: dict[str, dict[str, Any]]
-    """Per stage: ``busy_s`` (working), ``blocked_s`` (waiting on a full downstream queue), counters."""
+    """Per stage: ``busy_s`` (in stage calls), ``blocked_s`` (waiting for room downstream), ``cpu_s``
+    (CPU time of its processes, all threads), counters."""
     skipped: int = 0
     """Corrupt packets or frames the decoder skipped."""
     truncated: bool = False
@@ -84,7 +87,7 @@ class Summary:
         """A human-readable report."""
         lines = [f"frames {self.frames}  wall {self.wall_s:.2f} s (start-up {self.startup_s:.2f} s)  "
                  f"{self.fps:.2f} fps end to end",
-                 f"{'stage':<8} {'busy s':>8} {'busy %':>7} {'blocked s':>10}  counts"]
+                 f"{'stage':<8} {'busy s':>8} {'busy %':>7} {'blocked s':>10} {'cpu s':>7}  counts"]
         run_s = max(1e-9, self.wall_s - self.startup_s)
 
         def order(stage: str) -> tuple[int, str]:
@@ -95,7 +98,7 @@ class Summary:
             st = self.stages[name]
             counts = " ".join(f"{k}={v}" for k, v in st.get("counters", {}).items())
             lines.append(f"{name:<8} {st.get('busy_s', 0):8.2f} {100 * st.get('busy_s', 0) / run_s:6.0f}% "
-                         f"{st.get('blocked_s', 0):10.2f}  {counts}")
+                         f"{st.get('blocked_s', 0):10.2f} {st.get('cpu_s', 0):7.2f}  {counts}")
         lines.append(f"bottleneck: {self.bottleneck()}")
         if self.latency.get("frames"):
             lat = self.latency
@@ -121,6 +124,8 @@ class _Progress:
         self.enabled = enabled
         self.bar: Any = None
         self.total: int | None = None
+        self.done: dict[str, int] = {}
+        """Frames each worker of the progress stage has written."""
 
     def __call__(self, event: dict[str, Any]) -> None:
         if not self.enabled:
@@ -136,7 +141,8 @@ class _Progress:
 
                 self.bar = tqdm(total=self.total, unit="frame", desc="streamseg", dynamic_ncols=True,
                                 file=sys.stderr, smoothing=0.1)
-            self.bar.update(max(0, int(event.get("frames", 0)) - self.bar.n))
+            self.done[str(event.get("stage"))] = int(event.get("frames", 0))
+            self.bar.update(max(0, sum(self.done.values()) - self.bar.n))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -223,8 +229,15 @@ class _Endpoints:
 def _resolve_links(specs: list[WorkerSpec], endpoints: _Endpoints) -> list[WorkerSpec]:
     """Replace the link names in the specs' inputs and outputs by real endpoints."""
     senders = {link: spec.name for spec in specs for link in spec.outputs.values()}
-    receivers = {link: spec.name for spec in specs for link in spec.inputs}
-    ends = {link: endpoints.link(link, senders[link], receivers[link]) for link in senders}
+    receivers: dict[str, list[str]] = {}
+    for spec in specs:
+        for link in spec.inputs:
+            receivers.setdefault(link, []).append(spec.name)
+    remote = set(endpoints.transport.remote)
+    # a link read by several workers: one of them on another host makes them all connect to the
+    # advertised address
+    ends = {link: endpoints.link(link, senders[link], max(receivers[link], key=lambda name: name in remote))
+            for link in senders}
     return [dataclasses.replace(spec, outputs={port: ends[link][0] for port, link in spec.outputs.items()},
                                 inputs=tuple(ends[link][1] for link in spec.inputs)) for spec in specs]
 
@@ -240,6 +253,37 @@ class Plan:
     """The stage whose frame count is the run's progress (the last sink)."""
     remote: RemoteStages | None
     """Where workers on other hosts join and report, when ``transport.remote`` names stages."""
+
+
+def worker_names(stage: str, count: int) -> list[str]:
+    """Names of a stage's parallel workers: the stage's own name for one, ``stage-I`` for several."""
+    return [stage] if count == 1 else [f"{stage}-{i}" for i in range(count)]
+
+
+def _video_specs(config: Config, info: dict[str, Any], common: dict[str, Any], progress: bool) -> list[WorkerSpec]:
+    """The render workers (any of them takes the next frame) and the encode workers (each writes the
+    videos of some of the streams; it restores their order when several render workers feed it)."""
+    r, e = config.render, config.encode
+    paths = stream_outputs(config, config.output.video)
+    encoders = worker_names("encode", min(e.workers, len(paths)))
+    shares = {sid: i % len(encoders) for i, sid in enumerate(paths)}
+    ports = ["frames"] if len(encoders) == 1 else [f"frames-{j}" for j in range(len(encoders))]
+    renderers = worker_names("render", r.workers)
+    specs = [WorkerSpec(name, "streamseg.stages.render:RenderStage",
+                        dict(model_info=info, mask_alpha=r.mask_alpha, contour_px=r.contour_px, boxes=r.boxes,
+                             labels=r.labels, keypoints=r.keypoints, keypoint_thresh=r.keypoint_thresh,
+                             routes={sid: ports[j] for sid, j in shares.items()} if len(encoders) > 1 else {}),
+                        inputs=("results-render",), outputs={port: f"rendered-{i}-{port}" for port in ports},
+                        parallel=len(renderers) > 1, **common)
+             for i, name in enumerate(renderers)]
+    for j, name in enumerate(encoders):
+        mine = {sid: path for sid, path in paths.items() if shares[sid] == j}
+        specs.append(WorkerSpec(name, "streamseg.stages.encode:EncodeStage",
+                                dict(paths=mine, codec=e.codec, crf=e.crf, preset=e.preset, threads=e.threads,
+                                     audio=e.audio),
+                                inputs=tuple(f"rendered-{i}-{ports[j]}" for i in range(len(renderers))),
+                                progress=progress, ordered=len(renderers) > 1, **dict(common, streams=len(mine))))
+    return specs
 
 
 def build_specs(config: Config, ipc_dir: str) -> Plan:
@@ -258,12 +302,15 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
 
     events = f"ipc://{os.path.join(ipc_dir, 'events')}"
     common = dict(events=events, hwm_frames=config.transport.hwm_frames, streams=len(streams),
-                  max_msg_bytes=config.transport.max_msg_bytes, log_level=config.runtime.log_level)
+                  max_msg_bytes=config.transport.max_msg_bytes, log_level=config.runtime.log_level,
+                  nice=config.runtime.nice)
     # the model's input counts batches: as many frames as elsewhere wait there (at least one batch);
     # with a live stream only one batch, and the batcher holds the rest and drops what the model
     # cannot keep up with, so latency stays bounded
     batches = -(-config.transport.hwm_frames // config.batch.max_batch)
-    near_model = dict(common, hwm_frames=1 if any(live) else batches)
+    # the model runs at normal priority, and its idle OpenMP threads sleep instead of spinning, so
+    # that the cores it leaves free go to the other stages
+    near_model = dict(common, hwm_frames=1 if any(live) else batches, nice=0, env={"OMP_WAIT_POLICY": "PASSIVE"})
     ports = tuple(p for p, on in (("render", out.video), ("masks", out.masks), ("publish", out.publish)) if on)
     progress_stage = "encode" if out.video else "masks" if out.masks else "publish"
     decoders = [
@@ -289,18 +336,7 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
                    **near_model),
     ]
     if out.video:
-        r = config.render
-        specs.append(WorkerSpec("render", "streamseg.stages.render:RenderStage",
-                                dict(model_info=info, mask_alpha=r.mask_alpha, contour_px=r.contour_px,
-                                     boxes=r.boxes, labels=r.labels, keypoints=r.keypoints,
-                                     keypoint_thresh=r.keypoint_thresh),
-                                inputs=(endpoint("results-render"),), outputs={"frames": endpoint("rendered")},
-                                **common))
-        e = config.encode
-        specs.append(WorkerSpec("encode", "streamseg.stages.encode:EncodeStage",
-                                dict(paths=stream_outputs(config, out.video), codec=e.codec, crf=e.crf, preset=e.preset,
-                                     threads=e.threads, audio=e.audio),
-                                inputs=(endpoint("rendered"),), progress=progress_stage == "encode", **common))
+        specs += _video_specs(config, info, common, progress_stage == "encode")
     if out.masks:
         specs.append(WorkerSpec("masks", "streamseg.stages.maskwriter:MaskWriterStage",
                                 dict(path="", paths=stream_outputs(config, out.masks), model_info=info),
@@ -370,7 +406,8 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
         rt = config.runtime
         supervisor = Supervisor(specs, plan.events, set(source_stage_names(config)), rt.stop_timeout_s,
                                 rt.kill_timeout_s, rt.start_timeout_s, handle,
-                                RestartPolicy.of(rt), plan.remote)
+                                RestartPolicy.of(rt), plan.remote,
+                                uuid.uuid4().hex[:12] if config.transport.shared_memory and shm.available() else "")
         start = time.monotonic()
         try:
             stats = supervisor.run()
@@ -381,14 +418,15 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
         if not config.transport.ipc_dir:
             shutil.rmtree(ipc_dir, ignore_errors=True)
     decoders = [stats.get(name, {}).get("counters", {}) for name in source_stage_names(config)]
-    frames = int(stats.get(progress_stage, {}).get("counters", {}).get("frames", 0))
+    sinks = [name for name in stats if name.partition("-")[0] == progress_stage]
+    frames = sum(int(stats[name].get("counters", {}).get("frames", 0)) for name in sinks)
     startup = marks.get("ready", start) - start
     run_s = max(1e-9, end - start - startup)
     outputs = {k: ", ".join(dict.fromkeys(stream_outputs(config, v).values()))
                for k, v in (("video", config.output.video), ("masks", config.output.masks)) if v}
     if config.output.publish:
         outputs["published"] = config.output.publish
-    latency_at = "publish" if "publish" in stats else progress_stage
+    latency_at = "publish" if "publish" in stats else min(sinks, default=progress_stage)
     dropped = sum(int(c.get("dropped", 0)) for c in decoders)
     dropped += int(stats.get("batch", {}).get("counters", {}).get("dropped", 0))
     summary = Summary(frames, end - start, startup, frames / run_s, stats,

@@ -89,6 +89,9 @@ class Stage:
         self.previous: dict[str, Any] = {}
         """For a replacement: ``cause`` (why the one before failed) and what it last reported with
         ``notify("checkpoint", ...)``."""
+        self.allocate: Callable[[tuple[int, ...], Any], np.ndarray] = np.empty
+        """``allocate(shape, dtype)``: an array to build an output in. The runtime makes it one in
+        shared memory when every output goes over ipc, so the output is sent without a copy."""
 
     def bind_events(self, notify: Callable[..., None]) -> None:
         """Called by the runtime: ``notify(event, **data)`` reports to the supervisor."""
@@ -112,6 +115,16 @@ class Stage:
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         """Emit what is still held for ``eos.stream_id``; the runtime forwards ``eos`` afterwards."""
         return ()
+
+    def passes_on(self, eos: EndOfStream) -> EndOfStream:
+        """The EndOfStream the runtime sends on after :meth:`flush` (inference notes in it the
+        stream's last frame)."""
+        return eos
+
+    def stream_ports(self, stream_id: str) -> tuple[str, ...] | None:
+        """The ports that carry ``stream_id`` (where outputs are split by stream); None: all ports.
+        :data:`ALL_PORTS` emits and the forwarded EndOfStream go only there."""
+        return None
 
     def timeout_s(self) -> float | None:
         """How long the runtime may wait for input before calling :meth:`on_timeout` (None: forever)."""

@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import zmq
 
+from . import shm
 from .errors import Interrupted, StageError, exit_code_for
 from .remote import SPEC, STOP, WAIT, JoinServer, spec_to_json
 from .security import TransportCurve
@@ -54,7 +55,7 @@ before it is killed."""
 EXIT_EVENT_GRACE_S = 1.0
 """How long a worker that exited is given for its last event to arrive before its exit counts
 as a failure without an explanation."""
-SUMMED = ("busy_s", "blocked_s", "received", "sent", "rejected")
+SUMMED = ("busy_s", "blocked_s", "cpu_s", "received", "sent", "rejected")
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,11 @@ class Supervisor:
     def __init__(self, specs: list[WorkerSpec], events_endpoint: str, sources: set[str],
                  stop_timeout_s: float = 20.0, kill_timeout_s: float = 3.0, start_timeout_s: float = 120.0,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
-                 policy: RestartPolicy | None = None, remote: RemoteStages | None = None) -> None:
+                 policy: RestartPolicy | None = None, remote: RemoteStages | None = None,
+                 shm_run: str = "") -> None:
         self.specs = specs
+        self.shm_run = shm_run
+        """Names this run's shared memory (``sseg-RUN-...``); empty: the workers use none."""
         self.remote = remote
         self.join: JoinServer | None = None
         self.former: dict[str, bytes] = {}
@@ -219,6 +223,8 @@ class Supervisor:
             self._watch(events)
         finally:
             self._kill_all()
+            if self.shm_run:
+                shm.remove_all(f"sseg-{self.shm_run}-")  # what workers that died left behind
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             events.close()
@@ -234,7 +240,7 @@ class Supervisor:
         previous = {**worker.checkpoint, "cause": worker.restarts[-1]} if worker.restarts else {}
         worker.instance = uuid.uuid4().hex
         spec = dataclasses.replace(worker.spec, attempt=len(worker.restarts), previous=previous,
-                                   instance=worker.instance)
+                                   instance=worker.instance, shm_prefix=self._shm_prefix(worker))
         worker.ready = worker.done = worker.started = False
         worker.error = None
         worker.exit_seen = worker.last_beat = worker.done_at = None
@@ -242,7 +248,7 @@ class Supervisor:
         worker.spawned_at = time.monotonic()
         if worker.remote:
             assert self.remote is not None
-            worker.pending = dataclasses.replace(spec, events=self.remote.events, curve=None)
+            worker.pending = dataclasses.replace(spec, events=self.remote.events, curve=None, shm_prefix="")
             worker.holder, worker.vacant_since = None, time.monotonic()
             log.warning("%s: waiting for a worker on another host to join (streamseg worker %s)", spec.name,
                         self.remote.join.replace("*", "HOST"))
@@ -257,6 +263,9 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         worker.process = process
+
+    def _shm_prefix(self, worker: WorkerState) -> str:
+        return f"sseg-{self.shm_run}-{worker.instance[:12]}" if self.shm_run and not worker.remote else ""
 
     def _watch(self, events: zmq.Socket) -> None:
         stop_deadline: float | None = None
@@ -432,6 +441,8 @@ class Supervisor:
             if worker.process.is_alive():
                 worker.process.kill()  # SIGKILL also ends a stopped process
             worker.process.join(5.0)
+            if self.shm_run:  # what it mapped elsewhere stays readable there; the names go
+                shm.remove_all(self._shm_prefix(worker) + "-")
         worker.past.append(worker.stats)
         worker.stats = {}
         worker.restarts.append(cause)

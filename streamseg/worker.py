@@ -46,8 +46,10 @@ import zmq
 
 from . import codec
 from .errors import MessageError, OutputError, StreamsegError
-from .link import Inbox, Ledger, Outbox, message_keys
+from .link import Inbox, Ledger, Outbox, endpoint_role, message_keys
+from .shm import Mappings, SharedPool
 from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart, StreamStatus
+from .reorder import Reorder
 from .stage import ALL_PORTS, Emit, Source, Stage
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ class WorkerSpec:
     """CURVE server settings of the publish sockets (:class:`~streamseg.security.CurveServer` fields)."""
     streams: int = 1
     """Streams to see end before the worker is done."""
-    hwm_frames: int = 8
+    hwm_frames: int = 4
     """Credit of each data-in link: messages that may wait for this worker, per upstream port."""
     max_msg_bytes: int = 512 * 1024 * 1024
     """ZMQ_MAXMSGSIZE of the data-in sockets."""
@@ -110,6 +112,19 @@ class WorkerSpec:
     """Names this process of the stage in its events, so that the word of one it replaced is ignored."""
     curve: dict[str, Any] | None = None
     """CURVE settings of its tcp sockets (:class:`~streamseg.security.TransportCurve` fields); None: off."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables set in the worker, unless already set, before its stage is imported
+    (thread pools read them)."""
+    nice: int = 0
+    """Niceness added to the worker's priority: the stages around the model yield to it."""
+    shm_prefix: str = ""
+    """Names this worker's shared-memory slots (``sseg-RUN-INSTANCE``); empty: no shared memory."""
+    parallel: bool = False
+    """One of several workers that read the same input port: a frame a dead sibling had may come
+    after later ones, so frames are not dropped as repeats here (where the outputs join, they are)."""
+    ordered: bool = False
+    """Its inputs come from parallel workers of one stage: each stream's order is restored
+    (:mod:`streamseg.reorder`) before the stage sees a message."""
 
 
 class _Stopped(Exception):
@@ -174,9 +189,15 @@ class _Runtime:
         self.events.connect(spec.events)
         self.inboxes: list[Inbox] = []
         self.outboxes: dict[str, Outbox] = {}
+        self.pool = SharedPool(spec.shm_prefix) if spec.shm_prefix else None
+        """Where this worker's large outputs lie for ipc receivers (None: sent as bytes)."""
+        self.mappings = Mappings()
         self.pub_out: dict[str, zmq.Socket] = {}
         self.stage: Stage | None = None
         self.ledger = Ledger(self._held)
+        self.reorder: Reorder[tuple[Inbox, int]] | None = Reorder() if spec.ordered else None
+        self.ends_from: dict[int, set[str]] = {}
+        """id(inbox) -> the streams whose end came through it."""
         self.streams: dict[str, _StreamState] = {}
         self.busy_s = 0.0
         self.blocked_s = 0.0
@@ -206,6 +227,7 @@ class _Runtime:
         if resent:
             counters["resent"] = resent
         return {"busy_s": round(self.busy_s, 4), "blocked_s": round(self.blocked_s, 4),
+                "cpu_s": round(time.process_time(), 3),
                 "received": self.received, "sent": self.sent,
                 "rejected": self.rejected, "counters": counters,
                 "totals": list(self.stage.totals) if self.stage else []}
@@ -224,8 +246,9 @@ class _Runtime:
     def open_sockets(self) -> None:
         spec = self.spec
         for port, endpoint in spec.outputs.items():
+            local = endpoint_role(endpoint, True)[0].startswith("ipc://")
             self.outboxes[port] = Outbox(self.ctx, endpoint, port, self.ledger.sent, self.ledger.finished,
-                                         self.reject, self.secure)
+                                         self.reject, self.secure, self.pool if local else None)
         for port, endpoint in spec.publish.items():
             sock = self.ctx.socket(zmq.PUB)  # publish: detections for subscribers outside the pipeline
             sock.setsockopt(zmq.SNDHWM, spec.publish_hwm)
@@ -264,6 +287,7 @@ class _Runtime:
         for inbox in self.inboxes:
             inbox.service()
             for stream in inbox.ended:
+                self.ends_from.setdefault(id(inbox), set()).add(stream)
                 state = self.streams.setdefault(stream, _StreamState())
                 if not state.ended:
                     log.info("%s: stream %s ended before this worker started", self.spec.name, stream)
@@ -312,10 +336,8 @@ class _Runtime:
                 except zmq.Again:
                     pass  # PUB drops for slow subscribers rather than stall the pipeline
                 continue
-            outboxes = self.outboxes.values() if port == ALL_PORTS else (self.outboxes[port],)
-            parts = codec.encode(message)
-            for outbox in outboxes:
-                outbox.put(message, parts)
+            for name in self._ports(port, message):
+                self.outboxes[name].put(message)
                 self.sent += 1
 
     def progress(self, force: bool = False) -> None:
@@ -364,7 +386,7 @@ class _Runtime:
             if emit is None:
                 continue
             port, message = emit
-            if stage.lossy(message) and not all(self.outboxes[p].room() for p in self._ports(port)):
+            if stage.lossy(message) and not all(self.outboxes[p].room() for p in self._ports(port, message)):
                 stage.dropped(message)
             else:
                 self.send([emit])
@@ -372,8 +394,13 @@ class _Runtime:
             self.progress()
         self.finish_outputs()
 
-    def _ports(self, port: str) -> Iterable[str]:
-        return self.outboxes if port == ALL_PORTS else (port,)
+    def _ports(self, port: str, message: Any) -> Iterable[str]:
+        """The data ports an emit goes to: :data:`ALL_PORTS` means those carrying its stream."""
+        if port != ALL_PORTS:
+            return (port,)
+        stream_id = getattr(message, "stream_id", None)
+        only = self.stage.stream_ports(stream_id) if self.stage is not None and stream_id is not None else None
+        return self.outboxes if only is None else only
 
     def _resume_points(self) -> dict[str, tuple[int, int]]:
         """Where the receivers of a restarted source are: ``stream -> (index, pts)`` of their newest frame."""
@@ -389,7 +416,7 @@ class _Runtime:
         return points
 
     def run_stage(self, stage: Stage) -> None:
-        while sum(s.ended for s in self.streams.values()) < self.spec.streams:
+        while self.streams_open():
             self.check_alive()
             self.service()
             self.drain_backlog()
@@ -411,6 +438,14 @@ class _Runtime:
             self.progress()
         self.finish_outputs()
 
+    def streams_open(self) -> bool:
+        """Whether a stream has not ended yet; where parallel workers feed this one, also whether one
+        of them has not sent every stream's end yet (each sends its own, and waits until it is done)."""
+        if sum(s.ended for s in self.streams.values()) < self.spec.streams:
+            return True
+        return self.reorder is not None and any(len(self.ends_from.get(id(inbox), ())) < self.spec.streams
+                                                for inbox in self.inboxes)
+
     def _take(self) -> tuple[Inbox, int, list[Any]] | None:
         """The next input, taking the inputs in turn."""
         count = len(self.inboxes)
@@ -428,27 +463,42 @@ class _Runtime:
         return None
 
     def handle(self, stage: Stage, inbox: Inbox, seq: int, parts: list[Any]) -> None:
-        """Decode, check and pass one input to the stage; acknowledge it when it is done."""
+        """Decode, check and pass one input to the stage (in its stream's order, when the inputs
+        come from parallel workers); acknowledge it when it is done."""
         self.received += 1
+        # taken off the queue: the sender may queue the next one while this one is worked on
+        inbox.taken(seq)
+        inbox.flush()
         try:
-            original = codec.decode(parts)
+            original = codec.decode(parts, self.mappings)
+            ready = self.reorder.push(original, (inbox, seq)) if self.reorder else [(original, (inbox, seq))]
+            if isinstance(original, EndOfStream):
+                self.ends_from.setdefault(id(inbox), set()).add(original.stream_id)
+        except MessageError as exc:
+            self.reject(exc)
+            inbox.done(seq)  # nothing will ever come of it
+            return
+        for message, (source, number) in ready:
+            self.give(stage, source, number, message)
+
+    def give(self, stage: Stage, inbox: Inbox, seq: int, original: Any) -> None:
+        """Pass one decoded input to the stage unless it is a repeat or does not fit its stream."""
+        try:
             message = self.admit(original)
         except MessageError as exc:
             self.reject(exc)
-            inbox.taken(seq)
-            inbox.done(seq)  # nothing will ever come of it
+            inbox.done(seq)
             return
         keys = message_keys(original)
         if message is not None:
             held = self._held()
             if isinstance(message, EndOfStream):
                 self.send(self.timed(lambda: stage.flush(message)))
-                self.send([(ALL_PORTS, message)] if self.outboxes else [])
+                self.send([(ALL_PORTS, stage.passes_on(message))] if self.outboxes else [])
             else:
                 self.send(self.timed(lambda: stage.process(message)))
             self.ledger.release(held)
         # a repeat is done when the first copy is: it waits on the same stream positions
-        inbox.taken(seq)
         self.ledger.settle(inbox, seq, keys)
 
     def admit(self, message: Any) -> Any:
@@ -487,7 +537,7 @@ class _Runtime:
     def _new_frame(self, frame: Frame | FrameResult) -> bool:
         state = self._open(frame.stream_id, type(frame).__name__)
         if frame.index <= state.last_index:
-            return False
+            return self.spec.parallel
         state.last_index, state.last_pts = frame.index, frame.pts
         return True
 
@@ -518,6 +568,8 @@ class _Runtime:
             stage.previous = dict(spec.previous)
             stage.bind_events(self.event)
             self.open_sockets()
+            if self.outboxes and all(o.pool is not None for o in self.outboxes.values()):
+                stage.allocate = self.outboxes[next(iter(self.outboxes))].pool.empty  # outputs built in place
             start = time.perf_counter()
             stage.setup()
             self.event("ready", setup_s=round(time.perf_counter() - start, 3), attempt=spec.attempt)
@@ -561,6 +613,9 @@ class _Runtime:
                 auth.stop()
             self.events.close()
             self.ctx.term()
+            self.mappings.close()
+            if self.pool is not None:
+                self.pool.close()
 
     def close_stage(self) -> None:
         self.aborted = True
@@ -597,6 +652,10 @@ def worker_main(spec: WorkerSpec) -> None:
     # supervisor only, which stops the workers in order
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgrp()
+    for key, value in spec.env.items():
+        os.environ.setdefault(key, value)  # what the user set in the environment wins
+    if spec.nice:
+        os.nice(spec.nice)
     _set_process_name(f"sseg-{spec.name}")
     logging.basicConfig(level=spec.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s")

@@ -139,6 +139,11 @@ def tagged_processes(tag: str) -> list[int]:
     return found
 
 
+def shm_leftovers() -> list[str]:
+    """Shared-memory slots of streamseg runs that exist now."""
+    return sorted(str(p) for p in Path("/dev/shm").glob("sseg-*")) if Path("/dev/shm").is_dir() else []
+
+
 def worker_pid(tag: str, stage: str) -> int | None:
     """PID of the worker process of ``stage`` (its comm is ``sseg-<stage>``) in the tagged run."""
     for pid in tagged_processes(tag):
@@ -177,13 +182,14 @@ class CLI:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
                                 start_new_session=new_group)
 
-    def leftovers(self, wait_s: float = 3.0) -> list[int]:
-        """Processes of this run still alive after up to ``wait_s`` seconds."""
+    def leftovers(self, wait_s: float = 3.0) -> list[int | str]:
+        """What a finished run left behind after up to ``wait_s`` seconds: its processes still alive,
+        and shared-memory slots (tests run one at a time, so any ``/dev/shm/sseg-*`` is a leak)."""
         deadline = time.monotonic() + wait_s
         while True:
-            pids = tagged_processes(self.tag)
-            if not pids or time.monotonic() > deadline:
-                return pids
+            left: list[int | str] = [*tagged_processes(self.tag), *shm_leftovers()]
+            if not left or time.monotonic() > deadline:
+                return left
             time.sleep(0.1)
 
     def kill_leftovers(self) -> None:

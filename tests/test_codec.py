@@ -11,7 +11,7 @@ import zmq
 
 from streamseg import codec
 from streamseg.errors import MessageError
-from streamseg.messages import Batch, Detections, EndOfStream, Frame, FrameResult, StreamStart
+from streamseg.messages import Batch, Detections, EndOfStream, Frame, FrameResult, MaskRegions, StreamStart
 
 TB = Fraction(1, 30000)
 
@@ -24,8 +24,8 @@ def _frame(index: int = 0, h: int = 6, w: int = 8) -> Frame:
 def _result(n: int = 2, h: int = 6, w: int = 8, keypoints: bool = True) -> FrameResult:
     rng = np.random.default_rng(0)
     det = Detections(rng.random((n, 4), dtype=np.float32), rng.random(n, dtype=np.float32),
-                     np.arange(1, n + 1, dtype=np.int64), rng.random((n, h, w)) > 0.5,
-                     rng.random((n, 5, 3), dtype=np.float32) if keypoints else None)
+                     np.arange(1, n + 1, dtype=np.int64), MaskRegions.from_full(rng.random((n, h, w)) > 0.5),
+                     rng.random((n, 5, 3), dtype=np.float32) if keypoints else None, ("a", "b")[:n])
     return FrameResult("cam", 3, 3003, TB, w, h, det, _frame(3, h, w).image)
 
 
@@ -108,3 +108,12 @@ def test_inconsistent_detections_are_rejected() -> None:
     parts[2] = np.zeros(3, np.float32).tobytes()
     with pytest.raises(MessageError, match="instance count"):
         codec.decode([json.dumps(header).encode()] + parts[1:])
+
+
+def test_mask_regions_that_reach_outside_the_frame_or_disagree_with_their_bits_are_rejected() -> None:
+    good = MaskRegions.from_full(np.ones((1, 6, 8), bool))
+    assert good.regions.tolist() == [[0, 0, 8, 6]] and good.full().all()
+    with pytest.raises(MessageError, match="outside the frame"):
+        MaskRegions(good.bits, np.array([[1, 0, 8, 6]], np.int64), 6, 8)
+    with pytest.raises(MessageError, match="sizes"):
+        MaskRegions(good.bits[:-1], good.regions, 6, 8)

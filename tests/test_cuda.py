@@ -45,7 +45,7 @@ def test_cuda_fp16_runs_batched_and_gives_sane_outputs() -> None:
     out = Predictor("tiny-random", device="cuda", score_thresh=0.0, fp16=True)(_frames(8))
     assert len(out) == 8
     for det in out:
-        assert det.boxes.dtype == np.float32 and det.masks is not None and det.masks.shape[1:] == (242, 322)
+        assert det.boxes.dtype == np.float32 and det.masks is not None and (det.masks.height, det.masks.width) == (242, 322)
         assert np.isfinite(det.boxes).all() and np.isfinite(det.scores).all()
 
 

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import TEST_MODEL, assert_clean_error, make_clip, read_jsonl, read_video, worker_pid
+from conftest import TEST_MODEL, assert_clean_error, make_clip, read_jsonl, read_video, shm_leftovers, worker_pid
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,20 @@ def test_without_restarts_a_killed_worker_ends_the_run_within_seconds(cli, long_
     assert "Traceback" not in stderr
     assert cli.leftovers() == []
     assert 0 < read_video(tmp_path / "out.mp4")["frames"] < 300  # what was done is playable
+
+
+def test_a_killed_supervisor_takes_its_workers_and_shared_memory_with_it(cli, long_clip: Path,
+                                                                         tmp_path: Path) -> None:
+    proc = cli.start("run", str(long_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL)
+    try:
+        _wait_for(lambda: _masks_lines(tmp_path / "m.jsonl") >= 5 or proc.poll() is not None, 60, "progress")
+        assert proc.poll() is None and shm_leftovers(), "frames should be in shared memory mid-run"
+        proc.kill()  # SIGKILL: nothing of the supervisor runs after this
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    # each worker notices its parent is gone, and removes its own slots on the way out
+    assert cli.leftovers(wait_s=10) == []
 
 
 @pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],

@@ -16,7 +16,7 @@ import zmq
 
 from conftest import read_jsonl
 from streamseg import codec
-from streamseg.messages import Detections, EndOfStream, FrameResult, StreamStart
+from streamseg.messages import Detections, EndOfStream, FrameResult, MaskRegions, StreamStart
 from streamseg.models import model_info
 from streamseg.worker import START_SIGNAL, WorkerSpec, worker_main
 
@@ -28,7 +28,7 @@ def _result(i: int, stream: str = "s") -> FrameResult:
     masks = np.zeros((1, H, W), bool)
     masks[0, 2:10, 3:12] = True
     det = Detections(np.array([[3, 2, 12, 10]], np.float32), np.array([0.9], np.float32),
-                     np.array([1], np.int64), masks, np.zeros((1, 5, 3), np.float32))
+                     np.array([1], np.int64), MaskRegions.from_full(masks), np.zeros((1, 5, 3), np.float32))
     return FrameResult(stream, i, i, TB, W, H, det)
 
 

@@ -71,7 +71,7 @@ def test_credit_bounds_what_waits_and_taking_gives_it_back(ctx: zmq.Context, tmp
     receiver = _Receiver(ctx, endpoint, credit=3)
     try:
         for i in range(10):
-            outbox.put(_frame(i), codec.encode(_frame(i)))
+            outbox.put(_frame(i))
         got = receiver.pump(outbox, lambda g: len(g) == 3)
         time.sleep(0.1)
         outbox.service()
@@ -96,9 +96,9 @@ def test_a_new_receiver_gets_the_open_streams_and_everything_its_predecessor_had
     endpoint = f"ipc://{tmp_path}/l"
     outbox = Outbox(ctx, endpoint, "frames")
     first = _Receiver(ctx, endpoint, credit=8)
-    outbox.put(_start(), codec.encode(_start()))
+    outbox.put(_start())
     for i in range(5):
-        outbox.put(_frame(i), codec.encode(_frame(i)))
+        outbox.put(_frame(i))
     got = first.pump(outbox, lambda g: len(g) == 6)
     for seq, message in got[:3]:  # the start and frames 0, 1 are finished; 2, 3, 4 are not
         first.inbox.taken(seq)
@@ -123,7 +123,7 @@ def test_a_new_receiver_is_told_which_streams_are_over(ctx: zmq.Context, tmp_pat
     outbox = Outbox(ctx, endpoint, "frames")
     first = _Receiver(ctx, endpoint, credit=8)
     for message in (_start("a"), EndOfStream("a", 0), _start("b")):
-        outbox.put(message, codec.encode(message))
+        outbox.put(message)
     got = first.pump(outbox, lambda g: len(g) == 3)
     for seq, _ in got[:2]:
         first.inbox.done(seq)

@@ -143,7 +143,10 @@ def test_slow_inference_on_a_live_source_drops_and_keeps_latency_bounded(rtsp_se
                             input__max_frames=240, model__max_fps=6.0, **LIVE_OPTIONS)
     lat = summary.latency
     assert summary.dropped > 0 and summary.frames + summary.dropped == 240
-    assert summary.stages["batch"]["counters"]["dropped"] == summary.dropped
+    # the batcher drops what inference cannot keep up with; the decoder drops a frame only when a
+    # burst from the network finds the batcher's input full
+    assert summary.stages["batch"]["counters"]["dropped"] > 0
+    assert summary.dropped == sum(st["counters"].get("dropped", 0) for st in summary.stages.values())
     assert summary.frames >= 20  # about 6 a second for 8 s
     # bounded: a queue that grew would make the second half far worse than the first (and seconds long)
     assert lat["p99_second_half_s"] <= lat["p99_first_half_s"] * 1.25 + 0.05, lat

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from conftest import make_clip, read_video
 from streamseg.errors import InputError, OutputError
 from streamseg.masks import decode_rle, encode_rle
-from streamseg.messages import Batch, Detections, EndOfStream, Frame, FrameResult, StreamStart
+from streamseg.messages import Batch, Detections, EndOfStream, Frame, FrameResult, MaskRegions, StreamStart
 from streamseg.models import model_info
 from streamseg.stages.batch import BatchStage
 from streamseg.stages.decode import DecodeStage
@@ -152,8 +152,8 @@ def _result(n: int, h: int = 48, w: int = 64) -> FrameResult:
     for i in range(n):
         masks[i, 5 + i:20 + i, 10:30] = True
         boxes[i] = (10, 5 + i, 30, 20 + i)
-    det = Detections(boxes, np.linspace(0.9, 0.5, n).astype(np.float32), np.ones(n, np.int64) * 2, masks,
-                     np.full((n, 5, 3), 12, np.float32))
+    det = Detections(boxes, np.linspace(0.9, 0.5, n).astype(np.float32), np.ones(n, np.int64) * 2,
+                     MaskRegions.from_full(masks), np.full((n, 5, 3), 12, np.float32))
     return FrameResult("s", 0, 0, TB, w, h, det, np.zeros((h, w, 3), np.uint8))
 
 
@@ -172,7 +172,7 @@ def test_render_draws_inside_masks_only_and_handles_no_detections() -> None:
     result = _result(1)
     (_, frame), = stage.process(result)
     changed = np.any(frame.image != 0, axis=2)
-    assert np.array_equal(changed, result.detections.masks[0])
+    assert np.array_equal(changed, result.detections.masks.full()[0])
     empty = FrameResult("s", 1, 1, TB, 64, 48, Detections.empty(48, 64), np.zeros((48, 64, 3), np.uint8))
     (_, frame), = stage.process(empty)
     assert not frame.image.any()

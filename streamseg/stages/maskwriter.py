@@ -20,7 +20,7 @@ import time
 from typing import Any, Iterable
 
 from ..errors import MessageError, OutputError
-from ..masks import encode_rle
+from ..masks import rle_counts
 from ..messages import EndOfStream, FrameResult
 from ..models.registry import ModelInfo
 from ..stage import Emit, Stage
@@ -36,7 +36,8 @@ RESUME_TAIL_BYTES = 8 << 20
 def frame_record(result: FrameResult, info: ModelInfo) -> dict[str, Any]:
     """The JSON-ready record of one frame (the masks JSONL line, and the published payload)."""
     det = result.detections
-    rles = encode_rle(det.masks) if det.masks is not None else None
+    rles = det.rles if det.rles is not None else rle_counts(det.masks) if det.masks is not None else None
+    size = [result.height, result.width]
     instances = []
     for i in range(len(det)):
         label = int(det.labels[i])
@@ -47,7 +48,7 @@ def frame_record(result: FrameResult, info: ModelInfo) -> dict[str, Any]:
             "box": [round(float(v), 3) for v in det.boxes[i]],
         }
         if rles is not None:
-            instance["mask"] = rles[i]
+            instance["mask"] = {"size": size, "counts": rles[i]}
         if det.keypoints is not None:
             instance["keypoints"] = [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
                                      for x, y, s in det.keypoints[i]]

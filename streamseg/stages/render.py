@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import cv2
 import numpy as np
 
-from ..messages import Detections, Frame, FrameResult, StreamStart
+from ..messages import Detections, Frame, FrameResult, MaskRegions, StreamStart
 from ..models.registry import ModelInfo
 from ..stage import ALL_PORTS, Emit, Stage
 
@@ -35,39 +35,23 @@ def instance_colours(detections: Detections) -> np.ndarray:
     return colours
 
 
-def _roi(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
-    """Integer box around ``box`` with a margin (pasted masks may reach past their box), clipped."""
-    x1, y1, x2, y2 = box
-    mx, my = 0.1 * (x2 - x1) + 2, 0.1 * (y2 - y1) + 2
-    return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(width, int(np.ceil(x2 + mx)) + 1),
-            min(height, int(np.ceil(y2 + my)) + 1))
-
-
 def draw(image: np.ndarray, detections: Detections, info: ModelInfo, alpha: float = 0.45,
          contour_px: int = 2, boxes: bool = True, labels: bool = True, keypoints: bool = True,
-         keypoint_thresh: float = 0.0) -> np.ndarray:
+         keypoint_thresh: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
     """Draw ``detections`` onto a copy of ``image`` (``uint8[H, W, 3]`` RGB) and return it.
 
-    Work is limited to each instance's box region, so cost grows with object area, not frame area.
+    ``out``: where to put the copy (a buffer the caller owns); a new array when None. Work on
+    masks is limited to each instance's region, so it grows with object area, not frame area.
     """
-    out = np.array(image, copy=True)
+    if out is None:
+        out = np.array(image, copy=True)
+    else:
+        np.copyto(out, image)
     height, width = out.shape[:2]
     colours = instance_colours(detections)
     order = np.argsort(detections.scores, kind="stable")  # best-scoring instance drawn last, on top
     if detections.masks is not None:
-        for i in order:
-            x1, y1, x2, y2 = _roi(detections.boxes[i], width, height)
-            if x2 <= x1 or y2 <= y1:
-                continue
-            mask = detections.masks[i, y1:y2, x1:x2]
-            if not mask.any():
-                continue
-            region = out[y1:y2, x1:x2]
-            colour = colours[i].astype(np.float32)
-            region[mask] = (region[mask] * (1.0 - alpha) + colour * alpha).astype(np.uint8)
-            if contour_px:
-                contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-                cv2.drawContours(region, contours, -1, colours[i].tolist(), contour_px, cv2.LINE_AA)
+        _draw_masks(out, detections.masks, order, colours, alpha, contour_px)
     thickness = max(1, round(min(width, height) / 360))
     scale = max(0.35, min(width, height) / 900)
     for i in order:
@@ -89,6 +73,25 @@ def draw(image: np.ndarray, detections: Detections, info: ModelInfo, alpha: floa
     return out
 
 
+def _draw_masks(out: np.ndarray, masks: MaskRegions, order: np.ndarray, colours: np.ndarray, alpha: float,
+                contour_px: int) -> None:
+    """Blend each mask's colour into its pixels and outline it, region by region (OpenCV writes
+    through the region views into ``out``)."""
+    offsets = masks.offsets
+    for i in order:
+        x, y, w, h = (int(v) for v in masks.regions[i])
+        if not w or not h:
+            continue
+        mask = masks.bits[offsets[i]:offsets[i + 1]].reshape(h, w).view(np.uint8)
+        area = out[y:y + h, x:x + w]
+        tint = np.empty_like(area)
+        tint[:] = colours[i]
+        cv2.copyTo(cv2.addWeighted(area, 1.0 - alpha, tint, alpha, 0), mask, area)
+        if contour_px:
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
+            cv2.drawContours(out, contours, -1, colours[i].tolist(), contour_px)  # pixel borders: no anti-aliasing
+
+
 def _draw_keypoints(out: np.ndarray, points: np.ndarray, skeleton: tuple[tuple[int, int], ...],
                     colour: list[int], thresh: float, thickness: int) -> None:
     visible = points[:, 2] >= thresh
@@ -102,14 +105,19 @@ def _draw_keypoints(out: np.ndarray, points: np.ndarray, skeleton: tuple[tuple[i
 
 
 class RenderStage(Stage):
-    """Turns each FrameResult (with its image) into an annotated Frame for the encoder."""
+    """Turns each FrameResult (with its image) into an annotated Frame for the encoder.
+
+    Port ``frames``; with several encode workers, ``routes`` sends each stream to the port of the
+    encoder that writes it.
+    """
 
     outputs = ("frames",)
 
     def __init__(self, model_info: dict[str, Any], mask_alpha: float = 0.45, contour_px: int = 2,
                  boxes: bool = True, labels: bool = True, keypoints: bool = True,
-                 keypoint_thresh: float = 0.0) -> None:
+                 keypoint_thresh: float = 0.0, routes: dict[str, str] | None = None) -> None:
         super().__init__()
+        self.routes = dict(routes or {})
         self.info = ModelInfo.from_dict(model_info)
         self.options = dict(alpha=mask_alpha, contour_px=contour_px, boxes=boxes, labels=labels,
                             keypoints=keypoints, keypoint_thresh=keypoint_thresh)
@@ -119,7 +127,12 @@ class RenderStage(Stage):
             return [(ALL_PORTS, message)]
         if not isinstance(message, FrameResult) or message.image is None:
             return []
-        image = draw(message.image, message.detections, self.info, **self.options)
+        image = draw(message.image, message.detections, self.info, **self.options,
+                     out=self.allocate(message.image.shape, np.uint8))
         self.count("frames")
-        return [("frames", Frame(message.stream_id, message.index, message.pts, message.time_base, image,
-                                 message.captured))]
+        return [(self.routes.get(message.stream_id, "frames"),
+                 Frame(message.stream_id, message.index, message.pts, message.time_base, image, message.captured,
+                       message.prev))]
+
+    def stream_ports(self, stream_id: str) -> tuple[str, ...] | None:
+        return (self.routes[stream_id],) if stream_id in self.routes else None
