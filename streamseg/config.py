@@ -60,6 +60,9 @@ class InputConfig:
     """Longest wait between two reconnection attempts."""
     decode_threads: int = 0
     """FFmpeg decoder threads; 0 lets FFmpeg choose (frame and slice threading, ``AUTO``)."""
+    hwaccel: str = "none"
+    """Hardware video decoding: ``cuda`` (NVDEC) or ``none``. Decoding falls back to the CPU, with a
+    warning in the log, where the GPU cannot decode (no device, a codec NVDEC lacks)."""
 
     def streams(self) -> list[tuple[str, str]]:
         """``(stream id, source)`` of every source, in order."""
@@ -371,6 +374,7 @@ def validate(config: Config) -> None:
         (all(sid and sid.isprintable() and " " not in sid for sid, _ in inp.streams()),
          "stream ids must be non-empty and without spaces"),
         (inp.live in ("auto", "true", "false"), f"input.live must be auto, true or false, got {inp.live!r}"),
+        (inp.hwaccel in ("none", "cuda"), f"input.hwaccel must be none or cuda, got {inp.hwaccel!r}"),
         (inp.rtsp_transport in ("tcp", "udp"), f"input.rtsp_transport must be tcp or udp, got {inp.rtsp_transport!r}"),
         (inp.fps > 0, "input.fps must be positive"),
         (inp.max_frames >= 0, "input.max_frames must be >= 0 (0: no limit)"),

@@ -317,7 +317,7 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
         WorkerSpec(name, "streamseg.stages.decode:DecodeStage",
                    dict(path=url, stream_id=sid, threads=inp.decode_threads, live=is_live_stream,
                         loop=inp.loop, max_frames=inp.max_frames, fps=inp.fps, rtsp_transport=inp.rtsp_transport,
-                        open_timeout_s=inp.open_timeout_s, read_timeout_s=inp.read_timeout_s,
+                        open_timeout_s=inp.open_timeout_s, read_timeout_s=inp.read_timeout_s, hwaccel=inp.hwaccel,
                         options=dict(inp.options), reconnect_attempts=inp.reconnect_attempts,
                         reconnect_initial_s=inp.reconnect_initial_s, reconnect_max_s=inp.reconnect_max_s,
                         drop_when_full=config.batch.live_policy != "block"),

@@ -9,6 +9,7 @@ with timeouts, so a dead source raises :class:`~streamseg.errors.InputError` ins
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -18,8 +19,11 @@ from urllib.parse import urlsplit
 import av
 import cv2
 import numpy as np
+from av.codec.hwaccel import HWAccel
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -67,6 +71,9 @@ class OpenOptions:
     """Longest wait for data from an open source before it counts as lost."""
     options: dict[str, str] = field(default_factory=dict)
     """Extra FFmpeg demuxer options (``video_size``, ``framerate``, ``input_format`` for V4L2...)."""
+    hwaccel: str = "none"
+    """Hardware decoding: ``cuda`` (NVDEC, through PyAV's :class:`~av.codec.hwaccel.HWAccel`) or
+    ``none``. Where the device cannot be opened, or the codec has no hardware decoder, the CPU decodes."""
 
 
 def open_video(url: str, opts: OpenOptions = OpenOptions()) -> tuple[av.container.InputContainer,
@@ -85,9 +92,19 @@ def open_video(url: str, opts: OpenOptions = OpenOptions()) -> tuple[av.containe
     if url.lower().startswith(("rtsp://", "rtsps://")):
         options.setdefault("rtsp_transport", opts.rtsp_transport)
         options.setdefault("timeout", str(int(opts.read_timeout_s * 1_000_000)))  # socket I/O, microseconds
+    form = "v4l2" if kind == "device" else None
+    timeout = (opts.open_timeout_s, opts.read_timeout_s)
     try:
-        container = av.open(url, "r", format="v4l2" if kind == "device" else None, options=options,
-                            timeout=(opts.open_timeout_s, opts.read_timeout_s))
+        container = None
+        if opts.hwaccel != "none":
+            try:
+                container = av.open(url, "r", format=form, options=options, timeout=timeout,
+                                    hwaccel=HWAccel(opts.hwaccel, allow_software_fallback=True))
+            except av.FFmpegError as exc:
+                log.warning("%s: %s decoding is not available here (%s); decoding on the CPU", shown, opts.hwaccel,
+                            exc.strerror or exc)
+        if container is None:
+            container = av.open(url, "r", format=form, options=options, timeout=timeout)
     except av.FFmpegError as exc:
         raise InputError(f"cannot read {shown} as video: {exc.strerror or exc}") from None
     if not container.streams.video and not container.streams.audio:

@@ -55,3 +55,43 @@ def test_pipeline_on_cuda(cli, clip: Path, tmp_path: Path) -> None:
     result = cli.run("run", str(clip), "--masks", "m.jsonl", *TEST_MODEL, "--device", "cuda")
     assert result.returncode == 0, result.stderr
     assert len(read_jsonl(tmp_path / "m.jsonl")) == 48
+
+
+def _decoded(clip: Path, hwaccel: str) -> tuple[list[np.ndarray], list[str]]:
+    """Frames of ``clip`` as the decoder opens it with ``hwaccel``, and the warnings it logged."""
+    import logging
+
+    from streamseg.sources import OpenOptions, open_video
+
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("streamseg.sources").addHandler(handler)
+    try:
+        container, stream = open_video(str(clip), OpenOptions(hwaccel=hwaccel))
+        with container:
+            return [f.to_ndarray(format="rgb24") for f in container.decode(stream)], warnings
+    finally:
+        logging.getLogger("streamseg.sources").removeHandler(handler)
+
+
+def test_nvdec_decoding_falls_back_to_the_cpu_where_there_is_no_gpu(clip: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    software, _ = _decoded(clip, "none")
+    frames, warnings = _decoded(clip, "cuda")
+    assert len(frames) == len(software) == 48
+    assert all(np.array_equal(a, b) for a, b in zip(frames, software))
+    assert any("decoding on the CPU" in w for w in warnings), warnings
+
+
+@cuda
+@pytest.mark.cuda
+def test_nvdec_decodes_the_same_pictures(clip: Path) -> None:
+    software, _ = _decoded(clip, "none")
+    frames, warnings = _decoded(clip, "cuda")
+    assert not warnings, warnings
+    assert len(frames) == len(software) == 48
+    # NVDEC's colour conversion may round differently; the pictures are the same
+    for a, b in zip(frames, software):
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0

@@ -51,7 +51,8 @@ class DecodeStage(Source):
                  loop: bool = False, max_frames: int = 0, fps: float = 25.0, rtsp_transport: str = "tcp",
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0,
                  options: dict[str, str] | None = None, reconnect_attempts: int = 10,
-                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0, drop_when_full: bool = True) -> None:
+                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0, drop_when_full: bool = True,
+                 hwaccel: str = "none") -> None:
         super().__init__()
         self.path = path
         self.shown = safe_url(path)
@@ -64,7 +65,7 @@ class DecodeStage(Source):
         self.loop = loop
         self.max_frames = max_frames
         self.fps = fps
-        self.open_options = OpenOptions(rtsp_transport, open_timeout_s, read_timeout_s, dict(options or {}))
+        self.open_options = OpenOptions(rtsp_transport, open_timeout_s, read_timeout_s, dict(options or {}), hwaccel)
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
