@@ -27,7 +27,7 @@ from .messages import EndOfStream, Frame, FrameResult, StreamStart
 T = TypeVar("T")
 
 MAX_WAITING = 100_000
-"""Messages of one stream that may wait before it starts; more is a hostile or broken peer."""
+"""Messages that may wait at once; more is a hostile or broken peer (refused)."""
 
 
 @dataclass
@@ -69,9 +69,9 @@ class Reorder(Generic[T]):
                 for pending in early:
                     self._place(stream, *pending, out)
             return out
+        if self.held >= MAX_WAITING:
+            raise MessageError(f"more than {MAX_WAITING} messages wait for their turn")
         if not stream.started:
-            if len(stream.early) >= MAX_WAITING:
-                raise MessageError(f"more than {MAX_WAITING} messages of stream {stream_id!r} before its start")
             stream.early.append((message, item))
             self.held += 1
             return out

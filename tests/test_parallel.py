@@ -81,12 +81,16 @@ def test_reorder_trusts_a_frame_that_names_no_predecessor() -> None:
     assert _names(out)[1:] == ["Frame:s:0", "Frame:s:1", "Frame:s:2", "Frame:s:3", "Frame:s:4"]
 
 
-def test_reorder_refuses_a_flood_before_a_stream_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reorder_refuses_a_flood_of_frames_that_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("streamseg.reorder.MAX_WAITING", 3)
-    reorder: Reorder[None] = Reorder()
-    _push_all(reorder, [_frame(i + 1, i) for i in range(3)])
-    with pytest.raises(MessageError, match="before its start"):
-        reorder.push(_frame(9, 8), None)
+    early: Reorder[None] = Reorder()
+    _push_all(early, [_frame(i + 1, i) for i in range(3)])  # before the stream's start
+    with pytest.raises(MessageError, match="wait for their turn"):
+        early.push(_frame(9, 8), None)
+    gaps: Reorder[None] = Reorder()
+    _push_all(gaps, [_start(), *(_frame(2 * i + 2, 2 * i + 1) for i in range(3))])  # each behind a gap
+    with pytest.raises(MessageError, match="wait for their turn"):
+        gaps.push(_frame(20, 19), None)
 
 
 def _stage_frames(stderr: str, stage: str) -> dict[str, int]:
