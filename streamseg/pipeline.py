@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import uuid
 import shutil
 import socket
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 

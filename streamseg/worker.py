@@ -47,9 +47,9 @@ import zmq
 from . import codec
 from .errors import MessageError, OutputError, StreamsegError
 from .link import Inbox, Ledger, Outbox, endpoint_role, message_keys
-from .shm import Mappings, SharedPool
 from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart, StreamStatus
 from .reorder import Reorder
+from .shm import Mappings, SharedPool
 from .stage import ALL_PORTS, Emit, Source, Stage
 
 log = logging.getLogger(__name__)
