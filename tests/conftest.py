@@ -213,6 +213,15 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4")
 
 
+@pytest.fixture(scope="session")
+def clip_masks(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The masks records of :func:`clip` through the CLI with the test model (shared, read-only)."""
+    cli = CLI(tmp_path_factory.mktemp("clip-masks"))
+    result = cli.run("run", str(clip), "--masks", "m.jsonl", *TEST_MODEL, "-q")
+    assert result.returncode == 0, result.stderr
+    return read_jsonl(cli.cwd / "m.jsonl")
+
+
 def assert_clean_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
     """A failed run: non-zero exit, a one-line ``streamseg: error:`` message, no traceback."""
     assert result.returncode != 0, result.stderr

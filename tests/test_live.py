@@ -197,19 +197,18 @@ def test_two_sources_in_one_run_each_complete_and_attributed(cli, tmp_path: Path
     assert cli.leftovers() == []
 
 
-def test_an_image_folder_and_a_glob_give_the_frames_results(cli, clip: Path, tmp_path: Path) -> None:
+def test_an_image_folder_and_a_glob_give_the_frames_results(cli, clip: Path, clip_masks: list[dict],
+                                                            tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()
     with av.open(str(clip)) as container:
         for i, frame in enumerate(container.decode(video=0)):
             frame.to_image().save(frames / f"{i:04d}.png")
     (frames / "notes.txt").write_text("not an image")
-    assert cli.run("run", str(clip), "--masks", "video.jsonl", *TEST_MODEL).returncode == 0
-    for name, source in (("folder", str(frames)), ("glob", str(frames / "00[0-2]*.png"))):
-        result = cli.run("run", source, "--masks", f"{name}.jsonl", *TEST_MODEL)
-        assert result.returncode == 0, result.stderr
-    want = read_jsonl(tmp_path / "video.jsonl")
-    assert_same_detections(read_jsonl(tmp_path / "folder.jsonl"), as_expected(want))
+    result = cli.run("run", str(frames), str(frames / "00[0-2]*.png"), "--stream-id", "folder", "--stream-id", "glob",
+                     "--masks", "{stream}.jsonl", *TEST_MODEL)  # both sources in one run
+    assert result.returncode == 0, result.stderr
+    assert_same_detections(read_jsonl(tmp_path / "folder.jsonl"), as_expected(clip_masks))
     assert len(read_jsonl(tmp_path / "glob.jsonl")) == 30
 
 
@@ -237,17 +236,19 @@ def _write_hls(clip: Path, folder: Path) -> Path:
     return playlist
 
 
-def test_http_file_and_hls_playlist(cli, http_root, tmp_path: Path) -> None:
+def test_http_file_and_hls_playlist(cli, http_root, clip_masks: list[dict], tmp_path: Path) -> None:
     root, base = http_root
-    # index first: Python's test server cannot serve the byte ranges a seek to a trailing index needs
+    # the pictures of the shared clip; its index first: Python's test server cannot serve the byte
+    # ranges a seek to a trailing index needs
     clip = make_clip(root / "clip.mp4", faststart=True)
     _write_hls(clip, root)
-    assert cli.run("run", str(clip), "--masks", "file.jsonl", *TEST_MODEL).returncode == 0
-    want = as_expected(read_jsonl(tmp_path / "file.jsonl"))
-    for name, url in (("http", f"{base}/clip.mp4"), ("hls", f"{base}/index.m3u8")):
-        # recorded files served over HTTP: read every frame (a live HTTP stream would drop when behind)
-        result = cli.run("run", url, "--masks", f"{name}.jsonl", "--live", "false", *TEST_MODEL)
-        assert result.returncode == 0, result.stderr
+    want = as_expected(clip_masks)
+    # recorded files served over HTTP: read every frame (a live HTTP stream would drop when behind);
+    # both sources in one run
+    result = cli.run("run", f"{base}/clip.mp4", f"{base}/index.m3u8", "--stream-id", "http", "--stream-id", "hls",
+                     "--masks", "{stream}.jsonl", "--live", "false", *TEST_MODEL)
+    assert result.returncode == 0, result.stderr
+    for name in ("http", "hls"):
         assert_same_detections(read_jsonl(tmp_path / f"{name}.jsonl"), want)
 
 

@@ -57,12 +57,11 @@ def test_pipeline_loses_nothing_against_the_model_called_directly(cli, clip: Pat
     assert_same_detections(read_jsonl(tmp_path / "m.jsonl"), _direct(clip, TEST_SCORE_THRESH))
 
 
-def test_batch_size_does_not_change_outputs(cli, clip: Path, tmp_path: Path) -> None:
-    for batch in ("1", "4"):
-        result = cli.run("run", str(clip), "--masks", f"m{batch}.jsonl", *TEST_MODEL, "--max-batch", batch)
-        assert result.returncode == 0, result.stderr
-    one, four = read_jsonl(tmp_path / "m1.jsonl"), read_jsonl(tmp_path / "m4.jsonl")
-    assert_same_detections(four, as_expected(one))
+def test_batch_size_does_not_change_outputs(cli, clip: Path, clip_masks: list[dict], tmp_path: Path) -> None:
+    result = cli.run("run", str(clip), "--masks", "m1.jsonl", *TEST_MODEL, "--max-batch", "1")
+    assert result.returncode == 0, result.stderr
+    four = clip_masks  # the default batch, 4
+    assert_same_detections(four, as_expected(read_jsonl(tmp_path / "m1.jsonl")))
 
 
 def test_audio_is_copied_in_sync(cli, tmp_path: Path) -> None:
