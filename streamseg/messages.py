@@ -144,17 +144,19 @@ class MaskRegions:
         """``int64[N + 1]``: where each region's pixels start in :attr:`bits` (and where the last ends)."""
         return np.concatenate([[0], np.cumsum(self.regions[:, 2] * self.regions[:, 3])]).astype(np.int64)
 
-    def region(self, i: int) -> tuple[int, int, np.ndarray]:
-        """``(x, y, bool[h, w])`` of instance ``i`` (a view, no copy)."""
+    def region(self, i: int, offsets: np.ndarray | None = None) -> tuple[int, int, np.ndarray]:
+        """``(x, y, bool[h, w])`` of instance ``i`` (a view, no copy); ``offsets``: :attr:`offsets`,
+        when the caller has it already (a loop over the instances)."""
         x, y, w, h = (int(v) for v in self.regions[i])
-        start = int((self.regions[:i, 2] * self.regions[:i, 3]).sum())
+        start = int((self.offsets if offsets is None else offsets)[i])
         return x, y, self.bits[start:start + w * h].reshape(w, h).T
 
     def full(self) -> np.ndarray:
         """The masks as ``bool[N, H, W]`` (for tests and small frames; large with many instances)."""
         out = np.zeros((len(self), self.height, self.width), bool)
+        offsets = self.offsets
         for i in range(len(self)):
-            x, y, bits = self.region(i)
+            x, y, bits = self.region(i, offsets)
             out[i, y:y + bits.shape[0], x:x + bits.shape[1]] = bits
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -178,6 +179,13 @@ def test_render_draws_inside_masks_only_and_handles_no_detections() -> None:
     assert not frame.image.any()
     full = draw(result.image, result.detections, INFO)  # everything on: boxes, labels, keypoints
     assert full.shape == result.image.shape and full.any()
+    # a mask that is not a rectangle lands pixel for pixel (its bits are stored column by column)
+    notched = np.zeros((1, 48, 64), bool)
+    notched[0, 5:20, 10:40] = True
+    notched[0, 5:9, 10:17] = False
+    det = dataclasses.replace(result.detections, masks=MaskRegions.from_full(notched))
+    drawn = draw(result.image, det, INFO, boxes=False, labels=False, keypoints=False, contour_px=0)
+    assert np.array_equal(np.any(drawn != 0, axis=2), notched[0])
 
 
 def test_decode_then_encode_keeps_count_rate_and_pts(tmp_path: Path) -> None:

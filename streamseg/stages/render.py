@@ -79,10 +79,11 @@ def _draw_masks(out: np.ndarray, masks: MaskRegions, order: np.ndarray, colours:
     through the region views into ``out``)."""
     offsets = masks.offsets
     for i in order:
-        x, y, w, h = (int(v) for v in masks.regions[i])
+        x, y, bits = masks.region(i, offsets)
+        h, w = bits.shape
         if not w or not h:
             continue
-        mask = masks.bits[offsets[i]:offsets[i + 1]].reshape(h, w).view(np.uint8)
+        mask = np.ascontiguousarray(bits).view(np.uint8)  # stored column by column; OpenCV wants rows
         area = out[y:y + h, x:x + w]
         tint = np.empty_like(area)
         tint[:] = colours[i]
