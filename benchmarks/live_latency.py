@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import free_port, make_clip, start_rtsp_server as start_server
+from common import free_port, make_clip
+from common import start_rtsp_server as start_server
 
 from streamseg.config import load_config
 from streamseg.pipeline import Summary, run_config

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from common import decoded_frames, model_fps
 
-from streamseg.stages.infer import Predictor
-from streamseg.synth import write_video
+from streamseg.config import ModelConfig
+from streamseg.models.predictor import Predictor
+from streamseg.tools.synth import write_video
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
         clip = Path(tmp) / "clip.mp4"
         write_video(clip, None, seed=7, frames=args.frames, width=width, height=height)
         frames = decoded_frames(clip)
-    predictor = Predictor(args.model, device="cpu", score_thresh=args.score_thresh)
+    predictor = Predictor(ModelConfig(name=args.model, device="cpu", score_thresh=args.score_thresh))
     rows = [(batch, model_fps(predictor, frames, batch)) for batch in (1, 2, 4)]
     print(f"# model speed, {args.model}, {width}x{height}, {len(frames)} synthetic frames, score >= {args.score_thresh}")
     print(f"# {platform.machine()} {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}, "

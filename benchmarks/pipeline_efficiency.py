@@ -25,8 +25,9 @@ from pathlib import Path
 from common import decoded_frames, model_fps
 
 import streamseg
-from streamseg.stages.infer import Predictor
-from streamseg.synth import write_video
+from streamseg.config import ModelConfig
+from streamseg.models.predictor import Predictor
+from streamseg.tools.synth import write_video
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the pipeline runs (as streamseg run --set)")
     args = parser.parse_args()
-    predictor = Predictor(args.model, score_thresh=args.score_thresh)
+    predictor = Predictor(ModelConfig(name=args.model, score_thresh=args.score_thresh))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):

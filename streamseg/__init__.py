@@ -20,7 +20,7 @@ _LAZY = {"Config": "config", "load_config": "config", "Summary": "pipeline", "ru
 
 
 def __getattr__(name: str) -> Any:
-    # lazy, so that a worker process importing streamseg.worker does not pay for torch
+    # lazy, so that a worker process importing streamseg.runtime does not pay for torch
     if name in _LAZY:
         import importlib
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from typing import Any, Sequence
 
 from . import __version__
+from .config import LIVE_POLICIES, default, presets
 from .errors import ConfigError, InputError, Interrupted, StreamsegError
-from .stages.batch import LIVE_POLICIES
 
 log = logging.getLogger("streamseg")
 
@@ -35,18 +36,26 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--live", choices=("auto", "true", "false"),
                    help="treat sources as live (drop frames when behind, reconnect); auto: URLs and cameras")
     p.add_argument("--live-policy", choices=LIVE_POLICIES,
-                   help="what live streams drop while inference is behind (default latest: keep the newest frame)")
-    p.add_argument("--rtsp-transport", choices=("tcp", "udp"), help="RTSP transport (default tcp)")
+                   help=f"what live streams drop while inference is behind (default {default('batch.live_policy')}; "
+                        "latest: keep the newest frame)")
+    p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
+                   help=f"RTSP transport (default {default('input.rtsp_transport')})")
     p.add_argument("--publish", nargs="?", const="tcp://127.0.0.1:5556", metavar="ENDPOINT",
                    help="publish detections on a ZeroMQ PUB socket (default endpoint tcp://127.0.0.1:5556)")
-    p.add_argument("--model", metavar="NAME", help="model from the registry (see `streamseg models`)")
+    p.add_argument("--model", metavar="NAME",
+                   help=f"model from the registry (see `streamseg models`; default {default('model.name')})")
     p.add_argument("--weights", metavar="FILE", help="local weights file (state_dict or torchvision checkpoint)")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--score-thresh", type=float, metavar="P", help="drop instances scoring below P (default 0.5)")
-    p.add_argument("--mask-thresh", type=float, metavar="P", help="mask pixel probability threshold (default 0.5)")
-    p.add_argument("--max-batch", type=int, metavar="N", help="most frames per inference batch (default 4)")
-    p.add_argument("--config", action="append", default=[], metavar="YAML",
-                   help="config file (configs/, pipelines/); may be given more than once, later wins")
+    p.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default {default('model.device')})")
+    p.add_argument("--score-thresh", type=float, metavar="P",
+                   help=f"drop instances scoring below P (default {default('model.score_thresh')})")
+    p.add_argument("--mask-thresh", type=float, metavar="P",
+                   help=f"mask pixel probability threshold (default {default('model.mask_thresh')})")
+    p.add_argument("--max-batch", type=int, metavar="N",
+                   help=f"most frames per inference batch (default {default('batch.max_batch')})")
+    p.add_argument("--config", action="append", default=[], metavar="FILE|NAME",
+                   help="a YAML config file, or the name of a preset the package holds "
+                        f"({', '.join(presets())}: the repository's configs/ and pipelines/); "
+                        "may be given more than once, later wins")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set batch.max_wait_ms=20 (applied last)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
@@ -77,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     layer = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
     config = load_config(args.config, [layer], args.sets)
     logging.getLogger().setLevel(config.runtime.log_level.upper())
-    summary = run_config(config)
+    summary = run_config(config, started=args.started)
     if not config.runtime.quiet:
         print(summary.table(), file=sys.stderr)
         for kind, path in summary.outputs.items():
@@ -125,7 +134,7 @@ def _add_synth(sub: Any) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .synth import write_video
+    from .tools.synth import write_video
 
     if args.frames < 1:
         raise ConfigError("--frames must be at least 1")
@@ -151,7 +160,7 @@ def _add_train(sub: Any) -> None:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from .train import train
+    from .tools.train import train
 
     logging.getLogger("streamseg").setLevel(logging.INFO)
     if args.iters < 1 or args.batch < 1 or args.eval_frames < 1:
@@ -174,7 +183,7 @@ def _add_eval(sub: Any) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluate import evaluate, load_ground_truth, read_predictions
+    from .tools.evaluate import evaluate, load_ground_truth, read_predictions
 
     stats = evaluate(read_predictions(args.predictions), load_ground_truth(args.ground_truth), args.kpt_sigma)
     print(" ".join(f"{task} AP {values['AP']:.3f}" for task, values in stats.items()))
@@ -198,10 +207,10 @@ def _add_demo(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import os
 
-    from .evaluate import evaluate, load_ground_truth, read_predictions
     from .pipeline import run
-    from .synth import write_video
-    from .train import TRAIN_SEED_FLOOR
+    from .tools.evaluate import evaluate, load_ground_truth, read_predictions
+    from .tools.synth import write_video
+    from .tools.train import TRAIN_SEED_FLOOR
 
     if args.seed >= TRAIN_SEED_FLOOR:
         raise ConfigError(f"--seed must be below {TRAIN_SEED_FLOOR}: higher seeds are training scenes")
@@ -214,13 +223,15 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"streamseg demo: running the pipeline with {args.model}", file=sys.stderr)
     summary = run(clip, video, masks=masks, model__name=args.model, model__weights=args.weights,
                   runtime__quiet=args.quiet or not sys.stderr.isatty())
+    wall_s = time.monotonic() - args.started
     if not args.quiet:
         print(summary.table(), file=sys.stderr)
     stats = evaluate(read_predictions(masks), load_ground_truth(gt_path), verbose=False)
     kp = stats.get("keypoints", {}).get("AP")
     print(f"mask AP {stats['segm']['AP']:.3f}  mask AP50 {stats['segm']['AP50']:.3f}  "
           f"box AP {stats['bbox']['AP']:.3f}  keypoint AP {'n/a' if kp is None else f'{kp:.3f}'}  "
-          f"{summary.fps:.1f} fps end to end ({summary.frames} frames, {summary.wall_s:.1f} s with start-up)")
+          f"{summary.frames / wall_s:.1f} fps end to end ({summary.frames} frames in {wall_s:.1f} s, clip "
+          f"generation and start-up included); {summary.fps:.1f} fps after start-up")
     print(f"wrote {video}, {masks}, {clip}, {gt_path}")
     return 0
 
@@ -332,10 +343,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (Linux: from ``/proc``, to 10 ms;
+    elsewhere: now), so that end-to-end times include the interpreter's and the CLI's own start."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22: starttime, after the comm
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(0.0, age)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: returns the exit code. Errors are one line on stderr, never a traceback."""
+    """Entry point: returns the exit code. Errors are one line on stderr, never a traceback.
+
+    Times in the summary count from the process's start (from the call, when ``argv`` is given)."""
+    started = process_started() if argv is None else time.monotonic()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = started
     logging.basicConfig(level=logging.WARNING, format="streamseg: %(levelname)s %(message)s")
     handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval,
                 "subscribe": _subscribe, "keys": _keys, "worker": _worker, "models": _models}

@@ -23,9 +23,9 @@ import numpy as np
 import zmq
 
 from .errors import ConfigError
+from .formats.records import SCHEMA, VERSION
 from .masks import decode_rle
 from .security import curve_client
-from .stages.publish import SCHEMA, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Instance:
     keypoints: np.ndarray | None
     """``float32[K, 3]`` of ``[x, y, score]``, or None."""
     track_id: int | None = None
+    """Reserved for tracking, which streamseg does not do yet: None in every message today."""
 
 
 @dataclass(frozen=True)

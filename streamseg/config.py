@@ -3,7 +3,14 @@
 Loading order (last wins): the dataclass defaults below, then each ``--config`` YAML file (which
 may name ``_base_: other.yaml``, resolved relative to itself, detectron2-style), then the CLI's
 own flags, then ``--set section.key=value`` overrides. Unknown keys are errors that name the key.
-The result is frozen: stages receive it as plain dicts and cannot change it.
+A ``--config`` that is not a file may be a preset's name (``coco``, ``rtsp_to_publish``): the YAML
+files of ``configs/`` and ``pipelines/`` travel in the package, in ``streamseg/presets/`` (:func:`presets`).
+The result is frozen. Each stage is given its own section (the table of stages,
+:data:`streamseg.stages.STAGES`, names which): the dataclass itself crosses ``spawn`` to the worker, and becomes JSON (:func:`section_from_dict`
+reads it back) for a worker on another host. Every default of every key lives here, and only here:
+the CLI's help texts, the stages and the runtime read them from these classes.
+
+This module imports nothing from the rest of streamseg but its errors, so that anything may import it.
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .remote import REMOTE_STAGES
-from .stages.batch import LIVE_POLICIES
+
+LIVE_POLICIES = ("latest", "drop_oldest", "drop_newest", "block")
+"""The values of ``batch.live_policy`` (:mod:`streamseg.stages.batch` says what each does)."""
+REMOTE_STAGES = ("infer", "render", "encode", "masks")
+"""Stages ``transport.remote`` may name: each of their links has its other end on the supervisor's host."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,10 @@ class ModelConfig:
     """Seed for models built without weights (the random-init test model)."""
     max_fps: float = 0.0
     """Run inference at most this many frames a second (to share a GPU, or to try live behaviour); 0: no limit."""
+
+    def worker_threads(self, cores: int) -> int:
+        """The torch threads of an inference worker on ``cores`` cores: ``torch_threads``, 0 resolved."""
+        return self.torch_threads or max(1, cores - 1)
 
 
 @dataclass(frozen=True)
@@ -254,8 +268,25 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain nested dict (what travels to the workers)."""
+        """A plain nested dict (YAML- and JSON-ready)."""
         return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {"input": InputConfig, "batch": BatchConfig, "model": ModelConfig,
+                             "render": RenderConfig, "encode": EncodeConfig, "output": OutputConfig,
+                             "transport": TransportConfig, "runtime": RuntimeConfig}
+"""Config section name -> its class."""
+
+
+def default(key: str) -> Any:
+    """The default of ``section.key`` (for help texts: the value is written only in the classes above)."""
+    section, _, name = key.partition(".")
+    return getattr(SECTIONS[section](), name)
+
+
+def section_from_dict(section: str, data: dict[str, Any]) -> Any:
+    """A section rebuilt from its JSON form (``dataclasses.asdict``), types checked as for YAML."""
+    return _merge(SECTIONS[section](), data, f"{section}.")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -311,6 +342,51 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+"""The packaged presets: ``configs/`` and ``pipelines/`` (the repository's top-level folders link here)."""
+PRESET_FOLDERS = ("configs", "pipelines")
+"""The folders of :data:`PRESETS_DIR`, in the order names are looked up."""
+
+
+def _preset_files(root: Path = PRESETS_DIR) -> dict[str, list[Path]]:
+    """Preset name (a file's name without ``.yaml``) -> the files of that name, configs first."""
+    found: dict[str, list[Path]] = {}
+    for folder in PRESET_FOLDERS:
+        for file in sorted((root / folder).glob("*.yaml")):
+            found.setdefault(file.stem, []).append(file)
+    return found
+
+
+def presets() -> dict[str, Path]:
+    """The presets ``--config`` takes by name, name -> file: ``configs/`` first, then ``pipelines/``.
+
+    A name both folders hold is left out (it must be given as a path); :func:`load_config` says so.
+    """
+    return {name: files[0] for name, files in _preset_files().items() if len(files) == 1}
+
+
+def _config_path(file: str | os.PathLike[str], root: Path = PRESETS_DIR) -> Path:
+    """The file a ``--config`` names: an existing file as given, else a bare name's packaged preset."""
+    text = os.fspath(file)
+    path = Path(text)
+    if path.is_file():
+        return path
+    found = _preset_files(root)
+    names = ", ".join(name for name, files in found.items() if len(files) == 1) or "none"
+    if any(sep in text for sep in ("/", os.sep, os.altsep) if sep):
+        hint = (f"the packaged preset of that name: --config {path.stem}" if len(found.get(path.stem, ())) == 1
+                else f"presets: {names}")
+        raise ConfigError(f"config file not found: {os.path.abspath(text)} ({hint})")
+    name = text.removesuffix(".yaml")
+    files = found.get(name, [])
+    if len(files) > 1:
+        raise ConfigError(f"preset name '{name}' is ambiguous: both {' and '.join(str(f) for f in files)}; "
+                          f"give the file's path")
+    if not files:
+        raise ConfigError(f"config '{text}' is neither a file nor a preset name (presets: {names})")
+    return files[0]
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     """The mappings of ``path`` and its ``_base_`` chain, base first."""
     path = path.resolve()
@@ -350,11 +426,12 @@ def parse_override(text: str) -> dict[str, Any]:
 def load_config(files: typing.Sequence[str | os.PathLike[str]] = (),
                 overrides: typing.Sequence[dict[str, Any]] = (),
                 sets: typing.Sequence[str] = ()) -> Config:
-    """Build a validated :class:`Config` from YAML files, then dict overrides, then ``--set`` strings."""
+    """Build a validated :class:`Config` from YAML files or preset names (:func:`presets`), then dict
+    overrides, then ``--set`` strings."""
     config = Config()
     layers: list[dict[str, Any]] = []
     for file in files:
-        layers.extend(_read_yaml(Path(file)))
+        layers.extend(_read_yaml(_config_path(file)))
     layers.extend(overrides)
     layers.extend(parse_override(s) for s in sets)
     for layer in layers:
@@ -399,8 +476,9 @@ def validate(config: Config) -> None:
         (config.transport.endpoints in ("ipc", "tcp"), "transport.endpoints must be ipc or tcp"),
         (not config.transport.remote or config.transport.endpoints == "tcp",
          "stages on other hosts (transport.remote) need transport.endpoints: tcp"),
-        (set(config.transport.remote) <= set(REMOTE_STAGES),
-         f"transport.remote may name {', '.join(REMOTE_STAGES)}, got {', '.join(config.transport.remote)}"),
+        (all(name.partition("-")[0] in REMOTE_STAGES for name in config.transport.remote),
+         f"transport.remote may name {', '.join(REMOTE_STAGES)} (render-0, render-1... with several render "
+         f"workers), got {', '.join(config.transport.remote)}"),
         (0 <= config.transport.base_port < 65000 and 0 < config.transport.join_port < 65536,
          "transport.base_port and transport.join_port must be tcp port numbers"),
         (config.runtime.heartbeat_timeout_s >= 1.0, "runtime.heartbeat_timeout_s must be at least 1 s"),

@@ -2,7 +2,7 @@
 
 Mask R-CNN predicts each instance's mask as an ``M x M`` grid of probabilities inside its box;
 :func:`paste_masks` scales all of them to their boxes in the frame and thresholds them at once,
-working only on each instance's region (as :class:`~streamseg.messages.MaskRegions`), never on
+working only on each instance's region (as :class:`~streamseg.runtime.messages.MaskRegions`), never on
 ``N`` full frames. It computes what torchvision's ``paste_masks_in_image`` computes (the same
 box expansion, integer boxes and bilinear weights, rounded as its CPU kernel rounds them), so
 the thresholded masks are the same. :func:`rle_counts` turns regions into COCO compressed RLE
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .messages import MaskRegions
+from .runtime.messages import MaskRegions
 
 CHUNK_PIXELS = 1 << 20
 """Instances are pasted in groups of similar size, each at most about this many padded pixels."""

@@ -6,7 +6,7 @@
 
 The supervisor (``transport.remote`` names the stages that run elsewhere) binds a ROUTER at
 ``transport.join_port``; a worker's DEALER sends ``JOIN`` with the stages it will take, and gets
-``SPEC`` (the :class:`~streamseg.worker.WorkerSpec` as JSON: plain data, never pickle) for a stage
+``SPEC`` (the :class:`~streamseg.runtime.spec.WorkerSpec` as JSON: plain data, never pickle) for a stage
 nobody runs, or ``WAIT``. While it runs the stage the supervisor sends ``PING`` every second; a
 worker that hears none for ``heartbeat_timeout_s`` takes the supervisor for gone and stops, and
 one told ``STOP`` (the run ended, or it was taken for dead and replaced) stops too. The worker's
@@ -28,11 +28,14 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from .errors import ConfigError, StreamsegError
+from .runtime.process import run_spec
+from .runtime.spec import spec_from_json
 from .security import TransportCurve
 
 log = logging.getLogger(__name__)
@@ -40,27 +43,20 @@ log = logging.getLogger(__name__)
 JOIN, SPEC, WAIT, PING, STOP = b"JOIN", b"SPEC", b"WAIT", b"PING", b"STOP"
 PROTOCOL = 1
 PING_EVERY_S = 1.0
-REMOTE_STAGES = ("infer", "render", "encode", "masks")
-"""Stages that may run on another host (each of their links has its other end on the supervisor's host)."""
+@dataclass(frozen=True)
+class RemoteStages:
+    """Stages that run on other hosts (``streamseg worker``), and where those workers join."""
 
+    stages: frozenset[str]
+    join: str
+    """The supervisor's join endpoint (bound here)."""
+    events_bind: str
+    """Where the supervisor's events socket also binds, for workers on other hosts."""
+    events: str
+    """The same, as workers on other hosts reach it."""
+    curve: dict[str, Any] | None = None
+    """The transport's CURVE settings on this host (:class:`~streamseg.security.TransportCurve`)."""
 
-def spec_to_json(spec: Any) -> bytes:
-    return json.dumps(dataclasses.asdict(spec)).encode()
-
-
-def spec_from_json(raw: bytes) -> Any:
-    """A WorkerSpec from the supervisor's answer; a wrong or foreign answer is a ConfigError."""
-    from .worker import WorkerSpec
-
-    try:
-        data = json.loads(raw)
-        fields = {f.name for f in dataclasses.fields(WorkerSpec)}
-        if not isinstance(data, dict) or set(data) - fields:
-            raise ValueError(f"unknown fields {sorted(set(data) - fields) if isinstance(data, dict) else data!r}")
-        data["inputs"] = tuple(data.get("inputs", ()))
-        return WorkerSpec(**data)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"the supervisor sent a spec this worker cannot read: {exc}") from None
 
 
 class JoinServer:
@@ -119,8 +115,6 @@ def serve(join: str, stages: tuple[str, ...] = (), curve: TransportCurve | None 
     """Run one stage for the supervisor at ``join``; returns the worker's exit code.
 
     Asks for a stage every second until one is given or ``wait_s`` passes."""
-    from .worker import run_spec
-
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)  # join: to the supervisor's join ROUTER
     sock.setsockopt(zmq.LINGER, 0)

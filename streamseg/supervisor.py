@@ -13,7 +13,7 @@ Failure policy (:class:`RestartPolicy`, set by the ``runtime`` config keys):
   ``stage_timeout_s`` in one stage call, or reports an error it marks restartable (a CUDA error)
   is killed and replaced by a new process of the same stage, up to ``max_restarts`` times per
   stage. Its upstream sends the new one everything the old one had not finished
-  (:mod:`streamseg.link`), so a file run still gives every frame once, in order. Each restart is
+  (:mod:`streamseg.runtime.link`), so a file run still gives every frame once, in order. Each restart is
   logged, reported as a ``restart`` event and counted in the summary;
 - a worker that reports an error (bad input, missing model, unwritable output, a bug), or fails
   once more after its restarts, fails the run: the others get SIGTERM (each finishes its outputs
@@ -36,128 +36,36 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
 
-from . import shm
-from .errors import Interrupted, StageError, exit_code_for
-from .remote import SPEC, STOP, WAIT, JoinServer, spec_to_json
+from .errors import Interrupted, StageError
+from .health import DONE_EXIT_S, Failure, RestartPolicy, WorkerState, diagnose, overdue
+from .remote import SPEC, STOP, WAIT, JoinServer, RemoteStages
+from .runtime import shm
+from .runtime.process import worker_main
+from .runtime.spec import (
+    DRAIN_SIGNAL,
+    JOB_SIGNALS,
+    START_SIGNAL,
+    WorkerSpec,
+    spec_to_json,
+)
 from .security import TransportCurve
-from .worker import DRAIN_SIGNAL, JOB_SIGNALS, START_SIGNAL, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
-
-DONE_EXIT_S = 30.0
-"""How long a worker that said ``done`` may take to exit (its last acknowledgements going out)
-before it is killed."""
-EXIT_EVENT_GRACE_S = 1.0
-"""How long a worker that exited is given for its last event to arrive before its exit counts
-as a failure without an explanation."""
-SUMMED = ("busy_s", "blocked_s", "cpu_s", "received", "sent", "rejected")
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """When the supervisor replaces a worker: the ``runtime`` config keys of the same names
-    (:class:`~streamseg.config.RuntimeConfig` documents them and holds their defaults)."""
-
-    max_restarts: int
-    heartbeat_timeout_s: float
-    stage_timeout_s: float
-    remote_wait_s: float
-
-    @classmethod
-    def of(cls, runtime: Any) -> RestartPolicy:
-        """The policy a :class:`~streamseg.config.RuntimeConfig` sets."""
-        return cls(runtime.max_restarts, runtime.heartbeat_timeout_s, runtime.stage_timeout_s, runtime.remote_wait_s)
-
-
-@dataclass(frozen=True)
-class RemoteStages:
-    """Stages that run on other hosts (``streamseg worker``), and where those workers join."""
-
-    stages: frozenset[str]
-    join: str
-    """The supervisor's join endpoint (bound here)."""
-    events_bind: str
-    """Where the supervisor's events socket also binds, for workers on other hosts."""
-    events: str
-    """The same, as workers on other hosts reach it."""
-    curve: dict[str, Any] | None = None
-    """The transport's CURVE settings on this host (:class:`~streamseg.security.TransportCurve`)."""
-
-
-@dataclass
-class WorkerState:
-    """What the supervisor knows of one stage's worker (the current process, and those it replaced)."""
-
-    spec: WorkerSpec
-    process: Any
-    remote: bool = False
-    """Runs on another host: no process here, only its heartbeats and events."""
-    holder: bytes | None = None
-    """The remote worker running it now (its address on the join socket); None: waiting for one."""
-    host: str = ""
-    instance: str = ""
-    vacant_since: float = 0.0
-    pending: WorkerSpec | None = None
-    """The spec a joining remote worker gets."""
-    ready: bool = False
-    done: bool = False
-    started: bool = False
-    """Whether the start signal was sent (sources)."""
-    stats: dict[str, Any] = field(default_factory=dict)
-    error: tuple[str, str, bool] | None = None
-    """(error type, message, restartable) of a reported error."""
-    exit_seen: float | None = None
-    """When the supervisor first saw the process gone without its final event."""
-    last_beat: float | None = None
-    """When its last heartbeat arrived (monotonic); None before the first."""
-    busy_s: float = 0.0
-    """How long its current stage call had run at the last heartbeat."""
-    spawned_at: float = 0.0
-    done_at: float | None = None
-    restarts: list[str] = field(default_factory=list)
-    """Why each earlier process was replaced."""
-    past: list[dict[str, Any]] = field(default_factory=list)
-    """The last stats of each replaced process."""
-    checkpoint: dict[str, Any] = field(default_factory=dict)
-    """The last ``checkpoint`` event of the stage, handed to a replacement."""
-
-    def alive(self) -> bool:
-        if self.remote:
-            return self.holder is not None and not self.done
-        return self.process is not None and self.process.is_alive()
-
-    def merged_stats(self) -> dict[str, Any]:
-        """Stats over every process of the stage: times and work counters add up; counters the stage
-        names ``totals`` (what its outputs hold) are the last process's."""
-        merged = dict(self.stats)
-        totals = set(self.stats.get("totals", ()))
-        counters = dict(self.stats.get("counters", {}))
-        for past in self.past:
-            for key in SUMMED:
-                merged[key] = round(merged.get(key, 0) + past.get(key, 0), 4)
-            for key, value in past.get("counters", {}).items():
-                if key not in totals and isinstance(value, (int, float)):
-                    counters[key] = counters.get(key, 0) + value
-        if self.restarts:
-            counters["restarts"] = len(self.restarts)
-        merged["counters"] = counters
-        merged["restarts"] = list(self.restarts)
-        return merged
-
 
 class Supervisor:
     """Runs a set of workers to completion. ``on_event(event_dict)`` sees every worker event."""
 
     def __init__(self, specs: list[WorkerSpec], events_endpoint: str, sources: set[str],
-                 stop_timeout_s: float = 20.0, kill_timeout_s: float = 3.0, start_timeout_s: float = 120.0,
+                 stop_timeout_s: float, kill_timeout_s: float, start_timeout_s: float,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  policy: RestartPolicy | None = None, remote: RemoteStages | None = None,
                  shm_run: str = "") -> None:
+        """``stop_timeout_s``, ``kill_timeout_s``, ``start_timeout_s`` and ``policy``: the ``runtime``
+        config keys of those names (:class:`~streamseg.config.RuntimeConfig`)."""
         self.specs = specs
         self.shm_run = shm_run
         """Names this run's shared memory (``sseg-RUN-...``); empty: the workers use none."""
@@ -263,6 +171,11 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         worker.process = process
+        if spec.nice:  # from here, before the child's own imports: at start-up the model's come first
+            try:
+                os.setpriority(os.PRIO_PROCESS, process.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + spec.nice))
+            except OSError:
+                pass  # it has exited already: its exit code tells
 
     def _shm_prefix(self, worker: WorkerState) -> str:
         return f"sseg-{self.shm_run}-{worker.instance[:12]}" if self.shm_run and not worker.remote else ""
@@ -282,7 +195,7 @@ class Supervisor:
                 self._serve_joins()
             failure = self._failure()
             if failure is not None:
-                self._recover(*failure)
+                self._recover(failure)
             all_ready = all_ready or all(w.ready for w in self.workers.values())
             if all_ready:  # every stage is listening: the sources may start (a replaced one when it is ready)
                 for name in self.sources:
@@ -317,7 +230,7 @@ class Supervisor:
         for who, request in self.join.requests():
             wanted = request.get("stages") or None
             vacant = [w for w in self.workers.values() if w.remote and w.holder is None and not w.done
-                      and (wanted is None or w.spec.name in wanted)]
+                      and (wanted is None or w.spec.name in wanted or w.spec.name.partition("-")[0] in wanted)]
             if not vacant:
                 self.join.send(who, WAIT, {"why": "no stage of this run is waiting for a worker"})
                 continue
@@ -361,78 +274,21 @@ class Supervisor:
             self.warnings.append(f"{event.get('stage')}: {event.get('message')}")
         self.on_event(event)
 
-    def _failure(self) -> tuple[str, str, int, bool] | None:
-        """(stage, cause, exit code, whether a new process may fix it) of the first failed worker."""
+    def _failure(self) -> Failure | None:
+        """The first failed worker, if any; a worker that finished but does not exit is killed."""
         now = time.monotonic()
-        for name, w in self.workers.items():
-            if w.error is not None:
-                return name, w.error[1], exit_code_for(w.error[0]), w.error[2]
-            if w.remote:
-                failure = self._remote_failure(w, now)
-                if failure is not None:
-                    return name, *failure
-                continue
-            code = w.process.exitcode
-            if code is None and w.done:
-                if w.done_at is not None and now - w.done_at > DONE_EXIT_S:
-                    log.warning("%s: finished but did not exit within %g s; killing it", name, DONE_EXIT_S)
-                    w.process.kill()
-                continue
-            if code is None:
-                if w.last_beat is None and now - w.spawned_at > self.start_timeout_s:
-                    return name, f"did not start within {self.start_timeout_s:g} s", 1, False
-                failure = self._silence(w, now, "")
-                if failure is not None:
-                    return name, *failure
-                continue
-            if code == 0 and w.done:
-                continue
-            if code >= 0:  # it exited by itself: its last event (done or error) may still be on its way
-                if w.exit_seen is None:
-                    w.exit_seen = now
-                if now - w.exit_seen < EXIT_EVENT_GRACE_S:
-                    continue
-            if code < 0:
-                try:
-                    why = f"worker process died ({signal.Signals(-code).name})"
-                except ValueError:
-                    why = f"worker process died (signal {-code})"
-            elif code == 0:
-                why = "worker process exited before finishing"
-            else:
-                why = f"worker process exited with code {code}"
-            return name, why, 1, True
-        return None
+        for w in overdue(self.workers.values(), now):
+            log.warning("%s: finished but did not exit within %g s; killing it", w.spec.name, DONE_EXIT_S)
+            w.process.kill()
+        return diagnose(self.workers.values(), self.policy, self.start_timeout_s, now)
 
-    def _remote_failure(self, w: WorkerState, now: float) -> tuple[str, int, bool] | None:
-        if w.done:
-            return None
-        if w.holder is None:
-            if now - w.vacant_since > self.policy.remote_wait_s:
-                return (f"no worker joined to run it within {self.policy.remote_wait_s:g} s (start one on another "
-                        f"host: streamseg worker tcp://THIS-HOST:PORT)", 1, False)
-            return None
-        if w.last_beat is None and now - w.spawned_at > self.start_timeout_s:
-            return f"the worker on {w.host} did not start within {self.start_timeout_s:g} s", 1, True
-        return self._silence(w, now, f"the worker on {w.host} ")
-
-    def _silence(self, w: WorkerState, now: float, who: str) -> tuple[str, int, bool] | None:
-        """A started worker that stopped beating (stopped, wedged, or its host gone), or is stuck in one call."""
-        if w.last_beat is None:
-            return None
-        if now - w.last_beat > self.policy.heartbeat_timeout_s:
-            return f"{who}stopped responding (no heartbeat for {now - w.last_beat:.1f} s)", 1, True
-        if self.policy.stage_timeout_s and w.busy_s > self.policy.stage_timeout_s:
-            return f"{who}hung in one stage call for {w.busy_s:.0f} s", 1, True
-        return None
-
-    def _recover(self, stage: str, cause: str, exit_code: int, restartable: bool) -> None:
+    def _recover(self, failure: Failure) -> None:
         """Replace the failed worker if the policy allows; otherwise fail the run."""
+        stage, cause = failure.stage, failure.cause
         worker = self.workers[stage]
-        if not restartable or len(worker.restarts) >= self.policy.max_restarts:
-            if restartable and self.policy.max_restarts:
-                cause = f"{cause} (after {len(worker.restarts)} restarts)"
-            self._abort(stage, cause, exit_code)
+        replace, why = self.policy.decide(failure, len(worker.restarts))
+        if not replace:
+            self._abort(stage, why, failure.exit_code)
         if worker.remote:
             if worker.holder is not None and self.join is not None:
                 self.former[worker.instance] = worker.holder

@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 import zmq
 
-from streamseg import codec
 from streamseg.errors import MessageError
-from streamseg.messages import Batch, Detections, EndOfStream, Frame, FrameResult, MaskRegions, StreamStart
+from streamseg.runtime import codec
+from streamseg.runtime.messages import (
+    Batch,
+    Detections,
+    EndOfStream,
+    Frame,
+    FrameResult,
+    MaskRegions,
+    StreamStart,
+)
 
 TB = Fraction(1, 30000)
 

@@ -1,12 +1,27 @@
-"""Config: defaults, YAML inheritance, overrides, and errors that name the bad key."""
+"""Config: defaults, YAML inheritance, overrides, errors that name the bad key, presets by name (also from a wheel)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from streamseg.config import Config, load_config, parse_override
+from streamseg.config import (
+    PRESETS_DIR,
+    Config,
+    _config_path,
+    load_config,
+    parse_override,
+    presets,
+)
 from streamseg.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,4 +72,109 @@ def test_parse_override_reads_yaml_values() -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "pipelines").glob("*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_yaml_files_load(path: Path) -> None:
-    load_config([path])
+    config = load_config([path])
+    # every key the file (and its _base_ chain) sets is in the config, as written there
+    layers, at = [], path
+    while at is not None:
+        data = yaml.safe_load(at.read_text()) or {}
+        base = data.pop("_base_", None)
+        layers.insert(0, data)
+        at = (at.parent / base) if base else None
+    written = {(section, key): value for layer in layers for section, keys in layer.items()
+               for key, value in keys.items()}
+    assert written, f"{path} sets nothing"
+    for (section, key), value in written.items():
+        got = getattr(getattr(config, section), key)
+        assert got == (tuple(value) if isinstance(value, list) else value), f"{section}.{key}"
+    assert config != Config()
+
+
+# Presets by name: the YAML files of configs/ and pipelines/ travel in the package (streamseg/presets/).
+
+SHIPPED = {p.stem: p for folder in ("configs", "pipelines") for p in sorted((ROOT / folder).glob("*.yaml"))}
+
+
+def test_repository_folders_are_the_packaged_presets() -> None:
+    assert (ROOT / "configs").resolve() == PRESETS_DIR / "configs"
+    assert (ROOT / "pipelines").resolve() == PRESETS_DIR / "pipelines"
+    assert sorted(presets()) == sorted(SHIPPED) and len(SHIPPED) == 7
+    assert all(path.is_file() and path.parent.parent == PRESETS_DIR for path in presets().values())
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_preset_by_name_is_its_file(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ or pipelines/ here, as after a pip install
+    from_file = load_config([SHIPPED[name]])
+    assert from_file != Config()
+    assert load_config([name]) == from_file
+    assert load_config([f"{name}.yaml"]) == from_file
+
+
+def test_unknown_preset_lists_the_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="neither a file nor a preset name") as info:
+        load_config(["cocoa"])
+    assert all(name in str(info.value) for name in SHIPPED)
+    # a checkout's path given outside a checkout points to the name
+    with pytest.raises(ConfigError, match="not found.*--config coco"):
+        load_config(["configs/coco.yaml"])
+    with pytest.raises(ConfigError, match="not found.*presets: coco, cpu"):
+        load_config(["configs/nothing.yaml"])
+
+
+def test_existing_file_wins_over_a_preset_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "coco.yaml").write_text("model:\n  name: mine\n")
+    assert load_config(["coco.yaml"]).model.name == "mine"
+    assert load_config(["coco"]).model.name == "maskrcnn_resnet50_fpn_v2"
+
+
+def test_a_name_in_both_folders_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "presets"
+    for rel in ("configs/twice.yaml", "pipelines/twice.yaml", "configs/once.yaml"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("batch:\n  max_batch: 2\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="ambiguous") as info:
+        _config_path("twice", root)
+    assert str(root / "configs/twice.yaml") in str(info.value) and str(root / "pipelines/twice.yaml") in str(info.value)
+    assert _config_path("once", root) == root / "configs/once.yaml"
+    with pytest.raises(ConfigError, match=r"\(presets: once\)"):
+        _config_path("thrice", root)
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_presets(tmp_path: Path) -> None:
+    """A real wheel, built from the package alone (no top-level folders), unzipped, then loaded by name
+    in a fresh interpreter from another folder, without site-packages (where an editable install points
+    to the checkout)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "streamseg", src / "streamseg", ignore=shutil.ignore_patterns("__pycache__"))
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                    "--no-index", "--disable-pip-version-check", "-q", "-w", str(dist)],
+                   check=True, cwd=tmp_path, timeout=120)
+    (wheel,) = dist.glob("streamseg-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        members = {info.filename: info for info in archive.infolist()}
+        for path in SHIPPED.values():
+            info = members[f"streamseg/presets/{path.parent.name}/{path.name}"]
+            assert stat.S_ISREG(info.external_attr >> 16) and archive.read(info) == path.read_bytes()
+        archive.extractall(tmp_path / "site")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import json, streamseg.config as c; print(json.dumps({'file': c.__file__, 'presets': sorted(c.presets()),"
+            " 'configs': {n: c.load_config([n]).to_dict() for n in ('coco', 'rtsp_to_publish', 'file_to_video.yaml')}}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), str(Path(yaml.__file__).parent.parent)])
+    out = subprocess.run([sys.executable, "-S", "-c", code], check=True, cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=60)
+    result = json.loads(out.stdout)
+    assert Path(result["file"]) == tmp_path / "site" / "streamseg" / "config.py"
+    assert result["presets"] == sorted(SHIPPED)
+    for name, config in result["configs"].items():
+        expected = load_config([SHIPPED[name.removesuffix(".yaml")]]).to_dict()
+        assert config == json.loads(json.dumps(expected))

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TEST_MODEL, TEST_SCORE_THRESH, read_jsonl
+
+from streamseg.config import ModelConfig
 from streamseg.errors import ConfigError
-from streamseg.stages.infer import Predictor, resolve_device
+from streamseg.models.predictor import Predictor, resolve_device
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -32,8 +33,8 @@ def test_asking_for_cuda_without_it_is_a_clear_error() -> None:
 @pytest.mark.cuda
 def test_cuda_fp32_matches_cpu() -> None:
     frames = _frames()
-    cpu = Predictor("tiny-random", device="cpu", score_thresh=TEST_SCORE_THRESH)(frames)
-    gpu = Predictor("tiny-random", device="cuda", score_thresh=TEST_SCORE_THRESH, fp16=False)(frames)
+    cpu = Predictor(ModelConfig(name="tiny-random", device="cpu", score_thresh=TEST_SCORE_THRESH))(frames)
+    gpu = Predictor(ModelConfig(name="tiny-random", device="cuda", score_thresh=TEST_SCORE_THRESH, fp16=False))(frames)
     for a, b in zip(cpu, gpu):
         assert len(a) == len(b)
         np.testing.assert_allclose(np.sort(a.scores), np.sort(b.scores), atol=1e-3)
@@ -42,7 +43,7 @@ def test_cuda_fp32_matches_cpu() -> None:
 @cuda
 @pytest.mark.cuda
 def test_cuda_fp16_runs_batched_and_gives_sane_outputs() -> None:
-    out = Predictor("tiny-random", device="cuda", score_thresh=0.0, fp16=True)(_frames(8))
+    out = Predictor(ModelConfig(name="tiny-random", device="cuda", score_thresh=0.0, fp16=True))(_frames(8))
     assert len(out) == 8
     for det in out:
         assert det.boxes.dtype == np.float32 and det.masks is not None and (det.masks.height, det.masks.width) == (242, 322)
@@ -61,18 +62,19 @@ def _decoded(clip: Path, hwaccel: str) -> tuple[list[np.ndarray], list[str]]:
     """Frames of ``clip`` as the decoder opens it with ``hwaccel``, and the warnings it logged."""
     import logging
 
-    from streamseg.sources import OpenOptions, open_video
+    from streamseg.config import InputConfig
+    from streamseg.stages.readers import open_video
 
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("streamseg.sources").addHandler(handler)
+    logging.getLogger("streamseg.stages.readers").addHandler(handler)
     try:
-        container, stream = open_video(str(clip), OpenOptions(hwaccel=hwaccel))
+        container, stream = open_video(str(clip), InputConfig(hwaccel=hwaccel))
         with container:
             return [f.to_ndarray(format="rgb24") for f in container.decode(stream)], warnings
     finally:
-        logging.getLogger("streamseg.sources").removeHandler(handler)
+        logging.getLogger("streamseg.stages.readers").removeHandler(handler)
 
 
 def test_nvdec_decoding_falls_back_to_the_cpu_where_there_is_no_gpu(clip: Path) -> None:

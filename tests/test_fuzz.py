@@ -13,12 +13,20 @@ from typing import Any
 
 import numpy as np
 import zmq
-
 from conftest import read_jsonl
-from streamseg import codec
-from streamseg.messages import Detections, EndOfStream, FrameResult, MaskRegions, StreamStart
+
+from streamseg.config import InputConfig
 from streamseg.models import model_info
-from streamseg.worker import START_SIGNAL, WorkerSpec, worker_main
+from streamseg.runtime import codec
+from streamseg.runtime.messages import (
+    Detections,
+    EndOfStream,
+    FrameResult,
+    MaskRegions,
+    StreamStart,
+)
+from streamseg.runtime.process import worker_main
+from streamseg.runtime.spec import START_SIGNAL, WorkerSpec
 
 TB = Fraction(1, 30)
 H, W = 24, 32
@@ -75,6 +83,9 @@ class _Upstream:
 
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
+        # a ROUTER drops what it cannot queue: no limit here, or a worker slowed down by a loaded machine
+        # would "lose" messages that were never sent (the count of rejected ones below is exact)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.SNDTIMEO, 20_000)  # a worker that died stops reading: fail, never hang
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(endpoint)
@@ -126,7 +137,7 @@ def test_a_stage_survives_a_fuzzed_socket_and_still_processes_good_messages(tmp_
     events = ctx.socket(zmq.PULL)
     events.bind(f"ipc://{tmp_path}/events")
     peers = [_Upstream(ctx, f"ipc://{tmp_path}/{name}") for name in "ab"]  # one fuzzes, one sends too much
-    spec = WorkerSpec("masks", "streamseg.stages.maskwriter:MaskWriterStage",
+    spec = WorkerSpec("masks", "masks", None,
                       dict(path=str(tmp_path / "m.jsonl"), model_info=model_info("tiny-random").to_dict()),
                       events=f"ipc://{tmp_path}/events", inputs=tuple(f"ipc://{tmp_path}/{n}" for n in "ab"),
                       max_msg_bytes=1 << 20)
@@ -185,7 +196,7 @@ def test_a_sender_survives_hostile_control_messages_and_its_receiver_gets_everyt
     events = ctx.socket(zmq.PULL)
     events.bind(f"ipc://{tmp_path}/events")
     endpoint = f"ipc://{tmp_path}/frames"
-    spec = WorkerSpec("decode", "streamseg.stages.decode:DecodeStage", dict(path=str(clip)),
+    spec = WorkerSpec("decode", "decode", InputConfig(), dict(source=str(clip), stream_id="0"),
                       events=f"ipc://{tmp_path}/events", outputs={"frames": endpoint})
     worker = _spawn(spec)
     receiver = ctx.socket(zmq.DEALER)  # plays the batcher, by the rules

@@ -5,20 +5,28 @@ from __future__ import annotations
 import time
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import zmq
+from conftest import read_jsonl
 
-from conftest import make_clip, read_jsonl, read_video
-from streamseg import codec
-from streamseg.link import Inbox, Ledger, Outbox
-from streamseg.messages import Detections, EndOfStream, Frame, FrameResult, StreamStart
+from streamseg.config import InputConfig
 from streamseg.models import model_info
+from streamseg.runtime import codec
+from streamseg.runtime.ledger import Ledger
+from streamseg.runtime.link import Inbox, Outbox
+from streamseg.runtime.messages import (
+    Detections,
+    EndOfStream,
+    Frame,
+    FrameResult,
+    StreamStart,
+)
 from streamseg.stages import maskwriter
 from streamseg.stages.decode import DecodeStage
-from streamseg.stages.encode import EncodeStage, Journal
 from streamseg.stages.maskwriter import MaskWriterStage
 
 TB = Fraction(1, 30)
@@ -167,11 +175,11 @@ def _frames_of(stage: DecodeStage) -> list[Any]:
 
 
 def test_a_replacement_decoder_goes_on_after_the_newest_frame_downstream(clip: Path) -> None:
-    whole = DecodeStage(str(clip))
+    whole = DecodeStage(InputConfig(), str(clip), "0")
     whole.setup()
     frames = [m for m in _frames_of(whole) if isinstance(m, Frame)]
     whole.close()
-    replacement = DecodeStage(str(clip))
+    replacement = DecodeStage(InputConfig(), str(clip), "0")
     replacement.restarted, replacement.previous = True, {"cause": "worker process died (SIGSEGV)"}
     replacement.setup()
     replacement.resume({"0": (30, frames[30].pts)})
@@ -185,7 +193,7 @@ def test_a_replacement_decoder_goes_on_after_the_newest_frame_downstream(clip: P
 
 
 def test_a_decoder_that_fails_twice_at_the_same_frame_ends_the_stream_there(clip: Path) -> None:
-    stage = DecodeStage(str(clip))
+    stage = DecodeStage(InputConfig(), str(clip), "0")
     stage.restarted = True
     stage.previous = {"cause": "worker process died (SIGSEGV)", "resumed_at": 20}
     stage.setup()
@@ -195,44 +203,6 @@ def test_a_decoder_that_fails_twice_at_the_same_frame_ends_the_stream_there(clip
     assert [type(m).__name__ for m in out] == ["StreamStart", "EndOfStream"]
     end = out[-1]
     assert end.reason == "truncated" and end.frames == 21 and "failed twice at frame 21" in end.detail
-
-
-def _encode_frames(stage: EncodeStage, frames: list[Frame]) -> None:
-    for frame in frames:
-        stage.process(frame)
-
-
-def test_a_replacement_encoder_rebuilds_the_output_from_the_journal(tmp_path: Path) -> None:
-    clip = make_clip(tmp_path / "in.mp4", frames=60)
-    with __import__("av").open(str(clip)) as container:
-        stream = container.streams.video[0]
-        frames = [Frame("0", i, f.pts, Fraction(stream.time_base), f.to_ndarray(format="rgb24"))
-                  for i, f in enumerate(container.decode(stream))]
-    start = StreamStart("0", 322, 242, Fraction(30000, 1001), frames[0].time_base, 60, str(clip), False)
-    out = tmp_path / "out.mp4"
-    first = EncodeStage(str(out))
-    first.process(start)
-    _encode_frames(first, frames[:40])
-    held = first.holds()
-    assert held and min(i for _, i in held) > 0  # the encoder's delay: its latest frames are not written yet
-    saved = first.writers["0"].saved_pts
-    journal = Journal(str(out))
-    # what a crash here leaves on disk: the journal as it is now, with a torn last record, and an
-    # MP4 without its index (the first encoder is then finished, only to release its files)
-    on_disk = Path(journal.path).read_bytes() + b"P\x00\x01torn"
-    first.close()
-    Path(journal.path).write_bytes(on_disk)
-    out.write_bytes(out.read_bytes()[:2000])
-    second = EncodeStage(str(out))
-    second.restarted = True
-    second.process(start)
-    assert second.counters["frames"] == 40 - len(held)
-    _encode_frames(second, [f for f in frames if f.pts > saved])  # what upstream sends again, and the rest
-    second.flush(EndOfStream("0", 60))
-    second.close()
-    info = read_video(out)
-    assert info["frames"] == 60 and info["pts"] == [f.pts for f in frames]
-    assert not Path(journal.path).exists()
 
 
 def _result(i: int) -> FrameResult:
@@ -262,14 +232,21 @@ def test_a_replacement_mask_writer_cuts_a_torn_line_and_skips_what_the_file_hold
 
 
 def test_masks_reach_the_disk_every_few_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[float] = []
-    monkeypatch.setattr(maskwriter, "FSYNC_EVERY_S", 0.05)
-    monkeypatch.setattr(maskwriter.os, "fsync", lambda fd: synced.append(time.monotonic()))
-    stage = _mask_writer(tmp_path / "m.jsonl")
-    start = time.monotonic()
+    """Synced every FSYNC_EVERY_S of the stage's clock, at each stream's end and at close (the
+    clock is made up: the policy, not the machine's speed, is what is tested)."""
+    synced: list[tuple[float, int]] = []
+    clock = [100.0]
+    monkeypatch.setattr(maskwriter, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(maskwriter.os, "fsync", lambda fd: synced.append((clock[0], len(read_jsonl(path)))))
+    path = tmp_path / "m.jsonl"
+    stage = _mask_writer(path)
     for i in range(30):
+        clock[0] += 0.5  # a frame every half second
         stage.process(_result(i))
-        time.sleep(0.01)
+    assert [t for t, _ in synced] == [102.0 + 2.0 * k for k in range(7)]  # every 2 s: after frames 4, 8, ...
+    assert [lines for _, lines in synced] == [4 * (k + 1) for k in range(7)]  # each line written before its sync
     stage.flush(EndOfStream("s", 30))
-    assert len(synced) >= 5 and synced[0] - start < 0.1  # every 0.05 s of a 0.3 s run, and at the end
-    assert max(b - a for a, b in zip([start, *synced], synced)) < 0.1
+    assert synced[-1] == (115.0, 30)  # and the stream's end, whenever it comes
+    stage.close()
+    assert len(synced) == 9 and synced[-1] == (115.0, 30)  # and at close
+    assert maskwriter.FSYNC_EVERY_S == 2.0

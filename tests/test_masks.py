@@ -8,7 +8,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from streamseg.masks import encode_rle, paste_and_encode, paste_masks, rle_counts
-from streamseg.messages import MaskRegions
+from streamseg.runtime.messages import MaskRegions
 
 
 def _boxes(rng: np.random.Generator, n: int, height: int, width: int, largest: int) -> torch.Tensor:

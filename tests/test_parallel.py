@@ -16,12 +16,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import (
+    FULL_BATCHES,
+    TEST_MODEL,
+    assert_same_outputs,
+    decoded,
+    digest,
+    masks_lines,
+    read_jsonl,
+    shm_leftovers,
+    wait_for,
+    worker_pid,
+)
 
-from conftest import (TEST_MODEL, assert_same_outputs, decoded, digest, make_clip, masks_lines, read_jsonl,
-                      shm_leftovers, wait_for, worker_pid)
 from streamseg.errors import MessageError
-from streamseg.messages import EndOfStream, Frame, StreamStart
-from streamseg.reorder import Reorder
+from streamseg.runtime.messages import EndOfStream, Frame, StreamStart
+from streamseg.runtime.reorder import Reorder
 
 _IMAGE = np.zeros((2, 2, 3), np.uint8)
 
@@ -82,7 +92,7 @@ def test_reorder_trusts_a_frame_that_names_no_predecessor() -> None:
 
 
 def test_reorder_refuses_a_flood_of_frames_that_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("streamseg.reorder.MAX_WAITING", 3)
+    monkeypatch.setattr("streamseg.runtime.reorder.MAX_WAITING", 3)
     early: Reorder[None] = Reorder()
     _push_all(early, [_frame(i + 1, i) for i in range(3)])  # before the stream's start
     with pytest.raises(MessageError, match="wait for their turn"):
@@ -98,7 +108,7 @@ def _stage_frames(stderr: str, stage: str) -> dict[str, int]:
 
 
 def test_three_render_workers_give_the_outputs_of_one(cli, fault_clip: Path, undisturbed: dict[str, Any]) -> None:
-    result = cli.run("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL,
+    result = cli.run("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *FULL_BATCHES,
                      "--set", "render.workers=3")
     assert result.returncode == 0, result.stderr
     assert_same_outputs(cli.cwd, undisturbed)
@@ -108,40 +118,42 @@ def test_three_render_workers_give_the_outputs_of_one(cli, fault_clip: Path, und
     assert cli.leftovers() == []
 
 
-@pytest.mark.parametrize("stage", ["render-1", "infer"])
-def test_a_killed_worker_among_parallel_renderers_changes_nothing(cli, fault_clip: Path, stage: str,
-                                                                  undisturbed: dict[str, Any]) -> None:
-    proc = cli.start("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL,
+def test_killed_workers_among_parallel_renderers_change_nothing(cli, fault_clip: Path,
+                                                                undisturbed: dict[str, Any]) -> None:
+    # one of two renderers, then the model that feeds them both (a real SIGKILL each, in one run)
+    proc = cli.start("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *FULL_BATCHES,
                      "--set", "render.workers=2")
     try:
-        wait_for(lambda: masks_lines(cli.cwd / "m.jsonl") >= 50 or proc.poll() is not None, 120, "frame 50")
-        pid = worker_pid(cli.tag, stage)
-        assert proc.poll() is None and pid is not None
-        assert shm_leftovers(), "frames should travel in shared memory"  # removed at the end: leftovers()
-        os.kill(pid, signal.SIGKILL)
+        for count, stage in ((40, "render-1"), (90, "infer")):
+            wait_for(lambda n=count: masks_lines(cli.cwd / "m.jsonl") >= n or proc.poll() is not None, 120,
+                     f"frame {count}")
+            pid = worker_pid(cli.tag, stage)
+            assert proc.poll() is None and pid is not None, f"the run ended before frame {count}"
+            if stage == "render-1":
+                assert shm_leftovers(), "frames should travel in shared memory"  # removed at the end: leftovers()
+            os.kill(pid, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, stderr
-    assert f"restarted {stage} 1x: worker process died (SIGKILL)" in stderr
+    assert "restarted render-1 1x: worker process died (SIGKILL)" in stderr
+    assert "restarted infer 1x: worker process died (SIGKILL)" in stderr
     assert_same_outputs(cli.cwd, undisturbed)
     assert cli.leftovers() == []
 
 
-def test_two_encoders_write_two_streams_as_one_encoder_does(cli, tmp_path: Path) -> None:
-    clips = [make_clip(tmp_path / "a.mp4", frames=40, seed=1), make_clip(tmp_path / "b.mp4", frames=30, seed=2)]
-    outputs = {}
-    for workers in ("1", "2"):
-        result = cli.run("run", *map(str, clips), "--stream-id", "left", "--stream-id", "right",
-                         "-o", f"out{workers}.mp4", "--masks", f"m{workers}.jsonl",
-                         *TEST_MODEL, "--set", f"encode.workers={workers}", "--set", f"render.workers={workers}")
-        assert result.returncode == 0, result.stderr
-        outputs[workers] = {sid: digest(decoded(tmp_path / f"out{workers}-{sid}.mp4")) for sid in ("left", "right")}
-        if workers == "2":
-            assert sorted(_stage_frames(result.stderr, "encode").values()) == [30, 40]
-        assert "frames 70" in result.stderr
-    assert outputs["1"] == outputs["2"]
-    assert read_jsonl(tmp_path / "m1-right.jsonl") == read_jsonl(tmp_path / "m2-right.jsonl")
+def test_two_encoders_write_two_streams_as_one_encoder_does(cli, two_sources: dict[str, Any]) -> None:
+    # compared with the shared run of the same two sources by one render and one encode worker
+    result = cli.run("run", *map(str, two_sources["sources"]), "--stream-id", "left", "--stream-id", "right",
+                     "-o", "out.mp4", "--masks", "m-{stream}.jsonl",
+                     *TEST_MODEL, "--max-batch", "1", "--set", "encode.workers=2", "--set", "render.workers=2")
+    assert result.returncode == 0, result.stderr
+    assert sorted(_stage_frames(result.stderr, "encode").values()) == [30, 48]
+    assert "frames 78" in result.stderr
+    one = two_sources["folder"]
+    for sid in ("left", "right"):
+        assert digest(decoded(cli.cwd / f"out-{sid}.mp4")) == digest(decoded(one / f"out-{sid}.mp4")), sid
+        assert read_jsonl(cli.cwd / f"m-{sid}.jsonl") == read_jsonl(one / f"m-{sid}.jsonl"), sid
     assert cli.leftovers() == []

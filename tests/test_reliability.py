@@ -15,18 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from conftest import (
+    CLI,
+    FAULT_FRAMES,
+    FULL_BATCHES,
+    TEST_MODEL,
+    assert_same_outputs,
+    decoded,
+    masks_lines,
+    read_jsonl,
+    worker_pid,
+)
 
-from conftest import FAULT_FRAMES, TEST_MODEL, assert_same_outputs, decoded, masks_lines, read_jsonl, worker_pid
 
-
-def _run_with_faults(cli, fault_clip: Path, stage: str, sig: int, at: list[int], *extra: str,
+def _run_with_faults(cli, fault_clip: Path, faults: list[tuple[int, str, int]], *extra: str,
                      timeout: float = 180) -> tuple[int, str, list[float]]:
-    """Run the pipeline; send ``sig`` to ``stage``'s worker when the masks file has each count of
-    ``at`` lines. Returns (exit code, stderr, when each fault was sent)."""
-    proc = cli.start("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *extra)
+    """Run the pipeline; for each ``(count, stage, sig)`` of ``faults``, send ``sig`` to ``stage``'s
+    worker when the masks file has ``count`` lines. Returns (exit code, stderr, when each fault was sent)."""
+    proc = cli.start("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *FULL_BATCHES,
+                     *extra)
     sent: list[float] = []
     try:
-        for count in at:
+        for count, stage, sig in faults:
             deadline = time.monotonic() + 120
             while masks_lines(cli.cwd / "m.jsonl") < count and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -48,7 +59,7 @@ def _run_with_faults(cli, fault_clip: Path, stage: str, sig: int, at: list[int],
 def test_inference_killed_twice_at_random_frames_gives_the_outputs_of_an_undisturbed_run(
         cli, fault_clip: Path, undisturbed: dict[str, Any]) -> None:
     at = sorted(random.Random(os.getpid()).sample(range(15, FAULT_FRAMES - 40), 2))
-    code, stderr, _ = _run_with_faults(cli, fault_clip, "infer", signal.SIGKILL, at)
+    code, stderr, _ = _run_with_faults(cli, fault_clip, [(n, "infer", signal.SIGKILL) for n in at])
     assert code == 0, f"killed at {at}: {stderr}"
     assert_same_outputs(cli.cwd, undisturbed)
     assert "restarted infer 2x: worker process died (SIGKILL); worker process died (SIGKILL)" in stderr
@@ -57,29 +68,48 @@ def test_inference_killed_twice_at_random_frames_gives_the_outputs_of_an_undistu
 
 
 def test_a_stopped_render_worker_is_noticed_and_replaced(cli, fault_clip: Path, undisturbed: dict[str, Any]) -> None:
-    code, stderr, _ = _run_with_faults(cli, fault_clip, "render", signal.SIGSTOP, [40],
+    code, stderr, _ = _run_with_faults(cli, fault_clip, [(40, "render", signal.SIGSTOP)],
                                        "--set", "runtime.heartbeat_timeout_s=2")
     assert code == 0, stderr
     assert_same_outputs(cli.cwd, undisturbed)
+    # noticed by its silence, once the 2 s allowed had passed (when exactly: tests/test_health.py, and
+    # how soon on a real run: benchmarks/fault_detection.py)
     silent = re.search(r"render: stopped responding \(no heartbeat for ([0-9.]+) s\)", stderr)
-    assert silent and float(silent.group(1)) < 3.5, stderr  # noticed soon after the 2 s allowed
+    assert silent and float(silent.group(1)) >= 2.0, stderr
     assert "restarted render 1x" in stderr
     assert cli.leftovers() == []
 
 
-def test_a_crashed_decoder_goes_on_after_the_newest_frame_downstream(cli, fault_clip: Path,
+@pytest.fixture(scope="module")
+def decoder_and_mask_writer_faults(fault_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run whose mask writer is killed at frames 30 and 90 and whose decoder segfaults at frame 50
+    (faults of independent stages, shared by the two tests below)."""
+    cli = CLI(tmp_path_factory.mktemp("decode-masks-faults"))
+    try:
+        code, stderr, _ = _run_with_faults(cli, fault_clip, [(30, "masks", signal.SIGKILL),
+                                                             (50, "decode", signal.SIGSEGV),
+                                                             (90, "masks", signal.SIGKILL)])
+        return {"folder": cli.cwd, "code": code, "stderr": stderr, "leftovers": cli.leftovers()}
+    finally:
+        cli.kill_leftovers()
+
+
+def test_a_crashed_decoder_goes_on_after_the_newest_frame_downstream(decoder_and_mask_writer_faults: dict[str, Any],
                                                                      undisturbed: dict[str, Any]) -> None:
-    code, stderr, _ = _run_with_faults(cli, fault_clip, "decode", signal.SIGSEGV, [50])
-    assert code == 0, stderr
-    assert_same_outputs(cli.cwd, undisturbed)
-    assert "decoder failed (worker process died (SIGSEGV)) and was restarted after frame" in stderr
+    run = decoder_and_mask_writer_faults
+    assert run["code"] == 0, run["stderr"]
+    assert_same_outputs(run["folder"], undisturbed)
+    assert "decoder failed (worker process died (SIGSEGV)) and was restarted after frame" in run["stderr"]
+    assert "restarted decode 1x: worker process died (SIGSEGV)" in run["stderr"]
+    assert run["leftovers"] == []
 
 
-def test_a_killed_mask_writer_neither_loses_nor_repeats_a_line(cli, fault_clip: Path,
+def test_a_killed_mask_writer_neither_loses_nor_repeats_a_line(decoder_and_mask_writer_faults: dict[str, Any],
                                                               undisturbed: dict[str, Any]) -> None:
-    code, stderr, _ = _run_with_faults(cli, fault_clip, "masks", signal.SIGKILL, [30, 90])
-    assert code == 0, stderr
-    assert_same_outputs(cli.cwd, undisturbed)
+    run = decoder_and_mask_writer_faults
+    assert run["code"] == 0, run["stderr"]
+    assert read_jsonl(run["folder"] / "m.jsonl") == undisturbed["masks"]
+    assert "restarted masks 2x: worker process died (SIGKILL); worker process died (SIGKILL)" in run["stderr"]
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,7 +119,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_a_killed_encoder_rebuilds_its_output_from_the_journal(cli, fault_clip: Path,
                                                               undisturbed: dict[str, Any]) -> None:
-    code, stderr, _ = _run_with_faults(cli, fault_clip, "encode", signal.SIGKILL, [40, 100])
+    code, stderr, _ = _run_with_faults(cli, fault_clip, [(n, "encode", signal.SIGKILL) for n in (40, 100)])
     assert code == 0, stderr
     assert "rebuilt" in stderr and "restarted encode 2x" in stderr
     assert read_jsonl(cli.cwd / "m.jsonl") == undisturbed["masks"]
@@ -102,12 +132,3 @@ def test_a_killed_encoder_rebuilds_its_output_from_the_journal(cli, fault_clip: 
     shifted = max(_psnr(a, b) for (_, a), (_, b) in zip(video[1:], want))
     assert worst > 25 > shifted, f"PSNR to the undisturbed run: worst {worst:.1f} dB, one frame off {shifted:.1f} dB"
     assert not list(cli.cwd.glob(".*journal")), "the journal is removed once the output is finished"
-
-
-def test_restarts_are_limited(cli, fault_clip: Path) -> None:
-    code, stderr, _ = _run_with_faults(cli, fault_clip, "infer", signal.SIGKILL, [20, 60],
-                                       "--set", "runtime.max_restarts=1")
-    assert code == 1, stderr
-    assert "streamseg: error: infer: worker process died (SIGKILL) (after 1 restarts)" in stderr
-    assert "Traceback" not in stderr
-    assert cli.leftovers() == []

@@ -3,35 +3,47 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
+import pytest
+from conftest import CLI, read_jsonl, read_video
 
-from conftest import read_jsonl, read_video
 from streamseg.models.registry import SHIPPED_WEIGHTS
-from streamseg.synth import write_video
 
 
-
-def test_shipped_model_reaches_an_ap_floor_through_the_pipeline(cli, tmp_path: Path) -> None:
-    write_video(tmp_path / "clip.mp4", tmp_path / "gt.json", seed=21, frames=60)  # a held-out seed
-    run = cli.run("run", "clip.mp4", "-o", "out.mp4", "--masks", "m.jsonl", "-q")  # the default model
-    assert run.returncode == 0, run.stderr
-    assert read_video(tmp_path / "out.mp4")["frames"] == 60 and len(read_jsonl(tmp_path / "m.jsonl")) == 60
-    result = cli.run("eval", "m.jsonl", "gt.json", "--json", "stats.json")
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``streamseg demo`` on a held-out seed: the shipped model through the whole pipeline (shared)."""
+    cli = CLI(tmp_path_factory.mktemp("demo"))
+    result = cli.run("demo", "--frames", "60", "--seed", "21", "--out", "d", "-q", timeout=240)
     assert result.returncode == 0, result.stderr
-    stats = json.loads((tmp_path / "stats.json").read_text())
+    return {"folder": cli.cwd / "d", "stdout": result.stdout, "cli": cli}
+
+
+def test_shipped_model_reaches_an_ap_floor_through_the_pipeline(demo: dict[str, Any]) -> None:
+    folder = demo["folder"]
+    assert read_video(folder / "annotated.mp4")["frames"] == 60 and len(read_jsonl(folder / "masks.jsonl")) == 60
+    result = demo["cli"].run("eval", str(folder / "masks.jsonl"), str(folder / "ground_truth.json"),
+                             "--json", "stats.json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((demo["cli"].cwd / "stats.json").read_text())
     assert stats["segm"]["AP"] >= 0.5, stats["segm"]
     assert stats["bbox"]["AP"] >= 0.5, stats["bbox"]
     assert stats["keypoints"]["AP"] >= 0.3, stats["keypoints"]
+    # the demo's own line gives the same figures
+    printed = re.search(r"mask AP ([0-9.]+) .* box AP ([0-9.]+)\s+keypoint AP ([0-9.]+)", demo["stdout"])
+    assert printed, demo["stdout"]
+    assert [float(v) for v in printed.groups()] == [round(stats[k]["AP"], 3) for k in ("segm", "bbox", "keypoints")]
 
 
-def test_demo_prints_ap_and_fps(cli, tmp_path: Path) -> None:
-    result = cli.run("demo", "--frames", "30", "--out", "d", "-q", timeout=240)
-    assert result.returncode == 0, result.stderr
-    assert "mask AP" in result.stdout and "keypoint AP" in result.stdout and "fps" in result.stdout
+def test_demo_prints_ap_and_fps(demo: dict[str, Any]) -> None:
+    out = demo["stdout"]
+    assert "mask AP" in out and "keypoint AP" in out and "fps" in out
     for name in ("annotated.mp4", "masks.jsonl", "input.mp4", "ground_truth.json"):
-        assert (tmp_path / "d" / name).is_file()
-    assert read_video(tmp_path / "d" / "annotated.mp4")["frames"] == 30
+        assert (demo["folder"] / name).is_file()
+    assert read_video(demo["folder"] / "annotated.mp4")["frames"] == 60
 
 
 def test_model_card_matches_the_shipped_weights() -> None:

@@ -6,20 +6,32 @@ import dataclasses
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 import pytest
+from conftest import make_clip, read_video
 from pycocotools import mask as mask_utils
 
-from conftest import make_clip, read_video
+from streamseg.config import BatchConfig, EncodeConfig, InputConfig, RenderConfig
 from streamseg.errors import InputError, OutputError
+from streamseg.formats.records import frame_record
 from streamseg.masks import decode_rle, encode_rle
-from streamseg.messages import Batch, Detections, EndOfStream, Frame, FrameResult, MaskRegions, StreamStart
 from streamseg.models import model_info
+from streamseg.runtime.messages import (
+    Batch,
+    Detections,
+    EndOfStream,
+    Frame,
+    FrameResult,
+    MaskRegions,
+    StreamStart,
+)
 from streamseg.stages.batch import BatchStage
 from streamseg.stages.decode import DecodeStage
 from streamseg.stages.encode import EncodeStage
-from streamseg.stages.maskwriter import MaskWriterStage, frame_record
+from streamseg.stages.maskwriter import MaskWriterStage
 from streamseg.stages.render import RenderStage, draw
 
 TB = Fraction(1, 30000)
@@ -31,7 +43,7 @@ def _frame(i: int, h: int = 48, w: int = 64) -> Frame:
 
 
 def test_batch_by_size_then_flush_on_end_of_stream() -> None:
-    stage = BatchStage(max_batch=3, max_wait_ms=10_000)
+    stage = BatchStage(BatchConfig(max_batch=3, max_wait_ms=10_000))
     out = [e for i in range(7) for e in stage.process(_frame(i))]
     assert [len(b.frames) for _, b in out] == [3, 3]
     rest = list(stage.flush(EndOfStream("s", 7)))
@@ -39,7 +51,7 @@ def test_batch_by_size_then_flush_on_end_of_stream() -> None:
 
 
 def test_batch_by_deadline() -> None:
-    stage = BatchStage(max_batch=8, max_wait_ms=20)
+    stage = BatchStage(BatchConfig(max_batch=8, max_wait_ms=20))
     assert list(stage.process(_frame(0))) == []
     assert 0 < stage.timeout_s() <= 0.02
     time.sleep(0.03)
@@ -50,7 +62,7 @@ def test_batch_by_deadline() -> None:
 
 
 def test_batch_passes_stream_start_after_pending_frames() -> None:
-    stage = BatchStage(max_batch=8)
+    stage = BatchStage(BatchConfig(max_batch=8))
     stage.process(_frame(0))
     start = StreamStart("t", 64, 48, Fraction(25), TB, 0, "x", False)
     out = list(stage.process(start))
@@ -58,7 +70,7 @@ def test_batch_passes_stream_start_after_pending_frames() -> None:
 
 
 def _live(policy: str, queue: int = 3) -> BatchStage:
-    stage = BatchStage(max_batch=4, live_policy=policy, live_queue=queue)
+    stage = BatchStage(BatchConfig(max_batch=4, live_policy=policy, live_queue=queue))
     list(stage.process(StreamStart("s", 64, 48, Fraction(25), TB, 0, "rtsp://x", False, live=True)))
     return stage
 
@@ -76,7 +88,7 @@ def test_live_frames_wait_for_room_and_the_policy_says_which_are_dropped(policy:
 
 
 def test_block_policy_and_files_never_drop() -> None:
-    for stage in (_live("block"), BatchStage(max_batch=4)):
+    for stage in (_live("block"), BatchStage(BatchConfig(max_batch=4))):
         out = [e for i in range(10) for e in stage.process(_frame(i))]
         out += list(stage.flush(EndOfStream("s", 10)))
         assert [f.index for _, b in out for f in b.frames] == list(range(10))
@@ -92,7 +104,7 @@ def test_held_live_frames_are_flushed_on_end_of_stream() -> None:
 
 
 def test_decoder_loop_keeps_timestamps_increasing(clip: Path) -> None:
-    source = DecodeStage(str(clip), loop=True, max_frames=100)
+    source = DecodeStage(InputConfig(loop=True, max_frames=100), str(clip), "0")
     source.setup()
     source.bind_events(lambda event, **data: None)
     frames = [m for _, m in source.produce() if isinstance(m, Frame)]
@@ -123,7 +135,7 @@ def test_sources_are_told_apart_and_passwords_hidden(tmp_path: Path) -> None:
 
 
 def test_latency_meter_compares_halves() -> None:
-    from streamseg.stage import LatencyMeter
+    from streamseg.runtime.stage import LatencyMeter
 
     meter = LatencyMeter()
     now = time.time()
@@ -169,7 +181,7 @@ def test_frame_record_format() -> None:
 
 
 def test_render_draws_inside_masks_only_and_handles_no_detections() -> None:
-    stage = RenderStage(INFO.to_dict(), boxes=False, labels=False, keypoints=False, contour_px=0)
+    stage = RenderStage(RenderConfig(boxes=False, labels=False, keypoints=False, contour_px=0), INFO.to_dict())
     result = _result(1)
     (_, frame), = stage.process(result)
     changed = np.any(frame.image != 0, axis=2)
@@ -184,19 +196,19 @@ def test_render_draws_inside_masks_only_and_handles_no_detections() -> None:
     notched[0, 5:20, 10:40] = True
     notched[0, 5:9, 10:17] = False
     det = dataclasses.replace(result.detections, masks=MaskRegions.from_full(notched))
-    drawn = draw(result.image, det, INFO, boxes=False, labels=False, keypoints=False, contour_px=0)
+    drawn = draw(result.image, det, INFO, RenderConfig(boxes=False, labels=False, keypoints=False, contour_px=0))
     assert np.array_equal(np.any(drawn != 0, axis=2), notched[0])
 
 
 def test_decode_then_encode_keeps_count_rate_and_pts(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "in.mp4", frames=12)
-    source = DecodeStage(str(clip))
+    source = DecodeStage(InputConfig(), str(clip), "0")
     source.setup()
     messages = [m for _, m in source.produce()]
     source.close()
     assert isinstance(messages[0], StreamStart) and isinstance(messages[-1], EndOfStream)
     assert messages[-1].reason == "end" and messages[-1].frames == 12
-    sink = EncodeStage(str(tmp_path / "out.mp4"))
+    sink = EncodeStage(EncodeConfig(), path=str(tmp_path / "out.mp4"))
     for m in messages[:-1]:
         sink.process(m)
     sink.flush(messages[-1])
@@ -208,7 +220,7 @@ def test_decode_then_encode_keeps_count_rate_and_pts(tmp_path: Path) -> None:
 
 
 def test_encoder_close_without_end_of_stream_leaves_a_playable_file(tmp_path: Path) -> None:
-    sink = EncodeStage(str(tmp_path / "out.mp4"))
+    sink = EncodeStage(EncodeConfig(), path=str(tmp_path / "out.mp4"))
     sink.process(StreamStart("s", 64, 48, Fraction(25), Fraction(1, 25), 0, "x", False))
     for i in range(5):
         sink.process(Frame("s", i, i, Fraction(1, 25), np.zeros((48, 64, 3), np.uint8)))
@@ -218,7 +230,8 @@ def test_encoder_close_without_end_of_stream_leaves_a_playable_file(tmp_path: Pa
 
 def test_encoder_rejects_odd_sizes(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="even"):
-        EncodeStage(str(tmp_path / "o.mp4")).process(StreamStart("s", 63, 48, Fraction(25), TB, 0, "x", False))
+        sink = EncodeStage(EncodeConfig(), path=str(tmp_path / "o.mp4"))
+        sink.process(StreamStart("s", 63, 48, Fraction(25), TB, 0, "x", False))
 
 
 def test_mask_writer_stream_with_only_end_of_stream(tmp_path: Path) -> None:
@@ -234,4 +247,98 @@ def test_decode_errors_say_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "empty.mp4").write_bytes(b"")
     for name, needle in [("missing.mp4", "not found"), ("text.mp4", "cannot read"), ("empty.mp4", "empty")]:
         with pytest.raises(InputError, match=needle):
-            DecodeStage(str(tmp_path / name)).setup()
+            DecodeStage(InputConfig(), str(tmp_path / name), "0").setup()
+
+
+def _decode_all(source: str, config: InputConfig | None = None) -> tuple[list[Any], list[tuple[str, dict]]]:
+    """Every message a decoder emits for ``source``, and the events it reported."""
+    events: list[tuple[str, dict]] = []
+    stage = DecodeStage(config or InputConfig(), source, "0")
+    stage.bind_events(lambda event, **data: events.append((event, data)))
+    stage.setup()
+    try:
+        return [m for m in (e[1] for e in stage.produce() if e is not None)], events
+    finally:
+        stage.close()
+
+
+def _encode_all(messages: list[Any], out: Path) -> None:
+    sink = EncodeStage(EncodeConfig(), path=str(out))
+    for m in messages:
+        if isinstance(m, EndOfStream):
+            sink.flush(m)
+        else:
+            sink.process(m)
+    sink.close()
+
+
+def test_audio_is_copied_in_sync(tmp_path: Path) -> None:
+    import av
+
+    clip = make_clip(tmp_path / "av.mp4", frames=30, audio=True)
+    messages, _ = _decode_all(str(clip))
+    assert messages[0].audio and messages[0].source == str(clip)
+    _encode_all(messages, tmp_path / "out.mp4")
+    info = read_video(tmp_path / "out.mp4")
+    assert info["audio"] == "aac" and info["frames"] == 30
+    with av.open(str(tmp_path / "out.mp4")) as out, av.open(str(clip)) as src:
+        got = [p.pts for p in out.demux(audio=0) if p.pts is not None]
+        want = [p.pts for p in src.demux(audio=0) if p.pts is not None]
+        assert got == want  # remuxed packet for packet: same timestamps, so the same sync
+        assert out.streams.audio[0].time_base == src.streams.audio[0].time_base
+
+
+def test_audio_mp4_cannot_hold_is_reencoded_to_aac(tmp_path: Path) -> None:
+    import av
+
+    src = tmp_path / "pcm.mkv"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=16000)
+        audio.layout = "mono"
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i * 8, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+            pcm = av.AudioFrame.from_ndarray(np.zeros((1, 640), np.int16), format="s16", layout="mono")
+            pcm.sample_rate, pcm.pts = 16000, i * 640
+            out.mux(audio.encode(pcm))
+        out.mux(video.encode())
+        out.mux(audio.encode())
+    messages, _ = _decode_all(str(src))
+    _encode_all(messages, tmp_path / "out.mp4")
+    info = read_video(tmp_path / "out.mp4")
+    assert info["audio"] == "aac" and info["frames"] == 25
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        seconds = sum(f.samples for f in out.decode(audio=0)) / out.streams.audio[0].sample_rate
+    assert abs(seconds - 1.0) < 0.1  # all of the one second of audio, no more
+
+
+def test_loop_restarts_a_file_with_increasing_timestamps(clip: Path, tmp_path: Path) -> None:
+    messages, _ = _decode_all(str(clip), InputConfig(loop=True, max_frames=100))
+    frames = [m for m in messages if isinstance(m, Frame)]
+    assert [f.index for f in frames] == list(range(100))
+    assert messages[0].frames == 100 and messages[-1].reason == "end" and messages[-1].frames == 100
+    _encode_all(messages, tmp_path / "out.mp4")
+    out = read_video(tmp_path / "out.mp4")
+    assert out["frames"] == 100 and out["pts"] == [f.pts for f in frames]
+    assert all(b > a for a, b in zip(out["pts"], out["pts"][1:]))
+
+
+def test_an_image_folder_and_a_glob_give_the_frames_pictures(clip: Path, tmp_path: Path) -> None:
+    from conftest import decoded
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pictures = [image for _, image in decoded(clip)]
+    for i, image in enumerate(pictures):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), image[:, :, ::-1])
+    (folder / "notes.txt").write_text("not an image")
+    for source, count in ((str(folder), 48), (str(folder / "00[0-2]*.png"), 30)):
+        messages, _ = _decode_all(source, InputConfig(fps=10))
+        start, *frames, end = messages
+        assert (start.width, start.height, start.rate, start.frames, start.live) == (322, 242, 10, count, False)
+        assert [f.index for f in frames] == list(range(count)) and end.frames == count and end.reason == "end"
+        assert all(np.array_equal(f.image, p) for f, p in zip(frames, pictures))  # PNG: the very pixels
+        assert [f.pts for f in frames] == list(range(count)) and frames[0].time_base == Fraction(1, 10)

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from streamseg.evaluate import evaluate, load_ground_truth
 from streamseg.masks import decode_rle, encode_rle
-from streamseg.synth import Scene, _SUBPIXEL, write_video
+from streamseg.tools.evaluate import evaluate, load_ground_truth
+from streamseg.tools.synth import _SUBPIXEL, Scene, write_video
 
 
 def test_synth_is_deterministic_for_a_seed(tmp_path: Path) -> None:

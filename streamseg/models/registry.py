@@ -119,8 +119,9 @@ def _read_weights(path: str) -> dict[str, Any]:
     return data
 
 
-def load_model(name: str, weights: str | None = None, seed: int = 0) -> tuple[Any, ModelInfo]:
-    """Build ``name`` on the CPU in eval mode, with ``weights`` (a file) or the entry's defaults."""
+def load_model(name: str, weights: str | None, seed: int) -> tuple[Any, ModelInfo]:
+    """Build ``name`` on the CPU in eval mode, with ``weights`` (a file) or the entry's defaults;
+    ``seed`` seeds a model built without weights (``model.seed``)."""
     import torch
 
     entry = get_entry(name)

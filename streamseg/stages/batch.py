@@ -17,26 +17,20 @@ import time
 from collections import deque
 from typing import Any, Iterable
 
-from ..messages import Batch, EndOfStream, Frame, StreamStart
-from ..stage import ALL_PORTS, Emit, Stage
-
-LIVE_POLICIES = ("latest", "drop_oldest", "drop_newest", "block")
+from ..config import BatchConfig
+from ..runtime.messages import Batch, EndOfStream, Frame, StreamStart
+from ..runtime.stage import ALL_PORTS, Emit, Stage
 
 
 class BatchStage(Stage):
     """Collects Frames into Batches; other messages pass through in order (a pending batch first)."""
 
-    outputs = ("batches",)
-
-    def __init__(self, max_batch: int = 4, max_wait_ms: float = 50.0, live_policy: str = "latest",
-                 live_queue: int = 4) -> None:
+    def __init__(self, config: BatchConfig) -> None:
         super().__init__()
-        if live_policy not in LIVE_POLICIES:
-            raise ValueError(f"live_policy must be one of {', '.join(LIVE_POLICIES)}, got {live_policy!r}")
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.live_policy = live_policy
-        self.live_cap = 1 if live_policy == "latest" else max(1, live_queue)
+        self.max_batch = config.max_batch
+        self.max_wait_s = config.max_wait_ms / 1000.0
+        self.live_policy = config.live_policy
+        self.live_cap = 1 if config.live_policy == "latest" else max(1, config.live_queue)
         self.pending: list[Frame] = []
         self.deadline = 0.0
         self.held: dict[str, deque[Frame]] = {}

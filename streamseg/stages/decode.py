@@ -24,10 +24,12 @@ from typing import Any, Generator, Iterator
 import av
 import numpy as np
 
+from ..config import InputConfig
 from ..errors import InputError
-from ..messages import EndOfStream, Frame, StreamStart, StreamStatus
-from ..sources import ImageSequence, OpenOptions, open_video, safe_url, source_kind
-from ..stage import ALL_PORTS, Emit, Source
+from ..runtime.messages import EndOfStream, Frame, StreamStart, StreamStatus
+from ..runtime.stage import ALL_PORTS, Emit, Source
+from ..sources import safe_url, source_kind
+from .readers import ImageSequence, open_video
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +47,20 @@ class DecodeStage(Source):
     that could be decoded; a live source that cannot be reconnected ends with ``reason="lost"``.
     """
 
-    outputs = ("frames",)
-
-    def __init__(self, path: str, stream_id: str = "0", threads: int = 0, live: bool = False,
-                 loop: bool = False, max_frames: int = 0, fps: float = 25.0, rtsp_transport: str = "tcp",
-                 open_timeout_s: float = 10.0, read_timeout_s: float = 10.0,
-                 options: dict[str, str] | None = None, reconnect_attempts: int = 10,
-                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0, drop_when_full: bool = True,
-                 hwaccel: str = "none") -> None:
+    def __init__(self, config: InputConfig, source: str, stream_id: str, live: bool = False,
+                 drop_when_full: bool = False) -> None:
+        """``config``: the ``input`` section; ``source``: this stream's URL or path (one of the
+        section's sources); ``live``: whether it is read as live; ``drop_when_full``: a live frame the
+        batcher has no room for is dropped (every ``batch.live_policy`` but ``block``)."""
         super().__init__()
-        self.path = path
-        self.shown = safe_url(path)
+        self.config = config
+        self.path = source
+        self.shown = safe_url(source)
         self.stream_id = stream_id
-        self.threads = threads
         self.live = live
         self.drop_when_full = live and drop_when_full
         """A live source drops a frame the batcher has no room for rather than fall behind (not under
         the ``block`` policy); the batcher drains quickly, so this happens only when it is stalled."""
-        self.loop = loop
-        self.max_frames = max_frames
-        self.fps = fps
-        self.open_options = OpenOptions(rtsp_transport, open_timeout_s, read_timeout_s, dict(options or {}), hwaccel)
-        self.reconnect_attempts = reconnect_attempts
-        self.reconnect_initial_s = reconnect_initial_s
-        self.reconnect_max_s = reconnect_max_s
         self.container: av.container.InputContainer | None = None
         self.images: ImageSequence | None = None
         self.start: StreamStart | None = None
@@ -90,15 +82,15 @@ class DecodeStage(Source):
 
     def setup(self) -> None:
         if source_kind(self.path) == "images":
-            self.images = ImageSequence(self.path, self.fps)
+            self.images = ImageSequence(self.path, self.config.fps)
         else:
             self._open()
 
     def _open(self) -> None:
-        self.container, stream = open_video(self.path, self.open_options)
+        self.container, stream = open_video(self.path, self.config)
         stream.thread_type = "AUTO"  # frame + slice threads: decode keeps ahead of the model
-        if self.threads:
-            stream.codec_context.thread_count = self.threads
+        if self.config.decode_threads:
+            stream.codec_context.thread_count = self.config.decode_threads
 
     def _stream_start(self) -> StreamStart:
         """What the stream is; ``frames`` is what will be read when that is known (for progress)."""
@@ -114,9 +106,9 @@ class DecodeStage(Source):
                                 Fraction(rate), Fraction(stream.time_base or Fraction(1, 90000)),
                                 0 if self.live else int(stream.frames or 0), self.shown,
                                 audio=bool(self.container.streams.audio), live=self.live)
-        frames = 0 if self.loop else start.frames
-        if self.max_frames:
-            frames = min(frames, self.max_frames) if frames else self.max_frames
+        frames = 0 if self.config.loop else start.frames
+        if self.config.max_frames:
+            frames = min(frames, self.config.max_frames) if frames else self.config.max_frames
         return dataclasses.replace(start, frames=frames)
 
     def lossy(self, message: Any) -> bool:
@@ -150,7 +142,7 @@ class DecodeStage(Source):
                     continue
                 reason = "lost"
                 break
-            if self.loop and not error:
+            if self.config.loop and not error:
                 self._rewind()
                 continue
             break
@@ -195,7 +187,7 @@ class DecodeStage(Source):
             yield self._status("lost", f"the decoder failed ({cause})", 0)
             self._continue_after(0.0)
             yield self._status("reconnected", "", 1)
-        elif self.loop:
+        elif self.config.loop:
             self._continue_after(0.0)  # where in which pass it was is not known: start the file again
         elif self.container is not None:
             self.resume_pts = pts
@@ -271,7 +263,7 @@ class DecodeStage(Source):
         return self.clock_origin + stream_s
 
     def _enough(self) -> bool:
-        return 0 < self.max_frames <= self.index
+        return 0 < self.config.max_frames <= self.index
 
     def _picture(self, picture: av.VideoFrame | np.ndarray) -> np.ndarray | None:
         """RGB pixels at the stream's size: a live source that comes back at another size is scaled."""
@@ -345,11 +337,11 @@ class DecodeStage(Source):
         self.count("lost")
         log.warning("stream %s: source %s lost: %s", self.stream_id, self.shown, why)
         yield self._status("lost", why, 0)
-        delay = self.reconnect_initial_s
+        delay = self.config.reconnect_initial_s
         attempt = 0
-        while self.reconnect_attempts <= 0 or attempt < self.reconnect_attempts:
+        while self.config.reconnect_attempts <= 0 or attempt < self.config.reconnect_attempts:
             attempt += 1
-            limit = f" of {self.reconnect_attempts}" if self.reconnect_attempts > 0 else ""
+            limit = f" of {self.config.reconnect_attempts}" if self.config.reconnect_attempts > 0 else ""
             log.warning("stream %s: reconnecting in %.1f s (attempt %d%s)", self.stream_id, delay, attempt, limit)
             if (yield from self._wait(delay)):
                 return False
@@ -358,7 +350,7 @@ class DecodeStage(Source):
                 self._open()
             except InputError as exc:
                 why = str(exc)
-                delay = min(delay * 2, self.reconnect_max_s)
+                delay = min(delay * 2, self.config.reconnect_max_s)
                 continue
             self.count("reconnects")
             self._continue_after(time.monotonic() - lost_at)

@@ -2,44 +2,35 @@
 input's audio copied in, or a live stream pushed to an ``rtsp://`` or ``rtmp://`` server.
 
 An MP4 cannot be read until it is finished, so a file output also keeps a *journal* beside it
-(``.NAME.streamseg-journal``): every packet as the encoder gives it out, and a checkpoint each
-time the packets written so far hold every frame up to some point. A frame counts as written
-(its input is acknowledged) only at a checkpoint. When the encode worker dies, its replacement
-rebuilds the output from the journal up to the last checkpoint, then encodes the frames that its
-upstream sends again; the journal is removed once the output is finished.
+(:mod:`streamseg.formats.journal`): every packet as the encoder gives it out, and a checkpoint
+each time the packets written so far hold every frame up to some point. A frame counts as
+written (its input is acknowledged) only at a checkpoint. When the encode worker dies, its
+replacement rebuilds the output from the journal up to the last checkpoint, then encodes the
+frames that its upstream sends again; the journal is removed once the output is finished.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
-import zlib
 from collections import deque
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Iterable, Iterator
 
 import av
 import cv2
 
+from ..config import EncodeConfig
 from ..errors import MessageError, OutputError
-from ..messages import EndOfStream, Frame, StreamStart
-from ..sources import safe_url
-from ..stage import Emit, Stage
+from ..formats.journal import Journal, JournalPacket, Recovered
+from ..runtime.messages import EndOfStream, Frame, StreamStart
+from ..runtime.stage import Emit, Stage
+from ..sources import safe_url, stream_format
 
 log = logging.getLogger(__name__)
 
 MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
 """Audio codecs MP4 holds as they are; anything else is re-encoded to AAC."""
-STREAM_FORMATS = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv"}
-"""Output URL scheme -> FFmpeg muxer that pushes to such a server."""
-
-
-def stream_format(path: str) -> str | None:
-    """The muxer for an output stream URL (``rtsp://``, ``rtmp://``), or None for a file."""
-    scheme, sep, _ = path.partition("://")
-    return STREAM_FORMATS.get(scheme.lower()) if sep else None
 
 
 class _AudioCopier:
@@ -98,105 +89,6 @@ class _AudioCopier:
         self.input.close()
 
 
-@dataclass(frozen=True)
-class JournalPacket:
-    """One encoded video packet as the journal keeps it (times in the stream's time base)."""
-
-    data: bytes
-    pts: int
-    dts: int
-    duration: int
-    keyframe: bool
-
-
-class Journal:
-    """An append-only record of an output's encoded packets, with checkpoints, that survives a crash.
-
-    Record: ``kind``, pts, dts, duration, keyframe, size, CRC-32, then ``size`` bytes. Kinds: ``P``
-    a packet; ``K`` a checkpoint (every frame up to its pts is in the packets before it; its dts
-    field holds the frame count); ``F`` the output was finished. :meth:`read` stops at a torn or
-    damaged record and keeps what comes before the last checkpoint.
-    """
-
-    MAGIC = b"SSJ1"
-    RECORD = struct.Struct("<cqqqBII")
-
-    def __init__(self, output: str) -> None:
-        folder, name = os.path.split(os.path.abspath(output))
-        self.path = os.path.join(folder, f".{name}.streamseg-journal")
-        self.fd: int | None = None
-
-    def exists(self) -> bool:
-        return os.path.exists(self.path)
-
-    def read(self) -> Recovered:
-        """What the journal holds up to its last checkpoint."""
-        with open(self.path, "rb") as f:
-            data = f.read()
-        packets: list[JournalPacket] = []
-        kept = Recovered([], None, 0, False)
-        at = len(self.MAGIC) if data[:len(self.MAGIC)] == self.MAGIC else len(data)
-        while at + self.RECORD.size <= len(data):
-            kind, pts, dts, duration, key, size, crc = self.RECORD.unpack_from(data, at)
-            body = data[at + self.RECORD.size:at + self.RECORD.size + size]
-            if len(body) != size or zlib.crc32(body) != crc or kind not in (b"P", b"K", b"F"):
-                break  # torn by the crash, or damaged: what follows cannot be trusted
-            at += self.RECORD.size + size
-            if kind == b"P":
-                packets.append(JournalPacket(body, pts, dts, duration, bool(key)))
-            elif kind == b"K":
-                kept = Recovered(list(packets), pts, dts, False)
-            else:
-                kept = Recovered(kept.packets, kept.saved_pts, kept.frames, True)
-        return kept
-
-    def start(self) -> None:
-        """Begin a new journal (replacing any old one)."""
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(self.fd, self.MAGIC)
-
-    def rewrite(self, recovered: Recovered) -> None:
-        """A new journal that holds what was recovered, to go on from."""
-        self.start()
-        for packet in recovered.packets:
-            self.packet(packet)
-        if recovered.saved_pts is not None:
-            self.record(b"K", recovered.saved_pts, recovered.frames)
-
-    def packet(self, packet: JournalPacket) -> None:
-        assert self.fd is not None
-        head = self.RECORD.pack(b"P", packet.pts, packet.dts, packet.duration, int(packet.keyframe),
-                                len(packet.data), zlib.crc32(packet.data))
-        os.write(self.fd, head + packet.data)  # one write: in the OS, so a crash of this process keeps it
-
-    def record(self, kind: bytes, pts: int = 0, frames: int = 0) -> None:
-        """A checkpoint (``K``) or the finish mark (``F``)."""
-        assert self.fd is not None
-        os.write(self.fd, self.RECORD.pack(kind, pts, frames, 0, 0, 0, zlib.crc32(b"")))
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def remove(self) -> None:
-        self.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-@dataclass(frozen=True)
-class Recovered:
-    """What a journal holds: packets up to the last checkpoint, its pts, the frame count, finished or not."""
-
-    packets: list[JournalPacket]
-    saved_pts: int | None
-    frames: int
-    finished: bool
-
-
 class _Writer:
     """One output (file or stream URL) for one stream.
 
@@ -204,8 +96,8 @@ class _Writer:
     first rebuilt from it. :attr:`held` are the frames given to the encoder and not yet at a checkpoint.
     """
 
-    def __init__(self, path: str, start: StreamStart, codec: str, crf: int, preset: str, threads: int,
-                 audio: bool, journal: Journal | None = None, recovered: Recovered | None = None) -> None:
+    def __init__(self, path: str, start: StreamStart, config: EncodeConfig, journal: Journal | None = None,
+                 recovered: Recovered | None = None) -> None:
         if start.width % 2 or start.height % 2:
             raise OutputError(f"H.264 yuv420p needs even frame sizes; the input is {start.width}x{start.height}")
         self.path = path
@@ -223,7 +115,7 @@ class _Writer:
                 raise OutputError(f"cannot write {journal.path}: {exc.strerror}") from None
         try:
             self.output = av.open(path, "w", format=fmt, options=options, timeout=10.0)
-            stream = self.output.add_stream(codec, rate=start.rate)
+            stream = self.output.add_stream(config.codec, rate=start.rate)
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise OutputError(f"cannot write {self.shown}: {exc}") from None
         stream.width, stream.height = start.width, start.height
@@ -231,10 +123,10 @@ class _Writer:
         stream.time_base = start.time_base
         stream.codec_context.time_base = start.time_base  # exact input timestamps, not rounded to 1/rate
         stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
-        if codec in ("libx264", "libx265"):
-            stream.options = {"crf": str(crf), "preset": preset}
+        if config.threads:
+            stream.codec_context.thread_count = config.threads
+        if config.codec in ("libx264", "libx265"):
+            stream.options = {"crf": str(config.crf), "preset": config.preset}
             if fmt is not None:  # a live stream: no frame reordering delay, a keyframe every 2 s to join at
                 stream.options.update(tune="zerolatency", g=str(max(1, round(2 * start.rate))))
         self.stream = stream
@@ -244,7 +136,7 @@ class _Writer:
         self.frames = 0
         """Frames in the output (with those rebuilt from the journal)."""
         self.warning = ""
-        if audio and start.audio and fmt is None and os.path.isfile(start.source):
+        if config.audio and start.audio and fmt is None and os.path.isfile(start.source):
             try:
                 self.audio_copier = _AudioCopier(start.source, self.output)
             except (av.FFmpegError, ValueError, IndexError) as exc:
@@ -363,12 +255,11 @@ class EncodeStage(Stage):
 
     totals = ("frames",)
 
-    def __init__(self, path: str = "", codec: str = "libx264", crf: int = 20, preset: str = "veryfast",
-                 threads: int = 0, audio: bool = True, paths: dict[str, str] | None = None) -> None:
+    def __init__(self, config: EncodeConfig, paths: dict[str, str] | None = None, path: str = "") -> None:
         super().__init__()
+        self.config = config
         self.paths = dict(paths or {})
         self.path = path
-        self.settings = dict(codec=codec, crf=crf, preset=preset, threads=threads, audio=audio)
         self.writers: dict[str, _Writer] = {}
         self.finished: set[str] = set()
         """Streams whose output is complete (by this process or the one it replaced)."""
@@ -406,8 +297,7 @@ class EncodeStage(Stage):
                 self.finished.add(start.stream_id)
                 self.journals.append(journal)
                 return
-        writer = self.writers[start.stream_id] = _Writer(path, start, **self.settings, journal=journal,
-                                                         recovered=recovered)
+        writer = self.writers[start.stream_id] = _Writer(path, start, self.config, journal, recovered)
         if writer.warning:
             self.notify("warning", message=writer.warning)
 

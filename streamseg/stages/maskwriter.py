@@ -7,8 +7,7 @@ One line per frame::
                     "mask": {"size": [360, 640], "counts": "..."},
                     "keypoints": [[x, y, score], ...]}]}
 
-``mask`` is absent for models without a mask head and ``keypoints`` for models without a
-keypoint head; ``track_id`` appears where tracking is on.
+The record is :func:`streamseg.formats.records.frame_record`'s, which says what each field holds.
 """
 
 from __future__ import annotations
@@ -20,10 +19,10 @@ import time
 from typing import Any, Iterable
 
 from ..errors import MessageError, OutputError
-from ..masks import rle_counts
-from ..messages import EndOfStream, FrameResult
+from ..formats.records import frame_record
 from ..models.registry import ModelInfo
-from ..stage import Emit, Stage
+from ..runtime.messages import EndOfStream, FrameResult
+from ..runtime.stage import Emit, Stage
 
 log = logging.getLogger(__name__)
 
@@ -31,31 +30,6 @@ FSYNC_EVERY_S = 2.0
 """How often the masks files are synced to disk: what a power cut can cost of a live run."""
 RESUME_TAIL_BYTES = 8 << 20
 """How much of a file's end a restarted mask writer reads to learn the newest frame of each stream."""
-
-
-def frame_record(result: FrameResult, info: ModelInfo) -> dict[str, Any]:
-    """The JSON-ready record of one frame (the masks JSONL line, and the published payload)."""
-    det = result.detections
-    rles = det.rles if det.rles is not None else rle_counts(det.masks) if det.masks is not None else None
-    size = [result.height, result.width]
-    instances = []
-    for i in range(len(det)):
-        label = int(det.labels[i])
-        instance: dict[str, Any] = {
-            "class_id": label,
-            "class": info.categories[label] if 0 <= label < len(info.categories) else str(label),
-            "score": round(float(det.scores[i]), 6),
-            "box": [round(float(v), 3) for v in det.boxes[i]],
-        }
-        if rles is not None:
-            instance["mask"] = {"size": size, "counts": rles[i]}
-        if det.keypoints is not None:
-            instance["keypoints"] = [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
-                                     for x, y, s in det.keypoints[i]]
-        instances.append(instance)
-    return {"stream": result.stream_id, "frame": result.index, "pts": result.pts,
-            "time": round(result.time_s, 6), "width": result.width, "height": result.height,
-            "instances": instances}
 
 
 class MaskWriterStage(Stage):

@@ -15,13 +15,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from ..messages import EndOfStream, FrameResult, StreamStart, StreamStatus
+from ..formats.records import SCHEMA, VERSION, frame_record
 from ..models.registry import ModelInfo
-from ..stage import Emit, Published, Stage
-from .maskwriter import frame_record
-
-SCHEMA = "streamseg.detections"
-VERSION = 1
+from ..runtime.messages import EndOfStream, FrameResult, StreamStart, StreamStatus
+from ..runtime.stage import Emit, Published, Stage
 
 
 def publish_message(stream_id: str, kind: str, body: dict[str, Any]) -> Published:
@@ -32,8 +29,6 @@ def publish_message(stream_id: str, kind: str, body: dict[str, Any]) -> Publishe
 
 class PublishStage(Stage):
     """Turns FrameResults (and stream starts and ends) into published messages on port ``publish``."""
-
-    outputs = ("publish",)
 
     def __init__(self, model_info: dict[str, Any]) -> None:
         super().__init__()

@@ -8,9 +8,10 @@ from typing import Any, Iterable
 import cv2
 import numpy as np
 
-from ..messages import Detections, Frame, FrameResult, MaskRegions, StreamStart
+from ..config import RenderConfig
 from ..models.registry import ModelInfo
-from ..stage import ALL_PORTS, Emit, Stage
+from ..runtime.messages import Detections, Frame, FrameResult, MaskRegions, StreamStart
+from ..runtime.stage import ALL_PORTS, Emit, Stage
 
 
 def palette(n: int = 64) -> np.ndarray:
@@ -35,13 +36,13 @@ def instance_colours(detections: Detections) -> np.ndarray:
     return colours
 
 
-def draw(image: np.ndarray, detections: Detections, info: ModelInfo, alpha: float = 0.45,
-         contour_px: int = 2, boxes: bool = True, labels: bool = True, keypoints: bool = True,
-         keypoint_thresh: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+def draw(image: np.ndarray, detections: Detections, info: ModelInfo, config: RenderConfig = RenderConfig(),
+         out: np.ndarray | None = None) -> np.ndarray:
     """Draw ``detections`` onto a copy of ``image`` (``uint8[H, W, 3]`` RGB) and return it.
 
-    ``out``: where to put the copy (a buffer the caller owns); a new array when None. Work on
-    masks is limited to each instance's region, so it grows with object area, not frame area.
+    ``config``: what to draw (the ``render`` section; its defaults draw everything). ``out``: where
+    to put the copy (a buffer the caller owns); a new array when None. Work on masks is limited to
+    each instance's region, so it grows with object area, not frame area.
     """
     if out is None:
         out = np.array(image, copy=True)
@@ -51,15 +52,15 @@ def draw(image: np.ndarray, detections: Detections, info: ModelInfo, alpha: floa
     colours = instance_colours(detections)
     order = np.argsort(detections.scores, kind="stable")  # best-scoring instance drawn last, on top
     if detections.masks is not None:
-        _draw_masks(out, detections.masks, order, colours, alpha, contour_px)
+        _draw_masks(out, detections.masks, order, colours, config.mask_alpha, config.contour_px)
     thickness = max(1, round(min(width, height) / 360))
     scale = max(0.35, min(width, height) / 900)
     for i in order:
         colour = colours[i].tolist()
         x1, y1, x2, y2 = (int(round(v)) for v in detections.boxes[i])
-        if boxes:
+        if config.boxes:
             cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
-        if labels:
+        if config.labels:
             label = int(detections.labels[i])
             name = info.categories[label] if 0 <= label < len(info.categories) else str(label)
             text = f"{name} {detections.scores[i]:.2f}"
@@ -68,8 +69,8 @@ def draw(image: np.ndarray, detections: Detections, info: ModelInfo, alpha: floa
             cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 2, ty + 1), colour, -1)
             cv2.putText(out, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
                         cv2.LINE_AA)
-        if keypoints and detections.keypoints is not None:
-            _draw_keypoints(out, detections.keypoints[i], info.skeleton, colour, keypoint_thresh, thickness)
+        if config.keypoints and detections.keypoints is not None:
+            _draw_keypoints(out, detections.keypoints[i], info.skeleton, colour, config.keypoint_thresh, thickness)
     return out
 
 
@@ -112,23 +113,18 @@ class RenderStage(Stage):
     encoder that writes it.
     """
 
-    outputs = ("frames",)
-
-    def __init__(self, model_info: dict[str, Any], mask_alpha: float = 0.45, contour_px: int = 2,
-                 boxes: bool = True, labels: bool = True, keypoints: bool = True,
-                 keypoint_thresh: float = 0.0, routes: dict[str, str] | None = None) -> None:
+    def __init__(self, config: RenderConfig, model_info: dict[str, Any], routes: dict[str, str] | None = None) -> None:
         super().__init__()
+        self.config = config
         self.routes = dict(routes or {})
         self.info = ModelInfo.from_dict(model_info)
-        self.options = dict(alpha=mask_alpha, contour_px=contour_px, boxes=boxes, labels=labels,
-                            keypoints=keypoints, keypoint_thresh=keypoint_thresh)
 
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
             return [(ALL_PORTS, message)]
         if not isinstance(message, FrameResult) or message.image is None:
             return []
-        image = draw(message.image, message.detections, self.info, **self.options,
+        image = draw(message.image, message.detections, self.info, self.config,
                      out=self.allocate(message.image.shape, np.uint8))
         self.count("frames")
         return [(self.routes.get(message.stream_id, "frames"),

@@ -5,13 +5,13 @@ Sockets of a worker (upstream binds, downstream connects):
 - ``events`` PUSH, connects to the supervisor's PULL: JSON events (ready, progress, stats, error, done);
 - ``heartbeat`` PUSH from a thread of its own, to the same PULL: a beat every ``heartbeat_s``, with
   how long the current stage call has run, so a stopped or hung worker is noticed;
-- one ``data-in`` DEALER per upstream port (:class:`~streamseg.link.Inbox`), named after the worker;
-- one ``data-out`` ROUTER per output port (:class:`~streamseg.link.Outbox`), bound at the endpoint
+- one ``data-in`` DEALER per upstream port (:class:`~streamseg.runtime.link.Inbox`), named after the worker;
+- one ``data-out`` ROUTER per output port (:class:`~streamseg.runtime.link.Outbox`), bound at the endpoint
   the supervisor chose;
 - one ``publish`` PUB per publish port, bound for outside subscribers. It never blocks: ZeroMQ
   drops what a subscriber too slow to keep its queue under the high-water mark would have got.
 
-Delivery on the data path is at-least-once (:mod:`streamseg.link`): an input is acknowledged as
+Delivery on the data path is at-least-once (:mod:`streamseg.runtime.link`): an input is acknowledged as
 done only when what came of it is done downstream (or written, in a sink), so the supervisor can
 replace a dead worker and its upstream sends the unfinished messages again. Repeats that this
 causes are dropped here, by stream position, before the stage sees them; a stage that is
@@ -20,132 +20,49 @@ restarted is told so (``Stage.restarted``) and resumes its outputs instead of st
 Backpressure is by credit: a worker takes a new input only when all it produced has been sent,
 and a port sends only as many messages as its receivers have room for (``transport.hwm_frames``).
 
-Signals: each worker runs in its own process group, so signals sent to the job's group (Ctrl-C,
-``timeout``) reach only the supervisor; SIGINT is ignored besides. A source opens its input at
-once (so a bad one fails fast) but produces nothing until SIGUSR2, which the supervisor sends
-when every worker is ready: no frame is sent before the stage that reads it is there. SIGUSR1
-(the supervisor's graceful stop) asks a source to end its streams cleanly, so that everything
-downstream drains. SIGTERM stops any worker at once; its stage's ``close()`` still leaves its
-output usable.
+The process around it (entry point, signals, process name) is :mod:`streamseg.runtime.process`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
-import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import zmq
 
+from ..errors import MessageError, OutputError, StreamsegError
+from ..stages import STAGES
 from . import codec
-from .errors import MessageError, OutputError, StreamsegError
-from .link import Inbox, Ledger, Outbox, endpoint_role, message_keys
-from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart, StreamStatus
+from .admission import Admission
+from .ledger import Ledger
+from .link import Inbox, Outbox, endpoint_role, message_keys
+from .messages import EndOfStream
 from .reorder import Reorder
 from .shm import Mappings, SharedPool
+from .spec import WorkerSpec
 from .stage import ALL_PORTS, Emit, Source, Stage
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
-START_SIGNAL = signal.SIGUSR2
-"""Tells a source that the whole pipeline is ready: it may start producing."""
-DRAIN_SIGNAL = signal.SIGUSR1
-"""Asks a source to end its streams cleanly, so that everything downstream drains."""
-JOB_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-"""Signals meant for the whole job: the supervisor handles them and stops the workers in order;
-it starts each worker with them blocked until the worker has left the job's process group."""
 PROGRESS_EVERY_S = 0.1
 REJECTS_LOGGED = 5
 RESUME_WAIT_S = 10.0
 """How long a restarted source waits to hear from its receivers where to resume."""
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker process needs to run its stage. Plain data: it crosses the spawn boundary."""
-
-    name: str
-    """Stage name used in logs, errors and the summary (``decode``, ``infer``...); also the
-    worker's name on its input links, so a restarted worker takes over from the one it replaces."""
-    stage: str
-    """``module:Class`` of the stage."""
-    params: dict[str, Any]
-    """Keyword arguments of the stage's constructor (JSON-like values only)."""
-    events: str
-    """Supervisor's event endpoint."""
-    inputs: tuple[str, ...] = ()
-    """Upstream endpoints to connect a data-in link to, one each; empty for a source."""
-    outputs: dict[str, str] = field(default_factory=dict)
-    """Output port name -> endpoint to bind its data-out link at."""
-    publish: dict[str, str] = field(default_factory=dict)
-    """Publish port name -> endpoint to bind a PUB at (for subscribers outside the pipeline)."""
-    publish_hwm: int = 1000
-    """High-water mark of each publish socket, in messages per subscriber."""
-    publish_curve: dict[str, str] | None = None
-    """CURVE server settings of the publish sockets (:class:`~streamseg.security.CurveServer` fields)."""
-    streams: int = 1
-    """Streams to see end before the worker is done."""
-    hwm_frames: int = 4
-    """Credit of each data-in link: messages that may wait for this worker, per upstream port."""
-    max_msg_bytes: int = 512 * 1024 * 1024
-    """ZMQ_MAXMSGSIZE of the data-in sockets."""
-    progress: bool = False
-    """Whether this worker reports frame progress (the last sink does)."""
-    log_level: str = "WARNING"
-    """Log level inside the worker."""
-    attempt: int = 0
-    """0 for the first process of this stage; n for its n-th replacement after a failure."""
-    heartbeat_s: float = 0.5
-    """Seconds between two heartbeats to the supervisor."""
-    previous: dict[str, Any] = field(default_factory=dict)
-    """For a replacement: why the process before it failed (``cause``), and the last ``checkpoint``
-    event that process reported."""
-    instance: str = ""
-    """Names this process of the stage in its events, so that the word of one it replaced is ignored."""
-    curve: dict[str, Any] | None = None
-    """CURVE settings of its tcp sockets (:class:`~streamseg.security.TransportCurve` fields); None: off."""
-    env: dict[str, str] = field(default_factory=dict)
-    """Environment variables set in the worker, unless already set, before its stage is imported
-    (thread pools read them)."""
-    nice: int = 0
-    """Niceness added to the worker's priority: the stages around the model yield to it."""
-    shm_prefix: str = ""
-    """Names this worker's shared-memory slots (``sseg-RUN-INSTANCE``); empty: no shared memory."""
-    parallel: bool = False
-    """One of several workers that read the same input port: a frame a dead sibling had may come
-    after later ones, so frames are not dropped as repeats here (where the outputs join, they are)."""
-    ordered: bool = False
-    """Its inputs come from parallel workers of one stage: each stream's order is restored
-    (:mod:`streamseg.reorder`) before the stage sees a message."""
-
-
 class _Stopped(Exception):
     """Raised inside the runtime when SIGTERM or the supervisor's death ends the worker early."""
-
-
-@dataclass
-class _StreamState:
-    """What the runtime has let through of one stream (repeats after a restart are dropped)."""
-
-    open: bool = False
-    ended: bool = False
-    last_index: int = -1
-    """Index of the newest frame let through."""
-    last_pts: int = 0
 
 
 class _Heartbeat(threading.Thread):
     """Beats to the supervisor from its own thread and socket; a stopped or wedged process stops beating."""
 
-    def __init__(self, runtime: _Runtime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.runtime = runtime
         self.stop = threading.Event()
@@ -172,7 +89,11 @@ class _Heartbeat(threading.Thread):
             sock.close()
 
 
-class _Runtime:
+class Runtime:
+    """Runs the stage a :class:`WorkerSpec` names in this process: opens its sockets, drives it through
+    its lifecycle (the source loop or the stage loop), and reports to the supervisor.
+    ``alive()`` says why the worker must stop early (None: go on); by default, the supervisor gone."""
+
     def __init__(self, spec: WorkerSpec, alive: Callable[[], str | None] | None = None) -> None:
         self.spec = spec
         parent = os.getppid()
@@ -196,9 +117,7 @@ class _Runtime:
         self.stage: Stage | None = None
         self.ledger = Ledger(self._held)
         self.reorder: Reorder[tuple[Inbox, int]] | None = Reorder() if spec.ordered else None
-        self.ends_from: dict[int, set[str]] = {}
-        """id(inbox) -> the streams whose end came through it."""
-        self.streams: dict[str, _StreamState] = {}
+        self.admission = Admission(spec.streams, spec.parallel, spec.ordered)
         self.busy_s = 0.0
         self.blocked_s = 0.0
         self.busy_since = 0.0
@@ -239,7 +158,7 @@ class _Runtime:
     def secure(self, sock: zmq.Socket, address: str, binds: bool) -> None:
         """CURVE on a tcp socket when the transport has keys (ipc:// stays on this machine)."""
         if self.spec.curve and address.lstrip("@>").startswith("tcp://"):
-            from .security import TransportCurve
+            from ..security import TransportCurve
 
             TransportCurve(**self.spec.curve).apply(self.ctx, sock, binds, self.authenticators)
 
@@ -255,7 +174,7 @@ class _Runtime:
             sock.setsockopt(zmq.LINGER, 1000)
             self.pub_out[port] = sock
             if spec.publish_curve:
-                from .security import CurveServer
+                from ..security import CurveServer
 
                 self.authenticators.append(CurveServer(**spec.publish_curve).apply(self.ctx, sock))
             try:
@@ -267,8 +186,7 @@ class _Runtime:
                                       self._hello_state, self.secure))
 
     def _hello_state(self) -> dict[str, Any]:
-        return {"open": [s for s, st in self.streams.items() if st.open],
-                "last": {s: [st.last_index, st.last_pts] for s, st in self.streams.items() if st.last_index >= 0}}
+        return self.admission.hello()
 
     def _held(self) -> frozenset:
         return self.stage.holds() if self.stage is not None else frozenset()
@@ -287,11 +205,7 @@ class _Runtime:
         for inbox in self.inboxes:
             inbox.service()
             for stream in inbox.ended:
-                self.ends_from.setdefault(id(inbox), set()).add(stream)
-                state = self.streams.setdefault(stream, _StreamState())
-                if not state.ended:
-                    log.info("%s: stream %s ended before this worker started", self.spec.name, stream)
-                    state.open, state.ended = False, True
+                self.admission.ended_upstream(id(inbox), stream)
             inbox.ended = []
 
     def _poller(self, with_input: bool) -> zmq.Poller:
@@ -416,7 +330,7 @@ class _Runtime:
         return points
 
     def run_stage(self, stage: Stage) -> None:
-        while self.streams_open():
+        while self.admission.open_streams([id(inbox) for inbox in self.inboxes]):
             self.check_alive()
             self.service()
             self.drain_backlog()
@@ -437,14 +351,6 @@ class _Runtime:
             self.handle(stage, inbox, seq, parts)
             self.progress()
         self.finish_outputs()
-
-    def streams_open(self) -> bool:
-        """Whether a stream has not ended yet; where parallel workers feed this one, also whether one
-        of them has not sent every stream's end yet (each sends its own, and waits until it is done)."""
-        if sum(s.ended for s in self.streams.values()) < self.spec.streams:
-            return True
-        return self.reorder is not None and any(len(self.ends_from.get(id(inbox), ())) < self.spec.streams
-                                                for inbox in self.inboxes)
 
     def _take(self) -> tuple[Inbox, int, list[Any]] | None:
         """The next input, taking the inputs in turn."""
@@ -472,8 +378,7 @@ class _Runtime:
         try:
             original = codec.decode(parts, self.mappings)
             ready = self.reorder.push(original, (inbox, seq)) if self.reorder else [(original, (inbox, seq))]
-            if isinstance(original, EndOfStream):
-                self.ends_from.setdefault(id(inbox), set()).add(original.stream_id)
+            self.admission.end_seen(id(inbox), original)
         except MessageError as exc:
             self.reject(exc)
             inbox.done(seq)  # nothing will ever come of it
@@ -484,7 +389,7 @@ class _Runtime:
     def give(self, stage: Stage, inbox: Inbox, seq: int, original: Any) -> None:
         """Pass one decoded input to the stage unless it is a repeat or does not fit its stream."""
         try:
-            message = self.admit(original)
+            message = self.admission.admit(original)
         except MessageError as exc:
             self.reject(exc)
             inbox.done(seq)
@@ -500,46 +405,6 @@ class _Runtime:
             self.ledger.release(held)
         # a repeat is done when the first copy is: it waits on the same stream positions
         self.ledger.settle(inbox, seq, keys)
-
-    def admit(self, message: Any) -> Any:
-        """The part of ``message`` that is new for its stream; None for a repeat. MessageError when it
-        does not fit (a bare Detections, a frame of a stream that is not open)."""
-        if isinstance(message, StreamStart):
-            state = self.streams.setdefault(message.stream_id, _StreamState())
-            if state.open or state.ended:
-                return None
-            state.open = True
-            return message
-        if isinstance(message, EndOfStream):
-            state = self.streams.get(message.stream_id)
-            if state is not None and state.ended:
-                return None
-            self._open(message.stream_id, "end of stream")
-            state = self.streams[message.stream_id]
-            state.open, state.ended = False, True
-            return message
-        if isinstance(message, StreamStatus):
-            self._open(message.stream_id, "StreamStatus")
-            return message
-        if isinstance(message, Batch):
-            new = tuple(f for f in message.frames if self._new_frame(f))
-            return None if not new else message if len(new) == len(message.frames) else Batch(new)
-        if isinstance(message, (Frame, FrameResult)):
-            return message if self._new_frame(message) else None
-        raise MessageError(f"a bare {type(message).__name__} is not a message of the data path")
-
-    def _open(self, stream_id: str, what: str) -> _StreamState:
-        state = self.streams.get(stream_id)
-        if state is None or not state.open:
-            raise MessageError(f"{what} of stream {stream_id!r}, which is not open")
-        return state
-
-    def _new_frame(self, frame: Frame | FrameResult) -> bool:
-        state = self._open(frame.stream_id, type(frame).__name__)
-        if frame.index <= state.last_index:
-            return self.spec.parallel
-        state.last_index, state.last_pts = frame.index, frame.pts
-        return True
 
     def finish_outputs(self) -> None:
         """Wait until the receivers are done with everything sent (a restarted one may need it again)."""
@@ -561,9 +426,7 @@ class _Runtime:
         heartbeat = _Heartbeat(self)
         heartbeat.start()
         try:
-            module, _, cls_name = spec.stage.partition(":")
-            cls = getattr(importlib.import_module(module), cls_name)
-            self.stage = stage = cls(**spec.params)
+            self.stage = stage = STAGES[spec.stage].build(spec.config, spec.params)
             stage.restarted = spec.attempt > 0
             stage.previous = dict(spec.previous)
             stage.bind_events(self.event)
@@ -627,55 +490,3 @@ class _Runtime:
         except Exception:  # noqa: BLE001 - close during abort must not mask the first error
             log.exception("%s: error while closing", self.spec.name)
         self.event("stats", **self.stats())
-
-
-def _set_process_name(name: str) -> None:
-    """Show the stage in ps/top (Linux ``comm``, at most 15 characters); harmless elsewhere."""
-    try:
-        with open("/proc/self/comm", "w") as comm:
-            comm.write(name[:15])
-    except OSError:
-        pass
-
-
-def run_spec(spec: WorkerSpec, alive: Callable[[], str | None]) -> int:
-    """Run a stage in this process for a supervisor elsewhere (``streamseg worker``); the exit code.
-
-    ``alive()`` says why to stop (the supervisor is gone, or said stop), or None."""
-    _set_process_name(f"sseg-{spec.name}")
-    return _Runtime(spec, alive).run()
-
-
-def worker_main(spec: WorkerSpec) -> None:
-    """Entry point of a worker process (started with the ``spawn`` method)."""
-    # signals meant for the whole job (Ctrl-C on a terminal, `timeout`, `kill -- -PGID`) reach the
-    # supervisor only, which stops the workers in order
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.setpgrp()
-    for key, value in spec.env.items():
-        os.environ.setdefault(key, value)  # what the user set in the environment wins
-    if spec.nice:
-        os.nice(spec.nice)
-    _set_process_name(f"sseg-{spec.name}")
-    logging.basicConfig(level=spec.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s")
-    runtime = _Runtime(spec)
-
-    def on_term(signum: int, frame: object) -> None:
-        runtime.terminate = True
-
-    def on_drain(signum: int, frame: object) -> None:
-        if isinstance(runtime.stage, Source):
-            runtime.stage.request_stop()  # a source ends its streams; everything downstream drains
-
-    def on_start(signum: int, frame: object) -> None:
-        runtime.go = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(DRAIN_SIGNAL, on_drain)
-    signal.signal(START_SIGNAL, on_start)
-    # the supervisor started us with SIGINT and SIGTERM blocked, so that none could arrive before
-    # the lines above; a pending SIGINT is now dropped (ignored), a pending SIGTERM handled
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, JOB_SIGNALS)
-    code = runtime.run()
-    sys.exit(code)

@@ -24,7 +24,7 @@ receiver -> sender
 sender -> receiver
   ``W`` WELCOME, the answer to a fresh HELLO: ``{"ended": [stream ids]}``, the streams whose end the
         link has delivered and seen done (a new receiver must not wait for them).
-  ``M`` MESSAGE: an 8-byte little-endian sequence number, then the :mod:`streamseg.codec` parts.
+  ``M`` MESSAGE: an 8-byte little-endian sequence number, then the :mod:`streamseg.runtime.codec` parts.
 
 A receiver may see a message twice (the sender restarted, or re-sent what a dead peer had taken);
 the worker runtime drops repeats by stream position (:func:`message_keys`).
@@ -40,13 +40,13 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection
+from typing import Any, Callable
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from ..errors import MessageError
 from . import codec, shm
-from .errors import MessageError
 from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart, StreamStatus
 
 log = logging.getLogger(__name__)
@@ -470,70 +470,3 @@ class Inbox:
         self.flush()
         self.monitor.close(linger=0)
         self.sock.close(linger=linger)
-
-
-@dataclass
-class _Record:
-    """An input message that is not done yet: where to acknowledge it, and what it waits for."""
-
-    inbox: Inbox
-    seq: int
-    waits: set[Key]
-
-
-class Ledger:
-    """Which inputs are done: an input is done when nothing that came of it is still in flight
-    downstream (by stream position) and the stage no longer holds it.
-
-    This is what makes delivery survive a dead worker anywhere: a stage acknowledges its input as
-    done only once its own outputs are done, so whatever a dead worker had is still kept upstream.
-    """
-
-    def __init__(self, held: Callable[[], Collection[Key]]) -> None:
-        self.held = held
-        """The stage's held positions now (frames a batcher or an encoder has not finished)."""
-        self.outstanding: dict[Key, int] = {}
-        self.waiting: dict[Key, list[_Record]] = {}
-
-    def sent(self, keys: tuple[Key, ...]) -> None:
-        for key in keys:
-            self.outstanding[key] = self.outstanding.get(key, 0) + 1
-
-    def finished(self, keys: tuple[Key, ...]) -> None:
-        """Outputs at ``keys`` are done downstream: acknowledge the inputs that waited only for them."""
-        for key in keys:
-            left = self.outstanding.get(key, 0) - 1
-            if left > 0:
-                self.outstanding[key] = left
-            else:
-                self.outstanding.pop(key, None)
-        self.release(keys)
-
-    def settle(self, inbox: Inbox, seq: int, keys: tuple[Key, ...]) -> None:
-        """An input has been handled: acknowledge it now, or once what it waits for is done."""
-        held = self.held()
-        waits = {k for k in keys if k in self.outstanding or k in held}
-        if not waits:
-            inbox.done(seq)
-            return
-        record = _Record(inbox, seq, waits)
-        for key in waits:
-            self.waiting.setdefault(key, []).append(record)
-
-    def release(self, keys: Collection[Key]) -> None:
-        """Look again at inputs waiting on ``keys`` (sent on, or no longer held)."""
-        if not self.waiting:
-            return
-        held = None
-        for key in keys:
-            records = self.waiting.get(key)
-            if not records or key in self.outstanding:
-                continue
-            held = self.held() if held is None else held
-            if key in held:
-                continue
-            del self.waiting[key]
-            for record in records:
-                record.waits.discard(key)
-                if not record.waits:
-                    record.inbox.done(record.seq)

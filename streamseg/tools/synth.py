@@ -28,8 +28,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from .masks import encode_rle
-from .models.registry import SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON
+from ..masks import encode_rle
+from ..models.registry import SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON
 
 CLASSES = SHAPE_CLASSES[1:]
 MIN_AREA_PX = 40

@@ -1,7 +1,7 @@
 """The messages that flow between stages: small frozen dataclasses with documented fields.
 
 Each is checked when built (``__post_init__``), so a message decoded from a socket is validated
-by the same code that validates one built in-process. :mod:`streamseg.codec` turns them into
+by the same code that validates one built in-process. :mod:`streamseg.runtime.codec` turns them into
 multipart ZeroMQ frames and back.
 """
 
@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import MessageError
+from ..errors import MessageError
 
 
 def _check(ok: bool, message: str) -> None:
@@ -81,7 +81,7 @@ class Frame:
     prev: int = -1
     """Index of the frame of this stream sent before it on the way to this stage, stamped by the
     inference stage that all of a stream's frames pass through; -1 when there was none or it is not
-    known. A stage fed by several parallel workers restores the order by it (:mod:`streamseg.reorder`)."""
+    known. A stage fed by several parallel workers restores the order by it (:mod:`streamseg.runtime.reorder`)."""
 
     def __post_init__(self) -> None:
         _check(self.index >= 0, f"bad frame index {self.index}")

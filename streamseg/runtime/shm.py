@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MessageError
+from ..errors import MessageError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Train the shipped model: the small Mask R-CNN with mask and keypoint heads, on synthetic frames.
 
-Frames are generated on the fly (:func:`streamseg.synth.random_frame`), each from a scene seed
+Frames are generated on the fly (:func:`streamseg.tools.synth.random_frame`), each from a scene seed
 drawn from the training seed, so a run is reproduced by its command line. Training scene seeds are
 drawn at or above :data:`TRAIN_SEED_FLOOR`; held-out clips use seeds below it, so that no
 evaluation clip was ever seen in training.
@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .models.registry import SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON, build_streamseg_small
+from ..config import ModelConfig
+from ..models.registry import (
+    SHAPE_CLASSES,
+    SHAPE_KEYPOINTS,
+    SHAPE_SKELETON,
+    build_streamseg_small,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +136,18 @@ def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e
 
 
 def evaluate_heldout(weights: str, seed: int = 7, frames: int = 300, width: int = 320, height: int = 240,
-                     model: str = "streamseg-small", score_thresh: float = 0.5) -> dict[str, Any]:
+                     model: str = ModelConfig.name, score_thresh: float = ModelConfig.score_thresh) -> dict[str, Any]:
     """Mask, box and keypoint AP of ``weights`` on a held-out synthetic clip (model called directly)."""
     import tempfile
     from fractions import Fraction
 
     import av
 
+    from ..formats.records import frame_record
+    from ..models import model_info
+    from ..models.predictor import Predictor
+    from ..runtime.messages import FrameResult
     from .evaluate import evaluate, load_ground_truth
-    from .messages import FrameResult
-    from .models import model_info
-    from .stages.infer import Predictor
-    from .stages.maskwriter import frame_record
     from .synth import write_video
 
     if seed >= TRAIN_SEED_FLOOR:
@@ -150,7 +156,7 @@ def evaluate_heldout(weights: str, seed: int = 7, frames: int = 300, width: int 
     with tempfile.TemporaryDirectory() as tmp:
         clip, gt_path = Path(tmp) / "heldout.mp4", Path(tmp) / "heldout.json"
         write_video(clip, gt_path, seed, frames, width, height)
-        predictor = Predictor(model, weights, device="cpu", score_thresh=score_thresh)
+        predictor = Predictor(ModelConfig(name=model, weights=weights, device="cpu", score_thresh=score_thresh))
         with av.open(str(clip)) as container:
             images = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         records = []

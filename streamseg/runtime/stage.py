@@ -1,6 +1,6 @@
 """The stage contract: plain objects that turn messages into messages and never touch sockets.
 
-The worker runtime (:mod:`streamseg.worker`) owns sockets, polling, signals and shutdown, and
+The worker runtime (:mod:`streamseg.runtime.worker`) owns sockets, polling, signals and shutdown, and
 drives a stage through its lifecycle::
 
     setup() -> process(msg)* -> flush(eos) -> ... -> close()
@@ -71,10 +71,9 @@ class LatencyMeter:
 
 
 class Stage:
-    """Base class of a pipeline stage; subclasses set ``outputs`` and override what they need."""
+    """Base class of a pipeline stage; subclasses override what they need. The ports a stage sends on
+    are listed in the table of stages (:data:`streamseg.stages.STAGES`)."""
 
-    outputs: tuple[str, ...] = ()
-    """Names of the output ports this stage sends on."""
     totals: tuple[str, ...] = ()
     """Counters that say what the stage's outputs hold rather than what this process did (a restarted
     sink counts the frames its outputs already had): the summary takes them from the last process."""

@@ -13,7 +13,7 @@ join, :class:`Reorder` lets a frame through once the frame it names has gone thr
   first, in index order.
 
 Nothing waits for a frame that cannot come: a frame lost with a dead worker is sent again by the
-link (:mod:`streamseg.link`), so the chain is always completed.
+link (:mod:`streamseg.runtime.link`), so the chain is always completed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .errors import MessageError
+from ..errors import MessageError
 from .messages import EndOfStream, Frame, FrameResult, StreamStart
 
 T = TypeVar("T")

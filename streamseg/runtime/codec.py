@@ -1,12 +1,12 @@
 """Messages to multipart ZeroMQ frames and back, without pickle.
 
-Wire format (version 1), one ZeroMQ multipart message per :mod:`streamseg.messages` object:
+Wire format (version 1), one ZeroMQ multipart message per :mod:`streamseg.runtime.messages` object:
 
 - part 0: a UTF-8 JSON header ``{"v": 1, "msg": BODY, "arrays": [[dtype, shape], ...]}``, where
   BODY is the message with dataclasses written as ``{"@": "TypeName", field: value, ...}``,
   fractions as ``{"/": [num, den]}`` and arrays as ``{"#": i}``, a reference to part ``i + 1``;
 - parts 1..n: the raw C-order bytes of each array, sent and received without copies. On an ipc
-  link a large array may instead lie in shared memory (:mod:`streamseg.shm`): its spec is then
+  link a large array may instead lie in shared memory (:mod:`streamseg.runtime.shm`): its spec is then
   ``[dtype, shape, slot name, byte offset]`` and its part is empty.
 
 :func:`decode` trusts nothing: the header must parse, every type and field must be known, every
@@ -26,8 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import MessageError
 from . import shm
-from .errors import MessageError
 from .messages import MESSAGE_TYPES
 from .shm import SharedPool
 

@@ -1,0 +1,1 @@
+"""File and wire formats that several parts of streamseg share (records, the encoder's journal)."""
