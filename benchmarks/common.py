@@ -2,18 +2,93 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+import resource
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+BARE_IMPORT = (sys.executable, "-c", "import torch, torchvision")
+"""The floor of any command that runs the model: the interpreter plus torch's and torchvision's imports."""
+
+
+def machine() -> str:
+    """One line on what ran the benchmark, and when (for a table's header)."""
+    versions = []
+    for package in ("torch", "av"):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return (f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{', '.join(versions)}, {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+@dataclass
+class Timed:
+    """A command run to its end, timed from outside."""
+
+    wall_s: float
+    """From spawning the process to its exit."""
+    cpu_s: float
+    """User + system CPU seconds of the process and of every descendant it waited for (all its
+    threads and worker processes)."""
+    stdout: str
+    stderr: str
+
+
+def timed(command: Sequence[str], env: dict[str, str] | None = None, check: bool = True) -> Timed:
+    """Run ``command`` to its end in the repository's root (relative paths are taken from there); with
+    ``check``, exit with its stderr if it fails. Run one at a time: the CPU time is the difference in
+    this process's children's."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(list(command), check=False, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if check and proc.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Timed(wall, cpu, proc.stdout, proc.stderr)
+
+
+SUMMARY_LINE = re.compile(r"frames (?P<frames>\d+) in (?P<wall_s>[\d.]+) s end to end \((?P<fps_end_to_end>[\d.]+) fps\); "
+                          r"start-up (?P<startup_s>[\d.]+) s, then (?P<fps>[\d.]+) fps")
+"""The first line of the summary ``streamseg run`` prints to stderr (``Summary.table``)."""
+
+
+def run_summary(stderr: str) -> dict[str, float]:
+    """``frames``, ``wall_s``, ``fps_end_to_end``, ``startup_s`` and ``fps`` from the summary a
+    ``streamseg run`` without ``-q`` printed; exits when there is none (the wording changed?)."""
+    match = SUMMARY_LINE.search(stderr)
+    if match is None:
+        sys.exit(f"no summary line like {SUMMARY_LINE.pattern!r} in streamseg run's stderr:\n{stderr[-2000:]}")
+    return {key: float(value) for key, value in match.groupdict().items()}
+
+
+def streamseg_run(*args: str) -> list[str]:
+    """The command line of ``python -m streamseg run ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "streamseg", "run", *args]
+
+
+def runs(values: Sequence[float], digits: int = 1) -> str:
+    """Each round's figure, for a table's last column."""
+    return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
 def decoded_frames(path: Path | str) -> list[np.ndarray]:
