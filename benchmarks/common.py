@@ -143,3 +143,19 @@ def start_rtsp_server(source: Path | str, port: int) -> subprocess.Popen[str]:
     if proc.stdout.readline().strip() != "ready":
         sys.exit(f"the RTSP server did not start: {proc.stderr.read() if proc.stderr else ''}")
     return proc
+
+
+def workers(root: int) -> dict[str, int]:
+    """Name -> pid of the run's own process and its worker processes (``sseg-<stage>``)."""
+    found = {"supervisor": root}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == root and comm.startswith("sseg-"):
+            found[comm[len("sseg-"):]] = int(entry)
+    return found

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import free_port, machine, make_clip, runs
+from common import free_port, machine, make_clip, runs, workers
 
 FRAMES = 300
 
@@ -73,18 +73,11 @@ class _Run:
 
 
 def worker_pid(parent: int, stage: str) -> int:
-    """The pid of ``parent``'s child process that runs ``stage`` (its comm is ``sseg-STAGE``)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            comm = Path(f"/proc/{entry}/comm").read_text().strip()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and comm == f"sseg-{stage}"[:15]:
-            return int(entry)
-    sys.exit(f"no {stage} worker under pid {parent}")
+    """The pid of ``parent``'s worker process that runs ``stage``."""
+    pid = workers(parent).get(stage)
+    if pid is None:
+        sys.exit(f"no {stage} worker under pid {parent}")
+    return pid
 
 
 def kill_to_exit(clip: Path, model: list[str]) -> float:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, start_rtsp_server
+from common import free_port, start_rtsp_server, workers
 
 
 def rss_kib(pid: int) -> int | None:
@@ -35,22 +35,6 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def workers(root: int) -> dict[str, int]:
-    """Name -> pid of the run's own process and its worker processes (``sseg-<stage>``)."""
-    found = {"supervisor": root}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            comm = Path(f"/proc/{entry}/comm").read_text().strip()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == root and comm.startswith("sseg-"):
-            found[comm[len("sseg-"):]] = int(entry)
-    return found
 
 
 def main() -> None:
