@@ -27,7 +27,8 @@ from common import free_port, make_clip
 from common import start_rtsp_server as start_server
 
 from streamseg.config import load_config
-from streamseg.pipeline import Summary, run_config
+from streamseg.pipeline import run_config
+from streamseg.summary import Summary
 
 
 def run(url: str, tmp: str, args: argparse.Namespace, policy: str,

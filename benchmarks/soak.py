@@ -25,16 +25,19 @@ from pathlib import Path
 
 from common import free_port, start_rtsp_server, workers
 
+RSS_KINDS = ("VmRSS", "RssAnon", "RssShmem")
+"""Resident memory in all, its private part (heap: where a leak shows), and the shared memory
+(/dev/shm frame slots) the process has touched, which counts in its RSS once touched."""
 
-def rss_kib(pid: int) -> int | None:
-    """Resident memory of a process in KiB, or None when it is gone."""
+
+def rss_kib(pid: int) -> tuple[int, int, int] | None:
+    """:data:`RSS_KINDS` of a process in KiB, or None when it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":" in line)
+        return tuple(int(fields[kind].split()[0]) for kind in RSS_KINDS)  # type: ignore[return-value]
+    except (OSError, KeyError, ValueError):
         return None
-    return None
 
 
 def main() -> None:
@@ -48,7 +51,7 @@ def main() -> None:
     port = free_port()
     server = start_rtsp_server(f"pattern:{args.size}@30", port)
     frames = int(args.minutes * 60 * 30)
-    samples: dict[str, list[tuple[float, int]]] = {}
+    samples: dict[str, list[tuple[float, tuple[int, int, int]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         run = subprocess.Popen([sys.executable, "-m", "streamseg", "run", f"rtsp://127.0.0.1:{port}/cam",
                                 "-o", "soak.mp4", "--masks", "soak.jsonl", "--publish", f"tcp://127.0.0.1:{free_port()}",
@@ -78,21 +81,25 @@ def main() -> None:
           f"exit {run.returncode}")
     print(f"# baseline: each process's median RSS in the minute after {args.warmup_min:g} min; "
           f"end: the median of its last 3 samples (every {args.sample_s:g} s); output video {output_mb:.1f} MB")
-    print("| process | baseline MiB | end MiB | max MiB | end / baseline | growth |")
-    print("|---|---|---|---|---|---|")
-    worst = 0.0
+    print("| process | baseline MiB | end MiB | max MiB | end / baseline | growth | private (anon) growth | "
+          "shared memory touched: baseline / end MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    worst = worst_anon = 0.0
     for name, series in sorted(samples.items()):
         base = [v for t, v in series if warm <= t < warm + 60]
         if not base or len(series) < 4:
-            print(f"| {name} | - | - | - | - | too few samples |")
+            print(f"| {name} | - | - | - | - | too few samples | - | - |")
             continue
-        baseline = statistics.median(base)
-        end = statistics.median(v for _, v in series[-3:])
-        growth = 100 * (end - baseline) / baseline
-        worst = max(worst, growth)
-        print(f"| {name} | {baseline / 1024:.1f} | {end / 1024:.1f} | {max(v for _, v in series) / 1024:.1f} | "
-              f"{end / baseline:.3f} | {growth:+.1f}% |")
-    print(f"largest growth: {worst:+.1f}% (target under 5%)")
+        baseline = [statistics.median(v[k] for v in base) for k in range(len(RSS_KINDS))]
+        end = [statistics.median(v[k] for _, v in series[-3:]) for k in range(len(RSS_KINDS))]
+        growth = 100 * (end[0] - baseline[0]) / baseline[0]
+        anon = 100 * (end[1] - baseline[1]) / baseline[1]
+        worst, worst_anon = max(worst, growth), max(worst_anon, anon)
+        peak = max(v[0] for _, v in series)
+        print(f"| {name} | {baseline[0] / 1024:.1f} | {end[0] / 1024:.1f} | {peak / 1024:.1f} | "
+              f"{end[0] / baseline[0]:.3f} | {growth:+.1f}% | {anon:+.1f}% | "
+              f"{baseline[2] / 1024:.1f} / {end[2] / 1024:.1f} |")
+    print(f"largest growth: {worst:+.1f}% of RSS, {worst_anon:+.1f}% of private memory (target under 5%)")
     print("\n".join(line for line in stderr.splitlines() if not line.startswith("streamseg: WARNING"))[-3000:])
 
 

@@ -5,8 +5,8 @@ Five ways, measured in the same run:
 - a plain in-process memory copy of the same bytes (``numpy.copyto``, into as many buffers in turn
   as a link has frames in flight): the physical limit;
 - ``multiprocessing.Queue``: what Python offers out of the box (pickle through a pipe);
-- streamseg's link over ipc://: a sender :class:`~streamseg.link.Outbox` copies each frame once
-  into shared memory and sends its name; the receiver's :class:`~streamseg.link.Inbox` maps it
+- streamseg's link over ipc://: a sender :class:`~streamseg.runtime.link.Outbox` copies each frame once
+  into shared memory and sends its name; the receiver's :class:`~streamseg.runtime.link.Inbox` maps it
   and decodes the message, acknowledging it so that the slot is reused (with a run's credit,
   ``transport.hwm_frames``);
 - the same, with the frame built in its slot to begin with (``Stage.allocate``, as the renderer

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import StreamsegError  # noqa: E402
 
-_LAZY = {"Config": "config", "load_config": "config", "Summary": "pipeline", "run": "pipeline",
+_LAZY = {"Config": "config", "load_config": "config", "Summary": "summary", "run": "pipeline",
          "run_config": "pipeline"}
 
 

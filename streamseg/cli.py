@@ -9,7 +9,7 @@ import time
 from typing import Any, Sequence
 
 from . import __version__
-from .config import LIVE_POLICIES, default, presets
+from .config import LIVE_POLICIES, REMOTE_STAGES, default, presets
 from .errors import ConfigError, InputError, Interrupted, StreamsegError
 
 log = logging.getLogger("streamseg")
@@ -199,7 +199,8 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--frames", type=int, default=300, help="clip length (default 300)")
     p.add_argument("--seed", type=int, default=7, help="held-out scene seed, never used in training (default 7)")
     p.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="frame size (default 320x240)")
-    p.add_argument("--model", default="streamseg-small", help="model name (default: the shipped streamseg-small)")
+    p.add_argument("--model", default=default("model.name"),
+                   help=f"model name (default: the shipped {default('model.name')})")
     p.add_argument("--weights", metavar="FILE", help="local weights file for the model")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -299,7 +300,8 @@ def _add_worker(sub: Any) -> None:
                                    "had not finished is sent to the next.")
     p.add_argument("join", metavar="ENDPOINT", help="the supervisor's join endpoint, e.g. tcp://gpu-host-a:5550")
     p.add_argument("--stage", action="append", default=[], metavar="NAME",
-                   help="only take this stage (infer, render, encode, masks); repeatable; default: any")
+                   help=f"only take this stage ({', '.join(REMOTE_STAGES)}; render-N of several render "
+                        "workers); repeatable; default: any")
     p.add_argument("--wait", type=float, default=60.0, metavar="S",
                    help="give up when no stage is handed out within S seconds (default 60)")
     p.add_argument("--curve-key", metavar="NAME.key_secret", help="this worker's CURVE key pair (`streamseg keys`)")

@@ -3,12 +3,13 @@
 Loading order (last wins): the dataclass defaults below, then each ``--config`` YAML file (which
 may name ``_base_: other.yaml``, resolved relative to itself, detectron2-style), then the CLI's
 own flags, then ``--set section.key=value`` overrides. Unknown keys are errors that name the key.
-A ``--config`` that is not a file may be a preset's name (``coco``, ``rtsp_to_publish``): the YAML
-files of ``configs/`` and ``pipelines/`` travel in the package, in ``streamseg/presets/`` (:func:`presets`).
-The result is frozen. Each stage is given its own section (the table of stages,
-:data:`streamseg.stages.STAGES`, names which): the dataclass itself crosses ``spawn`` to the worker, and becomes JSON (:func:`section_from_dict`
-reads it back) for a worker on another host. Every default of every key lives here, and only here:
-the CLI's help texts, the stages and the runtime read them from these classes.
+A ``--config`` that is not a file may be a preset's name (``coco``, ``rtsp_to_publish``): the
+YAML files of ``configs/`` and ``pipelines/`` travel in the package, in ``streamseg/presets/``
+(:func:`presets`). The result is frozen. Each stage is given its own section (the table of
+stages, :data:`streamseg.stages.STAGES`, names which): the dataclass itself crosses ``spawn`` to
+the worker, and becomes JSON (:func:`section_from_dict` reads it back) for a worker on another
+host. Every default of every key lives here, and only here: the CLI's help texts, the stages and
+the runtime read them from these classes.
 
 This module imports nothing from the rest of streamseg but its errors, so that anything may import it.
 """
@@ -272,9 +273,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS: dict[str, type] = {"input": InputConfig, "batch": BatchConfig, "model": ModelConfig,
-                             "render": RenderConfig, "encode": EncodeConfig, "output": OutputConfig,
-                             "transport": TransportConfig, "runtime": RuntimeConfig}
+SECTIONS: dict[str, type] = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
 """Config section name -> its class."""
 
 
@@ -395,7 +394,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        included = f" (the _base_ of {seen[-1]})" if seen else ""
+        raise ConfigError(f"config file not found: {path}{included}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -133,7 +133,8 @@ def diagnose(workers: Iterable[WorkerState], policy: RestartPolicy, start_timeou
     """The first worker that failed, in order: one that reported an error; died (a signal) or exited
     without finishing (after :data:`EXIT_EVENT_GRACE_S` for its last event); did not start within
     ``start_timeout_s``; stopped beating or hung in one call (``policy``); or, on another host,
-    was not joined in time. Notes in each state when its process was first seen gone."""
+    was not joined in time. It reads only what it is given, but notes in a state when its process
+    was first seen gone (``exit_seen``), for the grace period."""
     for w in workers:
         name = w.spec.name
         if w.error is not None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .config import ModelConfig
 from .runtime.messages import MaskRegions
 
 CHUNK_PIXELS = 1 << 20
@@ -177,7 +178,7 @@ def _weights(out_index: Any, size: Any, grid: int, used: Any) -> tuple[Any, Any,
     return lower, upper, (1 - high) * used, high * used
 
 
-def paste_masks(masks: Any, boxes: Any, height: int, width: int, threshold: float = 0.5,
+def paste_masks(masks: Any, boxes: Any, height: int, width: int, threshold: float = ModelConfig.mask_thresh,
                 padding: int = 1) -> MaskRegions:
     """Paste ``masks`` (``Tensor[N, 1, M, M]`` probabilities) into their ``boxes`` (``Tensor[N, 4]``,
     ``[x1, y1, x2, y2]`` in the frame), keep pixels at or above ``threshold``; on the masks' device.
@@ -188,7 +189,7 @@ def paste_masks(masks: Any, boxes: Any, height: int, width: int, threshold: floa
     return _paste(masks, boxes, height, width, threshold, padding)
 
 
-def paste_and_encode(masks: Any, boxes: Any, height: int, width: int, threshold: float = 0.5,
+def paste_and_encode(masks: Any, boxes: Any, height: int, width: int, threshold: float = ModelConfig.mask_thresh,
                      padding: int = 1) -> tuple[MaskRegions, tuple[str, ...]]:
     """:func:`paste_masks`, and the COCO compressed RLE of each mask (:func:`rle_counts`)."""
     regions = _paste(masks, boxes, height, width, threshold, padding)

@@ -147,7 +147,8 @@ def _video_specs(config: Config, info: dict[str, Any], common: dict[str, Any], p
     paths = stream_outputs(config, config.output.video)
     encoders = worker_names("encode", min(config.encode.workers, len(paths)))
     shares = {sid: i % len(encoders) for i, sid in enumerate(paths)}
-    ports = ["frames"] if len(encoders) == 1 else [f"frames-{j}" for j in range(len(encoders))]
+    port = STAGES["render"].outputs[0]
+    ports = [port] if len(encoders) == 1 else [f"{port}-{j}" for j in range(len(encoders))]
     renderers = worker_names("render", config.render.workers)
     routes = {sid: ports[j] for sid, j in shares.items()} if len(encoders) > 1 else {}
     specs = [_spec(name, "render", config, dict(model_info=info, routes=routes), common,
@@ -186,12 +187,13 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     decoders = [_spec(name, "decode", config,
                       dict(source=url, stream_id=sid, live=is_live_stream,
                            drop_when_full=config.batch.live_policy != "block"),
-                      common, outputs={"frames": f"frames-{i}"}, streams=1)
+                      common, outputs={STAGES["decode"].outputs[0]: f"frames-{i}"}, streams=1)
                 for i, (name, (sid, url), is_live_stream) in enumerate(zip(source_stage_names(config), streams, live))]
     specs = [
         *decoders,
-        _spec("batch", "batch", config, {}, common, inputs=tuple(d.outputs["frames"] for d in decoders),
-              outputs={"batches": "batches"}),
+        _spec("batch", "batch", config, {}, common,
+              inputs=tuple(d.outputs[STAGES["decode"].outputs[0]] for d in decoders),
+              outputs={STAGES["batch"].outputs[0]: "batches"}),
         # the model runs at normal priority, and its idle OpenMP threads sleep instead of spinning, so
         # that the cores it leaves free go to the other stages
         _spec("infer", "infer", config, dict(ports=ports), common, inputs=("batches",),

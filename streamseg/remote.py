@@ -15,7 +15,7 @@ noticed within ``runtime.heartbeat_timeout_s``; the stage then waits for another
 and its upstream sends the newcomer whatever the vanished one had not finished.
 
 Messages (ZeroMQ multipart, first part the kind, second a UTF-8 JSON body):
-``JOIN {"v": 1, "stages": [...], "host": name}``, ``SPEC {spec}``, ``WAIT {"why": text}``,
+``JOIN {"v": 2, "stages": [...], "host": name}``, ``SPEC {spec}``, ``WAIT {"why": text}``,
 ``PING {}``, ``STOP {"why": text}``.
 """
 
@@ -41,7 +41,8 @@ from .security import TransportCurve
 log = logging.getLogger(__name__)
 
 JOIN, SPEC, WAIT, PING, STOP = b"JOIN", b"SPEC", b"WAIT", b"PING", b"STOP"
-PROTOCOL = 1
+PROTOCOL = 2
+"""2: a SPEC names its stage by its name in the table of stages and carries its config section."""
 PING_EVERY_S = 1.0
 @dataclass(frozen=True)
 class RemoteStages:
@@ -89,6 +90,10 @@ class JoinServer:
                     continue
                 if isinstance(request, dict) and request.get("v") == PROTOCOL:
                     out.append((frames[0], request))
+                    continue
+                if isinstance(request, dict) and "v" in request:  # a worker of another streamseg version
+                    self.send(frames[0], STOP, {"why": f"join protocol {request['v']!r}, this run speaks "
+                                                      f"{PROTOCOL}: run the same streamseg version on both hosts"})
                     continue
             log.warning("ignored a malformed message on the join socket")
 
@@ -148,6 +153,9 @@ def serve(join: str, stages: tuple[str, ...] = (), curve: TransportCurve | None 
                 elif kind == WAIT:
                     log.info("the supervisor says: %s", json.loads(body).get("why", ""))
                     time.sleep(1.0)
+                elif kind == STOP:  # before a stage was given: this worker cannot serve that run
+                    why = json.loads(body).get("why", "")
+                    raise ConfigError(f"the supervisor at {join} refused this worker: {why}")
         if curve is not None:
             spec = dataclasses.replace(spec, curve=dataclasses.asdict(curve))
         log.warning("running stage %s for the supervisor at %s", spec.name, join)

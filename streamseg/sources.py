@@ -27,7 +27,7 @@ def source_kind(url: str) -> str:
     return "file"
 
 
-def is_live(url: str, setting: str = "auto") -> bool:
+def is_live(url: str, setting: str) -> bool:
     """Whether ``url`` is read as a live source: ``setting`` ``auto`` says network streams and
     cameras are live, files and images not; ``true``/``false`` force it."""
     if setting == "auto":

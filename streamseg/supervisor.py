@@ -171,7 +171,7 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         worker.process = process
-        if spec.nice:  # from here, before the child's own imports: at start-up the model's come first
+        if spec.nice:  # from here, as the child starts (its own imports come after): the model's go first
             try:
                 os.setpriority(os.PRIO_PROCESS, process.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + spec.nice))
             except OSError:
@@ -230,7 +230,7 @@ class Supervisor:
         for who, request in self.join.requests():
             wanted = request.get("stages") or None
             vacant = [w for w in self.workers.values() if w.remote and w.holder is None and not w.done
-                      and (wanted is None or w.spec.name in wanted or w.spec.name.partition("-")[0] in wanted)]
+                      and (wanted is None or w.spec.name in wanted or w.spec.stage in wanted)]
             if not vacant:
                 self.join.send(who, WAIT, {"why": "no stage of this run is waiting for a worker"})
                 continue

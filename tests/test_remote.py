@@ -23,6 +23,7 @@ from conftest import (
     assert_same_outputs,
     decoded,
     digest,
+    free_endpoint,
     free_port,
     masks_lines,
     read_jsonl,
@@ -147,3 +148,27 @@ def test_with_curve_only_a_worker_with_an_allowed_key_joins_and_a_stranger_gets_
     # the mask writer ran "over there": its file is on that host, relative to the worker's folder
     assert read_jsonl(cli.cwd / "other-host" / "m.jsonl") == undisturbed["masks"]
     assert digest(decoded(cli.cwd / "out.mp4")) == digest(undisturbed["video"])
+
+
+def test_a_worker_of_another_join_protocol_is_told_why_and_given_nothing() -> None:
+    from streamseg.remote import PROTOCOL, STOP, JoinServer
+
+    ctx = zmq.Context()
+    endpoint = free_endpoint()
+    server = JoinServer(ctx, endpoint, None, [])
+    worker = ctx.socket(zmq.DEALER)
+    worker.setsockopt(zmq.LINGER, 0)
+    worker.connect(endpoint)
+    try:
+        worker.send_multipart([b"JOIN", json.dumps({"v": PROTOCOL - 1, "stages": []}).encode()])
+        requests: list = []
+        deadline = time.monotonic() + 10
+        while not worker.poll(50) and time.monotonic() < deadline:
+            requests += server.requests()
+        assert requests == []  # not a join request this run hands stages to
+        kind, body = worker.recv_multipart()
+        assert kind == STOP and f"join protocol {PROTOCOL - 1}" in json.loads(body)["why"]
+    finally:
+        worker.close()
+        server.close()
+        ctx.term()

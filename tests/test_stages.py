@@ -124,7 +124,7 @@ def test_sources_are_told_apart_and_passwords_hidden(tmp_path: Path) -> None:
     assert [source_kind(u) for u in ("rtsp://h/x", "rtmp://h/x", "https://h/a.m3u8", "/dev/video0",
                                      str(tmp_path), str(tmp_path / "*.jpg"), "clip.mp4")] == \
         ["network", "network", "network", "device", "images", "images", "file"]
-    assert is_live("rtsp://h/x") and is_live("/dev/video0") and not is_live("clip.mp4")
+    assert is_live("rtsp://h/x", "auto") and is_live("/dev/video0", "auto") and not is_live("clip.mp4", "auto")
     assert not is_live("rtsp://h/x", "false") and is_live("clip.mp4", "true")
     assert safe_url("rtsp://admin:hunter2@cam:554/s") == "rtsp://admin:***@cam:554/s"
     assert safe_url("rtsp://cam/s") == "rtsp://cam/s"

@@ -198,7 +198,7 @@ class Detections:
     """``float32[N, K, 3]`` of ``[x, y, score]``, or None when the model has no keypoint head."""
     rles: tuple[str, ...] | None = None
     """The masks as COCO compressed RLE ``counts`` strings (size ``[H, W]``), when already encoded
-    (:class:`~streamseg.stages.infer.Predictor` with ``encode_rle``); the stages that write or
+    (:class:`~streamseg.models.predictor.Predictor` with ``encode_rle``); the stages that write or
     publish masks encode them otherwise, so that the model's stage does only the model's work."""
 
     def __post_init__(self) -> None:

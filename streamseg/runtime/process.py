@@ -72,6 +72,9 @@ def worker_main(spec: WorkerSpec) -> None:
     # every output is finished and every socket closed: leave without the interpreter's teardown,
     # which takes about a second once torch is loaded, and the run ends when its last worker exits
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe: nothing more can be said there, and the exit code still must be
     os._exit(code)

@@ -24,7 +24,8 @@ class StageType:
     section: str | None
     """The :class:`~streamseg.config.Config` section its constructor takes first; None: none."""
     outputs: tuple[str, ...] = ()
-    """Output ports (``frames-J`` is port ``frames`` of the J-th encoder when render feeds several)."""
+    """Output ports, as the plan names them (render's ``frames`` becomes ``frames-J``, one per encoder,
+    when it feeds several)."""
 
     def load(self) -> type:
         module, _, cls = self.target.partition(":")

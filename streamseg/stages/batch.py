@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any, Iterable
 
-from ..config import BatchConfig
+from ..config import LIVE_POLICIES, BatchConfig
 from ..runtime.messages import Batch, EndOfStream, Frame, StreamStart
 from ..runtime.stage import ALL_PORTS, Emit, Stage
 
@@ -27,6 +27,8 @@ class BatchStage(Stage):
 
     def __init__(self, config: BatchConfig) -> None:
         super().__init__()
+        if config.live_policy not in LIVE_POLICIES:
+            raise ValueError(f"live_policy must be one of {', '.join(LIVE_POLICIES)}, got {config.live_policy!r}")
         self.max_batch = config.max_batch
         self.max_wait_s = config.max_wait_ms / 1000.0
         self.live_policy = config.live_policy
