@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any, Hashable, Iterable
 
 from ..errors import MessageError
 from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart, StreamStatus
@@ -90,7 +90,7 @@ class Admission:
         if isinstance(message, EndOfStream):
             self.ends_from.setdefault(source, set()).add(message.stream_id)
 
-    def open_streams(self, sources: list[Hashable]) -> bool:
+    def open_streams(self, sources: Iterable[Hashable]) -> bool:
         """Whether the worker must go on: a stream has not ended yet, or (``joined``) one of
         ``sources`` has not sent every stream's end yet (each parallel sender sends its own)."""
         if sum(s.ended for s in self.streams.values()) < self.expected:

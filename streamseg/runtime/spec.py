@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import OutputConfig, RuntimeConfig, TransportConfig, section_from_dict
 from ..errors import ConfigError, StreamsegError
+from ..stages import STAGES
 
 START_SIGNAL = signal.SIGUSR2
 """Tells a source that the whole pipeline is ready: it may start producing."""
@@ -93,8 +94,6 @@ def spec_to_json(spec: WorkerSpec) -> bytes:
 def spec_from_json(raw: bytes) -> WorkerSpec:
     """A WorkerSpec from the supervisor's answer, its config section rebuilt and checked; a wrong or
     foreign answer is a ConfigError."""
-    from ..stages import STAGES
-
     try:
         data = json.loads(raw)
         fields = {f.name for f in dataclasses.fields(WorkerSpec)}

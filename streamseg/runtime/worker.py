@@ -205,7 +205,7 @@ class Runtime:
         for inbox in self.inboxes:
             inbox.service()
             for stream in inbox.ended:
-                self.admission.ended_upstream(id(inbox), stream)
+                self.admission.ended_upstream(inbox, stream)
             inbox.ended = []
 
     def _poller(self, with_input: bool) -> zmq.Poller:
@@ -330,7 +330,7 @@ class Runtime:
         return points
 
     def run_stage(self, stage: Stage) -> None:
-        while self.admission.open_streams([id(inbox) for inbox in self.inboxes]):
+        while self.admission.open_streams(self.inboxes):
             self.check_alive()
             self.service()
             self.drain_backlog()
@@ -378,7 +378,7 @@ class Runtime:
         try:
             original = codec.decode(parts, self.mappings)
             ready = self.reorder.push(original, (inbox, seq)) if self.reorder else [(original, (inbox, seq))]
-            self.admission.end_seen(id(inbox), original)
+            self.admission.end_seen(inbox, original)
         except MessageError as exc:
             self.reject(exc)
             inbox.done(seq)  # nothing will ever come of it
