@@ -16,6 +16,7 @@ noticed and handled; how fast is a figure of the machine and its load, so it is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from common import free_port, machine, make_clip, runs, workers
 
@@ -80,13 +82,18 @@ def worker_pid(parent: int, stage: str) -> int:
     return pid
 
 
-def kill_to_exit(clip: Path, model: list[str]) -> float:
+@contextlib.contextmanager
+def _render_signalled(clip: Path, model: list[str], sig: int, setting: str) -> Iterator[tuple[_Run, float]]:
+    """A run with ``--set setting``, its render worker sent ``sig`` after 10 frames: (the run, when)."""
     with tempfile.TemporaryDirectory() as tmp:
-        run = _Run(Path(tmp), str(clip), "-o", "out.mp4", "--masks", "m.jsonl", *model,
-                   "--set", "runtime.max_restarts=0")
+        run = _Run(Path(tmp), str(clip), "-o", "out.mp4", "--masks", "m.jsonl", *model, "--set", setting)
         run.wait_for_frames(10)
-        os.kill(worker_pid(run.proc.pid, "render"), signal.SIGKILL)
-        killed = time.monotonic()
+        os.kill(worker_pid(run.proc.pid, "render"), sig)
+        yield run, time.monotonic()
+
+
+def kill_to_exit(clip: Path, model: list[str]) -> float:
+    with _render_signalled(clip, model, signal.SIGKILL, "runtime.max_restarts=0") as (run, killed):
         code = run.end()
         took = time.monotonic() - killed
         if code != 1:
@@ -95,12 +102,7 @@ def kill_to_exit(clip: Path, model: list[str]) -> float:
 
 
 def stop_to_report(clip: Path, model: list[str]) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        run = _Run(Path(tmp), str(clip), "--masks", "m.jsonl", "-o", "out.mp4", *model,
-                   "--set", "runtime.heartbeat_timeout_s=2")
-        run.wait_for_frames(10)
-        os.kill(worker_pid(run.proc.pid, "render"), signal.SIGSTOP)
-        stopped = time.monotonic()
+    with _render_signalled(clip, model, signal.SIGSTOP, "runtime.heartbeat_timeout_s=2") as (run, stopped):
         pattern = r"render: stopped responding \(no heartbeat for ([0-9.]+) s\)"
         deadline = stopped + 60
         while run.first(pattern) is None and time.monotonic() < deadline:
