@@ -74,6 +74,15 @@ class InputConfig:
     hwaccel: str = "none"
     """Hardware video decoding: ``cuda`` (NVDEC) or ``none``. Decoding falls back to the CPU, with a
     warning in the log, where the GPU cannot decode (no device, a codec NVDEC lacks)."""
+    video_stream: int = -1
+    """Which video stream of a file to read: 0 is its first; -1: the one the file marks as default
+    (else its first). A cover picture (an attached still image) is never taken for the video."""
+    autorotate: bool = True
+    """Turn the pictures upright as the file's display matrix says (phone videos held upright), as
+    players and ``ffmpeg`` show them; outputs are then at the turned size. ``false``: as stored."""
+    deinterlace: bool = False
+    """Deinterlace frames marked interlaced (FFmpeg's ``bwdif``, one frame out per frame in), e.g.
+    broadcast MPEG-2 or 1080i; progressive frames are left alone."""
 
     def streams(self) -> list[tuple[str, str]]:
         """``(stream id, source)`` of every source, in order."""
@@ -455,6 +464,7 @@ def validate(config: Config) -> None:
         (inp.rtsp_transport in ("tcp", "udp"), f"input.rtsp_transport must be tcp or udp, got {inp.rtsp_transport!r}"),
         (inp.fps > 0, "input.fps must be positive"),
         (inp.max_frames >= 0, "input.max_frames must be >= 0 (0: no limit)"),
+        (inp.video_stream >= -1, "input.video_stream must be >= 0 (a file's video streams from 0) or -1 (its default)"),
         (inp.open_timeout_s > 0 and inp.read_timeout_s > 0, "input timeouts must be positive"),
         (inp.reconnect_attempts >= 0, "input.reconnect_attempts must be >= 0 (0: never give up)"),
         (0 < inp.reconnect_initial_s <= inp.reconnect_max_s,

@@ -76,6 +76,21 @@ def make_clip(path: Path | str, frames: int = 48, size: tuple[int, int] = (322, 
     return Path(path)
 
 
+def decode_all(source: str, config: Any = None) -> tuple[list[Any], list[tuple[str, dict]]]:
+    """Every message a decoder (in this process) emits for ``source``, and the events it reported."""
+    from streamseg.config import InputConfig
+    from streamseg.stages.decode import DecodeStage
+
+    events: list[tuple[str, dict]] = []
+    stage = DecodeStage(config or InputConfig(), source, "0")
+    stage.bind_events(lambda event, **data: events.append((event, data)))
+    stage.setup()
+    try:
+        return [m for _, m in (e for e in stage.produce() if e is not None)], events
+    finally:
+        stage.close()
+
+
 def read_video(path: Path | str) -> dict[str, Any]:
     """Frame count, size, rate, time base, pts list and audio stream info of a video file."""
     with av.open(str(path)) as container:

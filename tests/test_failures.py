@@ -15,6 +15,7 @@ import pytest
 from conftest import (
     TEST_MODEL,
     assert_clean_error,
+    decode_all,
     make_clip,
     read_jsonl,
     read_video,
@@ -176,14 +177,8 @@ def _decodable_frames(path: Path) -> list[int]:
 
 def _decode_all(path: Path) -> tuple[list, list[str]]:
     """Every message the decoder emits for ``path``, and the warnings it reports."""
-    warnings: list[str] = []
-    stage = DecodeStage(InputConfig(), str(path), "0")
-    stage.bind_events(lambda event, **data: warnings.append(data["message"]) if event == "warning" else None)
-    stage.setup()
-    try:
-        return [m for _, m in (e for e in stage.produce() if e is not None)], warnings
-    finally:
-        stage.close()
+    messages, events = decode_all(str(path))
+    return messages, [data["message"] for event, data in events if event == "warning"]
 
 
 def test_a_file_cut_mid_stream_keeps_every_decodable_frame(tmp_path: Path) -> None:

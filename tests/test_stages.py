@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import make_clip, read_video
+from conftest import decode_all, make_clip, read_video
 from pycocotools import mask as mask_utils
 
 from streamseg.config import BatchConfig, EncodeConfig, InputConfig, RenderConfig
@@ -250,18 +250,6 @@ def test_decode_errors_say_what_is_wrong(tmp_path: Path) -> None:
             DecodeStage(InputConfig(), str(tmp_path / name), "0").setup()
 
 
-def _decode_all(source: str, config: InputConfig | None = None) -> tuple[list[Any], list[tuple[str, dict]]]:
-    """Every message a decoder emits for ``source``, and the events it reported."""
-    events: list[tuple[str, dict]] = []
-    stage = DecodeStage(config or InputConfig(), source, "0")
-    stage.bind_events(lambda event, **data: events.append((event, data)))
-    stage.setup()
-    try:
-        return [m for m in (e[1] for e in stage.produce() if e is not None)], events
-    finally:
-        stage.close()
-
-
 def _encode_all(messages: list[Any], out: Path) -> None:
     sink = EncodeStage(EncodeConfig(), path=str(out))
     for m in messages:
@@ -276,7 +264,7 @@ def test_audio_is_copied_in_sync(tmp_path: Path) -> None:
     import av
 
     clip = make_clip(tmp_path / "av.mp4", frames=30, audio=True)
-    messages, _ = _decode_all(str(clip))
+    messages, _ = decode_all(str(clip))
     assert messages[0].audio and messages[0].source == str(clip)
     _encode_all(messages, tmp_path / "out.mp4")
     info = read_video(tmp_path / "out.mp4")
@@ -306,7 +294,7 @@ def test_audio_mp4_cannot_hold_is_reencoded_to_aac(tmp_path: Path) -> None:
             out.mux(audio.encode(pcm))
         out.mux(video.encode())
         out.mux(audio.encode())
-    messages, _ = _decode_all(str(src))
+    messages, _ = decode_all(str(src))
     _encode_all(messages, tmp_path / "out.mp4")
     info = read_video(tmp_path / "out.mp4")
     assert info["audio"] == "aac" and info["frames"] == 25
@@ -316,7 +304,7 @@ def test_audio_mp4_cannot_hold_is_reencoded_to_aac(tmp_path: Path) -> None:
 
 
 def test_loop_restarts_a_file_with_increasing_timestamps(clip: Path, tmp_path: Path) -> None:
-    messages, _ = _decode_all(str(clip), InputConfig(loop=True, max_frames=100))
+    messages, _ = decode_all(str(clip), InputConfig(loop=True, max_frames=100))
     frames = [m for m in messages if isinstance(m, Frame)]
     assert [f.index for f in frames] == list(range(100))
     assert messages[0].frames == 100 and messages[-1].reason == "end" and messages[-1].frames == 100
@@ -336,7 +324,7 @@ def test_an_image_folder_and_a_glob_give_the_frames_pictures(clip: Path, tmp_pat
         cv2.imwrite(str(folder / f"{i:04d}.png"), image[:, :, ::-1])
     (folder / "notes.txt").write_text("not an image")
     for source, count in ((str(folder), 48), (str(folder / "00[0-2]*.png"), 30)):
-        messages, _ = _decode_all(source, InputConfig(fps=10))
+        messages, _ = decode_all(source, InputConfig(fps=10))
         start, *frames, end = messages
         assert (start.width, start.height, start.rate, start.frames, start.live) == (322, 242, 10, count, False)
         assert [f.index for f in frames] == list(range(count)) and end.frames == count and end.reason == "end"

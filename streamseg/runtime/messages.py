@@ -37,9 +37,9 @@ class StreamStart:
     stream_id: str
     """Name of the stream (masks JSONL ``stream`` field)."""
     width: int
-    """Frame width in pixels."""
+    """Frame width in pixels, as shown (after any rotation, before the encoder's padding)."""
     height: int
-    """Frame height in pixels."""
+    """Frame height in pixels, as shown."""
     rate: Fraction
     """Average frame rate in frames per second (``30000/1001`` for NTSC)."""
     time_base: Fraction
@@ -53,6 +53,9 @@ class StreamStart:
     live: bool = False
     """Whether the source is live (camera, network stream): frames may then be dropped before
     inference when it falls behind; never for files."""
+    rotation: int = 0
+    """Degrees (counter-clockwise) the stored pictures are turned to show them upright, as the
+    file's display matrix says; ``width`` and ``height`` are the size shown, after the turn."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0 and self.height > 0, f"bad frame size {self.width}x{self.height}")

@@ -1,16 +1,17 @@
 """Decode: read one source with PyAV (or OpenCV for still images) into RGB frames, in presentation order.
 
-Files: every decodable frame once, in order; corrupt packets are skipped and counted; ``loop``
-starts the file again when it ends. Live sources (network streams, cameras): a lost source is
-reopened with exponential backoff, and the loss and each attempt flow downstream as
-:class:`StreamStatus` messages; timestamps stay increasing across reconnections and loops, with
-the time the source was away added, so the output's clock keeps real time.
+Files: every frame FFmpeg decodes, once, in order, turned upright as the display matrix says
+(:mod:`.readers`); timestamps kept where they move forward and repaired where they do not
+(:mod:`.timing`); corrupt packets skipped and counted; ``loop`` starts the file again. Live sources
+(network streams, cameras): a lost source is reopened with exponential backoff, and the loss and
+each attempt flow downstream as :class:`StreamStatus` messages; timestamps keep increasing across
+reconnections and loops, the time the source was away added, so the output's clock keeps real time.
 
 A decode worker that crashes (FFmpeg can segfault on a damaged file) is replaced, and the new one
-goes on after the newest frame downstream has: a file is sought back to it, a live source is
-reopened and the frames it sent meanwhile are lost (said in a status message and a warning). If
-the replacement fails again at the same frame, the damage is taken to be in the file: the
-stream ends there (``truncated``) with every frame before it, and the run finishes normally.
+goes on after the newest frame downstream has: a file is sought back to it (read again from its
+start when its timestamps were repaired), a live source is reopened and the frames it sent
+meanwhile are lost (said in a status message and a warning). If the replacement fails again at the
+same frame, the damage is in the file: the stream ends there (``truncated``) with every frame before.
 """
 
 from __future__ import annotations
@@ -18,27 +19,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from fractions import Fraction
 from typing import Any, Generator, Iterator
-
-import av
-import numpy as np
 
 from ..config import InputConfig
 from ..errors import InputError
 from ..runtime.messages import EndOfStream, Frame, StreamStart, StreamStatus
 from ..runtime.stage import ALL_PORTS, Emit, Source
 from ..sources import safe_url, source_kind
-from .readers import ImageSequence, open_video
+from .readers import ImageSequence, RawFrame, VideoReader, describe_input, shown_size, upright_rgb
+from .timing import Timeline
 
 log = logging.getLogger(__name__)
 
 WAIT_STEP_S = 0.1
 """A backoff wait checks for a stop request this often."""
-
-RawFrame = tuple["int | None", Fraction, "av.VideoFrame | np.ndarray | None"]
-"""(pts in the segment's own time base or None, that time base, the picture; None: unreadable)."""
-
 
 class DecodeStage(Source):
     """Reads one source; emits StreamStart, every frame (and StreamStatus changes), then EndOfStream.
@@ -61,12 +55,13 @@ class DecodeStage(Source):
         self.drop_when_full = live and drop_when_full
         """A live source drops a frame the batcher has no room for rather than fall behind (not under
         the ``block`` policy); the batcher drains quickly, so this happens only when it is stalled."""
-        self.container: av.container.InputContainer | None = None
+        self.reader: VideoReader | None = None
         self.images: ImageSequence | None = None
         self.start: StreamStart | None = None
         self.index = 0
         self.skipped = 0
-        self.last_pts: int | None = None
+        self.timeline = Timeline(1)
+        """Output timestamps: kept where they move forward, repaired where not (set up per stream)."""
         self.next_base: int | None = None  # first pts of the next segment (after a loop or reconnection)
         self.first_pts: int | None = None  # of the stream, for its capture clock
         self.clock_origin: float | None = None  # wall time of the stream's pts 0 on its own clock
@@ -74,6 +69,18 @@ class DecodeStage(Source):
         """(index, pts) of the newest frame downstream has, for a replacement decoder."""
         self.resume_pts: int | None = None
         """While set, frames up to this pts are passed over silently (downstream has them)."""
+        self.resume_index: int | None = None
+        """While set, frames up to this index are passed over silently: a file whose timestamps were
+        repaired is read again from its start, since its timestamps cannot be sought to."""
+        self.durations: tuple[int, int] | None = None
+        """Shortest and longest frame duration seen, for constant or variable frame rate."""
+        self.checkpoint: dict[str, Any] = {}
+        """What a replacement of this decoder needs to know (:meth:`_checkpoint`)."""
+
+    @property
+    def last_pts(self) -> int | None:
+        """The output timestamp of the newest frame."""
+        return self.timeline.last
 
     totals = ("frames",)
 
@@ -87,10 +94,7 @@ class DecodeStage(Source):
             self._open()
 
     def _open(self) -> None:
-        self.container, stream = open_video(self.path, self.config)
-        stream.thread_type = "AUTO"  # frame + slice threads: decode keeps ahead of the model
-        if self.config.decode_threads:
-            stream.codec_context.thread_count = self.config.decode_threads
+        self.reader = VideoReader(self.path, self.config)
 
     def _stream_start(self) -> StreamStart:
         """What the stream is; ``frames`` is what will be read when that is known (for progress)."""
@@ -99,23 +103,26 @@ class DecodeStage(Source):
             start = StreamStart(self.stream_id, seq.width, seq.height, seq.rate, seq.time_base, len(seq.paths),
                                 self.shown, audio=False, live=self.live)
         else:
-            assert self.container is not None, "setup() first"
-            stream = self.container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            start = StreamStart(self.stream_id, stream.codec_context.width, stream.codec_context.height,
-                                Fraction(rate), Fraction(stream.time_base or Fraction(1, 90000)),
-                                0 if self.live else int(stream.frames or 0), self.shown,
-                                audio=bool(self.container.streams.audio), live=self.live)
+            assert self.reader is not None, "setup() first"
+            start = self._video_start(self.reader)
         frames = 0 if self.config.loop else start.frames
         if self.config.max_frames:
             frames = min(frames, self.config.max_frames) if frames else self.config.max_frames
         return dataclasses.replace(start, frames=frames)
+
+    def _video_start(self, reader: VideoReader) -> StreamStart:
+        start = reader.stream_start(self.stream_id, self.live)  # a file's rotation is its first frame's
+        info = {**reader.describe(), "shown": f"{start.width}x{start.height}", "rotation": start.rotation}
+        self.notify("input", stream_id=self.stream_id, **info)
+        log.info("stream %s: %s: %s", self.stream_id, self.shown, describe_input(info))
+        return start
 
     def lossy(self, message: Any) -> bool:
         return self.drop_when_full and isinstance(message, Frame)
 
     def produce(self) -> Iterator[Emit | None]:
         start = self.start = self._stream_start()
+        self.timeline = Timeline(self._frame_step(), self.timeline.last)
         self.notify("stream", stream_id=self.stream_id, frames=start.frames, width=start.width,
                     height=start.height, rate=str(start.rate), live=self.live)
         yield ALL_PORTS, start
@@ -125,7 +132,7 @@ class DecodeStage(Source):
             if ended is not None:
                 yield ALL_PORTS, ended
                 return
-        if self.live and self.container is not None:
+        if self.live and self.reader is not None:
             # opened in setup() to fail fast; what a live source sent while the model loaded is stale
             self._close_container()
             try:
@@ -146,20 +153,27 @@ class DecodeStage(Source):
                 self._rewind()
                 continue
             break
-        self.counters.update(frames=self.index, skipped=self.skipped)
+        repaired = self.timeline.repaired
+        self.counters.update(frames=self.index, skipped=self.skipped, repaired=repaired)
+        low, high = self.durations or (0, 0)
+        self.notify("input", stream_id=self.stream_id, variable_rate=high > low * 1.1 + 1, repaired=repaired)
         detail = ""
         if self.stop_requested:
             reason, detail = "stopped", "stopped on request"
         elif reason == "lost":
             detail = f"the source was lost and could not be reconnected: {error or 'it ended'}"
-        elif not self._enough() and (error or (start.frames and self.index + self.skipped < start.frames)):
+        elif not self._enough() and (error or self._short()):
             reason = "truncated"
             self.counters["truncated"] = 1
             detail = (f"input ended after {self.index} of {start.frames} frames" if start.frames else
                       f"input ended after {self.index} frames") + (f" ({error})" if error else "")
         if self.skipped:
             detail = (detail + "; " if detail else "") + f"{self.skipped} corrupt packets or frames skipped"
-        if reason not in ("end", "stopped") or self.skipped:
+        if repaired:
+            detail = (detail + "; " if detail else "") + (
+                f"{repaired} of {self.index} frame timestamps were missing, repeated or went backwards "
+                "and were repaired (every frame kept, in order)")
+        if reason not in ("end", "stopped") or self.skipped or repaired:
             self.notify("warning", message=f"{self.shown}: {detail}")
         yield ALL_PORTS, EndOfStream(self.stream_id, self.index, reason, self.skipped, detail)
 
@@ -178,8 +192,13 @@ class DecodeStage(Source):
             self.counters.update(frames=self.index, truncated=1)
             self.notify("warning", message=f"{self.shown}: {detail}")
             return EndOfStream(self.stream_id, self.index, "truncated", 0, detail)
-        self.notify("checkpoint", resumed_at=index)
-        self.index, self.last_pts = index + 1, pts
+        self._checkpoint(resumed_at=index)
+        if self.previous.get("repaired") and self.reader is not None and not (self.live or self.config.loop):
+            self.resume_index = index  # read again from the start: the same frames get the same timestamps
+            self.notify("warning", message=f"{self.shown}: the decoder failed ({cause}) and was restarted after "
+                                           f"frame {index}; it goes on from there")
+            return None
+        self.index, self.timeline.last = index + 1, pts
         what = "frames it sent meanwhile are lost" if self.live else "it goes on from there"
         self.notify("warning", message=f"{self.shown}: the decoder failed ({cause}) and was restarted after "
                                        f"frame {index}; {what}")
@@ -189,10 +208,9 @@ class DecodeStage(Source):
             yield self._status("reconnected", "", 1)
         elif self.config.loop:
             self._continue_after(0.0)  # where in which pass it was is not known: start the file again
-        elif self.container is not None:
+        elif self.reader is not None:
             self.resume_pts = pts
-            stream = self.container.streams.video[0]
-            self.container.seek(pts, stream=stream, backward=True)
+            self.reader.seek(pts)
         else:
             self.resume_pts = pts  # an image sequence: read up to it again, without sending
         return None
@@ -202,45 +220,59 @@ class DecodeStage(Source):
         """Emit the frames of the source as opened now; return why it ended ("" for a clean end)."""
         assert self.start is not None
         start = self.start
-        frame_step = self._frame_step()
         seg_first: int | None = None
         base = 0
-        raw = self._video_frames() if self.images is None else self._image_frames()
+        if self.images is not None:
+            raw = self._image_frames()
+        else:
+            assert self.reader is not None
+            raw = self.reader.frames(lambda: self.stop_requested)
         while True:
             try:
-                pts, time_base, picture = next(raw)
+                pts, time_base, picture, rotation = next(raw)
             except StopIteration as end:
                 return str(end.value or "")
             if picture is None:
                 self.skipped += 1
                 continue
-            if pts is None:
-                pts_out = self.last_pts + frame_step if self.last_pts is not None else 0
-            else:
+            if pts is not None:
                 if seg_first is None:
                     seg_first = pts
                     base = (round(pts * time_base / start.time_base) if self.next_base is None
                             else self.next_base)
-                pts_out = base + round((pts - seg_first) * time_base / start.time_base)
+                pts = base + round((pts - seg_first) * time_base / start.time_base)
             if self.resume_pts is not None:
-                if pts_out <= self.resume_pts:
+                if pts is not None and pts <= self.resume_pts:
                     continue  # downstream has it from the decoder this one replaces
                 self.resume_pts = None
-            if self.last_pts is not None and pts_out <= self.last_pts:
-                self.skipped += 1  # a duplicate or out-of-order timestamp would break the output's pts
-                continue
-            image = self._picture(picture)
-            if image is None:
+            if not self.live and shown_size(picture, rotation) != (start.width, start.height):
                 self.skipped += 1
                 log.warning("%s: skipped frame %d with size %s", self.shown, self.index,
                             getattr(picture, "shape", None) or (picture.height, picture.width))
                 continue
-            self.last_pts = pts_out
-            yield "frames", Frame(self.stream_id, self.index, int(pts_out), start.time_base, image,
+            before = self.timeline.last
+            pts_out = self.timeline(pts)
+            if before is not None:
+                low, high = self.durations or (pts_out - before,) * 2
+                self.durations = (min(low, pts_out - before), max(high, pts_out - before))
+            if pts_out != pts and not self.checkpoint.get("repaired"):
+                self._checkpoint(repaired=True)  # a replacement cannot seek by these timestamps
+            if self.resume_index is not None:
+                if self.index <= self.resume_index:
+                    self.index += 1
+                    continue  # downstream has it from the decoder this one replaces
+                self.resume_index = None
+            yield "frames", Frame(self.stream_id, self.index, int(pts_out), start.time_base,
+                                  upright_rgb(picture, rotation, (start.width, start.height)),
                                   captured=self._captured(pts_out))
             self.index += 1
             if self.stop_requested or self._enough():
                 return ""
+
+    def _checkpoint(self, **what: Any) -> None:
+        """Tell the supervisor something a replacement of this decoder needs (it gets all of it)."""
+        self.checkpoint.update(what)
+        self.notify("checkpoint", **self.checkpoint)
 
     def _captured(self, pts: int) -> float:
         """When the frame was captured, as well as this side can tell.
@@ -265,47 +297,21 @@ class DecodeStage(Source):
     def _enough(self) -> bool:
         return 0 < self.config.max_frames <= self.index
 
-    def _picture(self, picture: av.VideoFrame | np.ndarray) -> np.ndarray | None:
-        """RGB pixels at the stream's size: a live source that comes back at another size is scaled."""
+    def _short(self) -> bool:
+        """Whether a file ended before the end its header announces (cut off)."""
         assert self.start is not None
-        size = (self.start.width, self.start.height)
-        if isinstance(picture, np.ndarray):
-            return picture if (picture.shape[1], picture.shape[0]) == size else None
-        if (picture.width, picture.height) == size:
-            return picture.to_ndarray(format="rgb24")
-        if self.live:
-            return picture.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
-        return None
-
-    def _video_frames(self) -> Generator[RawFrame, None, str]:
-        container = self.container
-        assert container is not None
-        stream = container.streams.video[0]
-        time_base = Fraction(stream.time_base or Fraction(1, 90000))
-        packets = container.demux(stream)
-        while not self.stop_requested:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                return ""
-            except av.FFmpegError as exc:  # the demuxer gave up: the input breaks off (or the link dropped)
-                return f"demuxing stopped: {exc.strerror or exc}"
-            try:
-                frames = packet.decode()
-            except av.FFmpegError as exc:
-                self.skipped += 1
-                log.warning("%s: skipped a corrupt packet at pts %s: %s", self.shown, packet.pts, exc)
-                continue
-            for vf in frames:
-                yield vf.pts, time_base, vf
-        return ""
+        if not self.start.frames or self.index + self.skipped >= self.start.frames:
+            return False
+        if self.reader is None or self.last_pts is None:
+            return True
+        return self.reader.ends_after(self.last_pts + self._frame_step(), self.start.rate)
 
     def _image_frames(self) -> Generator[RawFrame, None, str]:
         assert self.images is not None and self.start is not None
         for i, (path, image) in enumerate(self.images):
             if image is None:
                 log.warning("%s: skipped an image that cannot be read", path)
-            yield i, self.start.time_base, image
+            yield i, self.start.time_base, image, 0
             if self.stop_requested:
                 break
         return ""
@@ -376,12 +382,9 @@ class DecodeStage(Source):
         return ALL_PORTS, StreamStatus(self.stream_id, state, detail, attempt, time.time())
 
     def _close_container(self) -> None:
-        if self.container is not None:
-            try:
-                self.container.close()
-            except av.FFmpegError:
-                pass
-            self.container = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
     def close(self) -> None:
         self._close_container()

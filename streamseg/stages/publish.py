@@ -36,7 +36,8 @@ class PublishStage(Stage):
 
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
-            body = {"width": message.width, "height": message.height, "rate": str(message.rate),
+            body = {"width": message.width, "height": message.height, "rotation": message.rotation,
+                    "rate": str(message.rate),
                     "source": message.source, "live": message.live, "model": self.info.name,
                     "categories": list(self.info.categories), "keypoint_names": list(self.info.keypoint_names),
                     "skeleton": [list(p) for p in self.info.skeleton]}

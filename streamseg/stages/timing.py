@@ -1,0 +1,66 @@
+"""Presentation timestamps of decoded frames, as FFmpeg's own tools would give them.
+
+A decoder hands its frames out in presentation order, but the timestamps they carry are not always
+usable: AVI has no presentation timestamps (with packed B-frames they come out 1, 2, 3, 5, 4, ...),
+some encoders write a timestamp twice, and a remuxed file may carry decode timestamps as
+presentation ones. Frames are never dropped for that. Each frame gets
+
+1. FFmpeg's *best-effort timestamp*: its presentation timestamp, unless those have gone wrong
+   (not increasing) more often than its decode timestamps have, then its decode timestamp
+   (:class:`BestEffort`, the rule of libavcodec's ``guess_correct_pts``);
+2. where that is missing or does not move forward, the previous frame's plus one frame duration at
+   the stream's frame rate (:class:`Timeline`), counted as repaired.
+
+Timestamps that move forward are kept as they are: a variable frame rate, a gap (a pause in the
+recording) and a first timestamp far from zero all stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BestEffort:
+    """FFmpeg's best-effort timestamp of each decoded frame of one decoding run (reset on a seek)."""
+
+    def __init__(self) -> None:
+        self.faulty_pts = 0
+        self.faulty_dts = 0
+        self.last_pts: int | None = None
+        self.last_dts: int | None = None
+
+    def __call__(self, pts: int | None, dts: int | None) -> int | None:
+        """The timestamp to show a frame at, from its presentation and decode timestamps (None: missing)."""
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        elif pts is not None:
+            self.last_dts = pts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        elif dts is not None:
+            self.last_pts = dts
+        if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
+            return pts
+        return dts
+
+
+@dataclass
+class Timeline:
+    """Output timestamps that always increase: a frame's own where it moves forward, otherwise the
+    previous one's plus ``step`` (one frame at the stream's rate)."""
+
+    step: int
+    """One frame's duration in the stream's time base (at least 1)."""
+    last: int | None = None
+    """The previous frame's output timestamp."""
+    repaired: int = 0
+    """Frames whose timestamp was missing, repeated or went backwards."""
+
+    def __call__(self, pts: int | None) -> int:
+        if pts is None or (self.last is not None and pts <= self.last):
+            pts = 0 if self.last is None else self.last + self.step
+            self.repaired += 1
+        self.last = pts
+        return pts

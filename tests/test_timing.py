@@ -1,0 +1,30 @@
+"""Timestamps of decoded frames: FFmpeg's best-effort rule, and the repair of those that do not move forward."""
+
+from __future__ import annotations
+
+from streamseg.stages.timing import BestEffort, Timeline
+
+
+def test_best_effort_takes_pts_until_they_go_wrong_more_often_than_dts() -> None:
+    # pts and dts as PyAV gives them for an MP4 whose encoder wrote some pts twice (the corpus'
+    # pts_repeated.mp4); the answers are ffprobe's best_effort_timestamp for the same frames
+    frames = [(0, 9001), (9001, 9002), (9002, 18000), (9000, 18001), (18001, 18002), (18002, 27000),
+              (18000, 27001), (27001, 27002)]
+    guess = BestEffort()
+    assert [guess(pts, dts) for pts, dts in frames] == [0, 9001, 9002, 18001, 18002, 27000, 27001, 27002]
+
+
+def test_best_effort_falls_back_to_whichever_timestamp_there_is() -> None:
+    guess = BestEffort()
+    assert [guess(None, 5), guess(6, None), guess(None, None)] == [5, 6, None]
+    clean = BestEffort()
+    assert [clean(t, t - 2) for t in (10, 20, 30)] == [10, 20, 30]
+
+
+def test_timeline_keeps_forward_timestamps_and_repairs_the_rest_from_the_frame_rate() -> None:
+    timeline = Timeline(step=40)
+    # a pause (gap) stays; repeats and steps back become the previous one plus a frame
+    got = [timeline(t) for t in (1000, 1040, 3000, 3000, 2960, 3120, None)]
+    assert got == [1000, 1040, 3000, 3040, 3080, 3120, 3160] and timeline.repaired == 3
+    first = Timeline(step=1)
+    assert first(None) == 0 and first.repaired == 1
