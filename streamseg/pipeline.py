@@ -65,10 +65,13 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
     os.makedirs(ipc_dir, exist_ok=True)
     progress = Progress(not config.runtime.quiet and sys.stderr.isatty())
     ready: set[str] = set()
+    inputs: dict[str, dict[str, Any]] = {}
 
     def handle(event: dict[str, Any]) -> None:
         kind = event.get("event")
-        if kind == "ready":
+        if kind == "input":
+            inputs.setdefault(str(event.get("stream_id")), {}).update(event)
+        elif kind == "ready":
             ready.add(event.get("stage", ""))
             if len(ready) == len(plan.specs):
                 times.setdefault("ready", time.monotonic())
@@ -93,7 +96,7 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
     finally:
         if not config.transport.ipc_dir:
             shutil.rmtree(ipc_dir, ignore_errors=True)
-    summary = summarise(config, stats, plan.progress_stage, times, list(supervisor.warnings))
+    summary = summarise(config, stats, plan.progress_stage, times, list(supervisor.warnings), inputs)
     if summary.interrupted:
         log.warning("interrupted: outputs hold the %d frames done", summary.frames)
     return summary

@@ -6,6 +6,7 @@ line and the planner stay light; :mod:`streamseg.stages.readers` opens inputs.
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
 NETWORK_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt"})
@@ -48,3 +49,19 @@ def stream_format(path: str) -> str | None:
     """The muxer for an output stream URL (``rtsp://``, ``rtmp://``), or None for a file."""
     scheme, sep, _ = path.partition("://")
     return STREAM_FORMATS.get(scheme.lower()) if sep else None
+
+
+def describe_input(info: dict[str, Any]) -> str:
+    """One line on what an input is (``VideoReader.describe`` with ``shown``, ``rotation`` and, at its
+    end, ``variable_rate``): container, codec, size as stored and as shown, frame rate, which video stream."""
+    text = f"{info['container']}, {info['codec']}"
+    if info.get("pix_fmt"):
+        text += f" {info['pix_fmt']}"
+    text += f", {info['stored']}"
+    if info.get("rotation"):
+        text += f" shown {info['shown']} (turned {info['rotation']} degrees)"
+    if "variable_rate" in info:
+        text += ", variable frame rate" if info["variable_rate"] else ", constant frame rate"
+    if info.get("video_streams", 1) > 1:
+        text += f", video stream {info['video_stream']} of {info['video_streams']}"
+    return text

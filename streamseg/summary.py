@@ -8,6 +8,7 @@ from typing import Any
 
 from .config import Config
 from .plan import source_stage_names, stream_outputs
+from .sources import describe_input
 from .stages import STAGES
 
 
@@ -52,6 +53,9 @@ class Summary:
     """Stage -> why each of its workers that failed was replaced (empty when none was)."""
     resent: int = 0
     """Messages sent again to a replaced worker (what the failed one had not finished)."""
+    inputs: dict[str, str] = field(default_factory=dict)
+    """Stream id -> what its input was: container, codec, size stored and shown (rotation), constant
+    or variable frame rate, which video stream."""
 
     @property
     def fps_end_to_end(self) -> float:
@@ -66,6 +70,7 @@ class Summary:
         """A human-readable report."""
         lines = [f"frames {self.frames} in {self.wall_s:.2f} s end to end ({self.fps_end_to_end:.2f} fps); "
                  f"start-up {self.startup_s:.2f} s, then {self.fps:.2f} fps",
+                 *(f"input {sid}: {text}" for sid, text in self.inputs.items()),
                  f"{'stage':<8} {'busy s':>8} {'busy %':>7} {'blocked s':>10} {'cpu s':>7}  counts"]
         run_s = max(1e-9, self.wall_s - self.startup_s)
 
@@ -129,10 +134,11 @@ class Progress:
 
 
 def summarise(config: Config, stats: dict[str, dict[str, Any]], progress_stage: str, times: dict[str, float],
-              warnings: list[str]) -> Summary:
+              warnings: list[str], inputs: dict[str, dict[str, Any]] | None = None) -> Summary:
     """The :class:`Summary` of a finished run from its workers' final ``stats``. ``times`` (monotonic):
     ``start`` (the command's), ``ready`` (every worker ready; absent if none was), ``end``, and
-    ``interrupted`` when Ctrl-C or SIGTERM stopped it."""
+    ``interrupted`` when Ctrl-C or SIGTERM stopped it. ``inputs``: stream id -> what its decoder
+    said of its input (``input`` events, merged)."""
     streams = config.input.streams()
     decoders = [stats.get(name, {}).get("counters", {}) for name in source_stage_names(config)]
     sinks = [name for name in stats if name.partition("-")[0] == progress_stage]
@@ -152,4 +158,6 @@ def summarise(config: Config, stats: dict[str, dict[str, Any]], progress_stage: 
                    dict(stats.get(latency_at, {}).get("latency", {})), latency_at,
                    [sid for (sid, _), c in zip(streams, decoders) if c.get("gave_up")],
                    {name: st["restarts"] for name, st in stats.items() if st.get("restarts")},
-                   sum(int(st.get("counters", {}).get("resent", 0)) for st in stats.values()))
+                   sum(int(st.get("counters", {}).get("resent", 0)) for st in stats.values()),
+                   {sid: f"{info['source']}: {describe_input(info)}" for sid, info in
+                    ((sid, (inputs or {}).get(sid, {})) for sid, _ in streams) if "container" in info})

@@ -91,6 +91,21 @@ def decode_all(source: str, config: Any = None) -> tuple[list[Any], list[tuple[s
         stage.close()
 
 
+def encode_all(messages: list[Any], out: Path) -> None:
+    """Encode a decoder's messages into ``out`` (in this process), as the encode stage does."""
+    from streamseg.config import EncodeConfig
+    from streamseg.runtime.messages import EndOfStream
+    from streamseg.stages.encode import EncodeStage
+
+    sink = EncodeStage(EncodeConfig(), path=str(out))
+    for m in messages:
+        if isinstance(m, EndOfStream):
+            sink.flush(m)
+        else:
+            sink.process(m)
+    sink.close()
+
+
 def read_video(path: Path | str) -> dict[str, Any]:
     """Frame count, size, rate, time base, pts list and audio stream info of a video file."""
     with av.open(str(path)) as container:

@@ -85,6 +85,9 @@ CASES = (
          ffmpeg_options=("-vf", f"bwdif={DEINTERLACE_FILTER}")),
     # cut without re-encoding: the file keeps the frames before the cut point and an edit list hides them
     Case("edit_list.mp4", (_h264(75), ("-ss", "1.3", "-i", "{tmp}.mp4", "-c", "copy", "{out}")),),
+    Case("edit_list_audio.mp4", ((*_lavfi(75), *_tone(3.0), "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+                                  "{tmp}.mp4"),
+                                 ("-ss", "1.3", "-i", "{tmp}.mp4", "-c", "copy", "{out}"))),
     Case("cover_picture.mp4", (_h264(30),
                                ("-f", "lavfi", "-i", "color=c=red:size=64x64", "-frames:v", "1", "{tmp}.png"),
                                ("-i", "{tmp}.mp4", "-i", "{tmp}.png", "-map", "0", "-map", "1", "-c", "copy",

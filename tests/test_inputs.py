@@ -111,3 +111,82 @@ def test_rates_and_time_bases_are_the_inputs(corpus: Path) -> None:
     case = next(c for c in CASES if c.name == "pts_out_of_order.mkv")
     messages, _ = decode_all(str(build(case, corpus)))
     assert messages[0].rate == 25 and messages[0].time_base == Fraction(1, 1000)
+
+
+def test_awkward_files_through_the_whole_pipeline(cli, corpus: Path) -> None:
+    """Out-of-order timestamps, a phone's rotation and an odd size in one run: every frame in the video
+    and the masks, with the same timestamps; outputs at the size shown, the video padded to even."""
+    from conftest import TEST_MODEL, read_jsonl, read_video
+
+    cases = {c.name: c for c in CASES}
+    names = ("pts_out_of_order.mkv", "rotated_90.mp4", "odd_size.mp4")
+    sources = [str(build(cases[name], corpus)) for name in names]
+    result = cli.run("run", *sources, "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL,
+                     *(arg for sid in "abc" for arg in ("--stream-id", sid)))
+    assert result.returncode == 0, result.stderr
+    for sid, name, size, video_size in (("a", names[0], (320, 240), (320, 240)),
+                                        ("b", names[1], (240, 320), (240, 320)),
+                                        ("c", names[2], (321, 241), (322, 242))):
+        reference = ffprobe_frames(Path(sources["abc".index(sid)]))
+        video = read_video(cli.cwd / f"out-{sid}.mp4")
+        records = read_jsonl(cli.cwd / f"m-{sid}.jsonl")
+        assert video["frames"] == len(records) == len(reference), name
+        assert (video["width"], video["height"]) == video_size, name
+        assert all((r["width"], r["height"]) == size for r in records), name
+        assert all(i["mask"]["size"] == [size[1], size[0]] for r in records for i in r["instances"]), name
+        # the same times (the MP4 muxer may count them in another time base than the input's)
+        assert all(abs(r["time"] - p * float(video["time_base"])) < 1e-6 for r, p in zip(records, video["pts"]))
+        assert all(b["time"] > a["time"] for a, b in zip(records, records[1:]))
+    assert "input b: " in result.stderr and "shown 240x320 (turned 90 degrees)" in result.stderr
+    assert "input a: " in result.stderr and "matroska, mpeg4" in result.stderr
+    assert "frame timestamps were missing, repeated or went backwards and were repaired" in result.stderr
+
+
+def test_a_replacement_decoder_goes_on_after_repaired_timestamps(corpus: Path) -> None:
+    """Repaired timestamps cannot be sought to: the replacement reads the file again from its start and
+    sends what comes after the newest frame downstream has, with the same timestamps and pictures."""
+    from streamseg.stages.decode import DecodeStage
+
+    path = str(build(next(c for c in CASES if c.name == "pts_out_of_order.mkv"), corpus))
+    messages, events = decode_all(path)
+    frames = [m for m in messages if isinstance(m, Frame)]
+    checkpoints = [data for event, data in events if event == "checkpoint"]
+    assert checkpoints and checkpoints[-1]["repaired"] is True  # what the supervisor hands a replacement
+    replacement = DecodeStage(InputConfig(), path, "0")
+    replacement.restarted = True
+    replacement.previous = {**checkpoints[-1], "cause": "worker process died (SIGSEGV)"}
+    replacement.bind_events(lambda event, **data: events.append((event, data)))
+    replacement.setup()
+    replacement.resume({"0": (30, frames[30].pts)})
+    rest = [m for _, m in (e for e in replacement.produce() if e is not None)]
+    replacement.close()
+    after = [m for m in rest if isinstance(m, Frame)]
+    assert [f.index for f in after] == list(range(31, 50))
+    assert [f.pts for f in after] == [f.pts for f in frames[31:]]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(after, frames[31:]))
+    assert rest[-1].reason == "end" and rest[-1].frames == 50
+    assert [data for event, data in events if event == "checkpoint"][-1] == {"resumed_at": 30, "repaired": True}
+
+
+def test_audio_stays_in_sync_through_an_edit_list(corpus: Path, tmp_path: Path) -> None:
+    """The cut file's audio packets go over as they are: the output starts its audio where the input
+    does, against the same first video frame."""
+    import json
+    import subprocess
+
+    from conftest import encode_all
+
+    path = build(next(c for c in CASES if c.name == "edit_list_audio.mp4"), corpus)
+    messages, _ = decode_all(str(path))
+    encode_all(messages, tmp_path / "out.mp4")
+
+    def timing(file: Path) -> tuple[list, list]:
+        probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=index,codec_type,start_time",
+                                "-show_entries", "packet=stream_index,pts_time", "-of", "json", str(file)],
+                               capture_output=True, text=True, check=True, timeout=60)
+        info = json.loads(probe.stdout)
+        audio = next(s["index"] for s in info["streams"] if s["codec_type"] == "audio")
+        starts = sorted((s["codec_type"], s["start_time"]) for s in info["streams"])
+        return starts, [p["pts_time"] for p in info["packets"] if p["stream_index"] == audio][:20]
+
+    assert timing(tmp_path / "out.mp4") == timing(path)

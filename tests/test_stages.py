@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import decode_all, make_clip, read_video
+from conftest import decode_all, encode_all, make_clip, read_video
 from pycocotools import mask as mask_utils
 
 from streamseg.config import BatchConfig, EncodeConfig, InputConfig, RenderConfig
@@ -228,10 +228,25 @@ def test_encoder_close_without_end_of_stream_leaves_a_playable_file(tmp_path: Pa
     assert read_video(tmp_path / "out.mp4")["frames"] == 5
 
 
-def test_encoder_rejects_odd_sizes(tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match="even"):
-        sink = EncodeStage(EncodeConfig(), path=str(tmp_path / "o.mp4"))
-        sink.process(StreamStart("s", 63, 48, Fraction(25), TB, 0, "x", False))
+def test_encoder_pads_odd_sizes_by_a_pixel_without_scaling(tmp_path: Path) -> None:
+    import av
+
+    rng = np.random.default_rng(0)
+    # grey noise: every pixel differs from its neighbours, and 4:2:0 keeps grey (luma) exactly at crf 0
+    images = [rng.integers(16, 235, (47, 63, 1), dtype=np.uint8).repeat(3, 2) for _ in range(5)]
+    sink = EncodeStage(EncodeConfig(crf=0), path=str(tmp_path / "o.mp4"))
+    sink.process(StreamStart("s", 63, 47, Fraction(25), TB, 0, "x", False))
+    for i, image in enumerate(images):
+        sink.process(Frame("s", i, i, TB, image))
+    sink.flush(EndOfStream("s", 5))
+    sink.close()
+    with av.open(str(tmp_path / "o.mp4")) as out:
+        pictures = [f.to_ndarray(format="rgb24").astype(int) for f in out.decode(video=0)]
+    assert len(pictures) == 5 and pictures[0].shape == (48, 64, 3)
+    for picture, image in zip(pictures, images):
+        # the picture where it was (not scaled: scaling would blur every column), and its edges once more
+        assert np.abs(picture[:47, :63] - image).mean() < 3
+        assert np.abs(picture[:47, 63] - picture[:47, 62]).mean() < 3 and np.abs(picture[47] - picture[46]).mean() < 3
 
 
 def test_mask_writer_stream_with_only_end_of_stream(tmp_path: Path) -> None:
@@ -250,23 +265,13 @@ def test_decode_errors_say_what_is_wrong(tmp_path: Path) -> None:
             DecodeStage(InputConfig(), str(tmp_path / name), "0").setup()
 
 
-def _encode_all(messages: list[Any], out: Path) -> None:
-    sink = EncodeStage(EncodeConfig(), path=str(out))
-    for m in messages:
-        if isinstance(m, EndOfStream):
-            sink.flush(m)
-        else:
-            sink.process(m)
-    sink.close()
-
-
 def test_audio_is_copied_in_sync(tmp_path: Path) -> None:
     import av
 
     clip = make_clip(tmp_path / "av.mp4", frames=30, audio=True)
     messages, _ = decode_all(str(clip))
     assert messages[0].audio and messages[0].source == str(clip)
-    _encode_all(messages, tmp_path / "out.mp4")
+    encode_all(messages, tmp_path / "out.mp4")
     info = read_video(tmp_path / "out.mp4")
     assert info["audio"] == "aac" and info["frames"] == 30
     with av.open(str(tmp_path / "out.mp4")) as out, av.open(str(clip)) as src:
@@ -295,7 +300,7 @@ def test_audio_mp4_cannot_hold_is_reencoded_to_aac(tmp_path: Path) -> None:
         out.mux(video.encode())
         out.mux(audio.encode())
     messages, _ = decode_all(str(src))
-    _encode_all(messages, tmp_path / "out.mp4")
+    encode_all(messages, tmp_path / "out.mp4")
     info = read_video(tmp_path / "out.mp4")
     assert info["audio"] == "aac" and info["frames"] == 25
     with av.open(str(tmp_path / "out.mp4")) as out:
@@ -308,7 +313,7 @@ def test_loop_restarts_a_file_with_increasing_timestamps(clip: Path, tmp_path: P
     frames = [m for m in messages if isinstance(m, Frame)]
     assert [f.index for f in frames] == list(range(100))
     assert messages[0].frames == 100 and messages[-1].reason == "end" and messages[-1].frames == 100
-    _encode_all(messages, tmp_path / "out.mp4")
+    encode_all(messages, tmp_path / "out.mp4")
     out = read_video(tmp_path / "out.mp4")
     assert out["frames"] == 100 and out["pts"] == [f.pts for f in frames]
     assert all(b > a for a, b in zip(out["pts"], out["pts"][1:]))

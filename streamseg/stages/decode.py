@@ -25,8 +25,8 @@ from ..config import InputConfig
 from ..errors import InputError
 from ..runtime.messages import EndOfStream, Frame, StreamStart, StreamStatus
 from ..runtime.stage import ALL_PORTS, Emit, Source
-from ..sources import safe_url, source_kind
-from .readers import ImageSequence, RawFrame, VideoReader, describe_input, shown_size, upright_rgb
+from ..sources import describe_input, safe_url, source_kind
+from .readers import ImageSequence, RawFrame, VideoReader, shown_size, upright_rgb
 from .timing import Timeline
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class DecodeStage(Source):
 
     def _video_start(self, reader: VideoReader) -> StreamStart:
         start = reader.stream_start(self.stream_id, self.live)  # a file's rotation is its first frame's
-        info = {**reader.describe(), "shown": f"{start.width}x{start.height}", "rotation": start.rotation}
+        info = {**reader.describe(), "shown": f"{start.width}x{start.height}", "rotation": start.rotation,
+                "source": self.shown}
         self.notify("input", stream_id=self.stream_id, **info)
         log.info("stream %s: %s: %s", self.stream_id, self.shown, describe_input(info))
         return start

@@ -98,8 +98,9 @@ class _Writer:
 
     def __init__(self, path: str, start: StreamStart, config: EncodeConfig, journal: Journal | None = None,
                  recovered: Recovered | None = None) -> None:
-        if start.width % 2 or start.height % 2:
-            raise OutputError(f"H.264 yuv420p needs even frame sizes; the input is {start.width}x{start.height}")
+        self.size = (start.width, start.height)
+        self.pad = (start.width % 2, start.height % 2)
+        """Pixels added on the right and at the bottom: yuv420p needs even sizes (masks keep the input's)."""
         self.path = path
         self.shown = safe_url(path)
         fmt = stream_format(path)
@@ -118,7 +119,7 @@ class _Writer:
             stream = self.output.add_stream(config.codec, rate=start.rate)
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise OutputError(f"cannot write {self.shown}: {exc}") from None
-        stream.width, stream.height = start.width, start.height
+        stream.width, stream.height = start.width + self.pad[0], start.height + self.pad[1]
         stream.pix_fmt = "yuv420p"
         stream.time_base = start.time_base
         stream.codec_context.time_base = start.time_base  # exact input timestamps, not rounded to 1/rate
@@ -176,11 +177,14 @@ class _Writer:
         """Encode one frame; False when the output already has it (sent again after a restart)."""
         if self.saved_pts is not None and frame.pts <= self.saved_pts:
             return False
-        if frame.image.shape[:2] != (self.stream.height, self.stream.width):
+        if frame.image.shape[:2] != self.size[::-1]:
             raise MessageError(f"a frame of {frame.image.shape[1]}x{frame.image.shape[0]} for "
-                               f"{self.stream.width}x{self.stream.height} output {self.shown}")
+                               f"{self.size[0]}x{self.size[1]} output {self.shown}")
+        image = frame.image
+        if any(self.pad):  # odd sizes: the edge pixels once more, so that the picture is not scaled
+            image = cv2.copyMakeBorder(image, 0, self.pad[1], 0, self.pad[0], cv2.BORDER_REPLICATE)
         # OpenCV's BT.601 conversion to the encoder's yuv420p costs a quarter of FFmpeg's swscale's
-        video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(frame.image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+        video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         video_frame.pts = frame.pts
         video_frame.time_base = self.time_base
         self.fed.append((frame.pts, (frame.stream_id, frame.index)))

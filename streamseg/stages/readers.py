@@ -227,7 +227,9 @@ class VideoReader:
         """What the input is: container, codec, stored size, which of how many video streams."""
         ctx = self.stream.codec_context
         videos = list(self.container.streams.video)
-        return {"container": self.container.format.name.split(",")[0], "codec": ctx.name,
+        names = self.container.format.name.split(",")  # "mov,mp4,m4a,...": the one the file is named after
+        ext = os.path.splitext(self.url)[1].lower().lstrip(".")
+        return {"container": ext if ext in names else names[0], "codec": ctx.name,
                 "pix_fmt": ctx.pix_fmt or "", "stored": f"{ctx.width}x{ctx.height}",
                 "video_stream": videos.index(self.stream), "video_streams": len(videos)}
 
@@ -270,22 +272,6 @@ def upright_rgb(picture: av.VideoFrame | np.ndarray, rotation: int, size: tuple[
     else:
         image = picture.reformat(width=width, height=height, format="rgb24").to_ndarray()
     return image if turn is None else cv2.rotate(image, turn)
-
-
-def describe_input(info: dict[str, Any]) -> str:
-    """One line on what an input is (``VideoReader.describe`` with ``shown``, ``rotation`` and, at its
-    end, ``variable_rate``): container, codec, size as stored and as shown, frame rate, which video stream."""
-    text = f"{info['container']}, {info['codec']}"
-    if info.get("pix_fmt"):
-        text += f" {info['pix_fmt']}"
-    text += f", {info['stored']}"
-    if info.get("rotation"):
-        text += f" shown {info['shown']} (turned {info['rotation']} degrees)"
-    if "variable_rate" in info:
-        text += ", variable frame rate" if info["variable_rate"] else ", constant frame rate"
-    if info.get("video_streams", 1) > 1:
-        text += f", video stream {info['video_stream']} of {info['video_streams']}"
-    return text
 
 
 class ImageSequence:
