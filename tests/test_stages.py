@@ -6,7 +6,6 @@ import dataclasses
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ from conftest import decode_all, encode_all, make_clip, read_video
 from pycocotools import mask as mask_utils
 
 from streamseg.config import BatchConfig, EncodeConfig, InputConfig, RenderConfig
-from streamseg.errors import InputError, OutputError
+from streamseg.errors import InputError
 from streamseg.formats.records import frame_record
 from streamseg.masks import decode_rle, encode_rle
 from streamseg.models import model_info
