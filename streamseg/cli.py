@@ -291,6 +291,30 @@ def _subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_recover(sub: Any) -> None:
+    p = sub.add_parser("recover", help="make a playable MP4 of an unfinished output's journal",
+                       description="An annotated video that could not be finished (a full disk, a folder that "
+                                   "went away) leaves a journal beside it, .NAME.streamseg-journal, and the run "
+                                   "says so. This makes an MP4 of the whole frames it holds, without encoding "
+                                   "again, with the source's audio when the source is still there.")
+    p.add_argument("journal", metavar="JOURNAL", help="the .NAME.streamseg-journal file")
+    p.add_argument("output", metavar="OUT.mp4", help="the MP4 to write (on a disk with room)")
+    p.add_argument("--keep", action="store_true", help="keep the journal (default: removed once OUT.mp4 is written)")
+
+
+def _recover(args: argparse.Namespace) -> int:
+    import os
+
+    from .tools.recover import recover
+
+    frames = recover(args.journal, args.output)
+    if not args.keep:
+        os.remove(args.journal)
+    print(f"wrote {args.output} ({frames} frames)" + ("" if args.keep else f"; removed {args.journal}"),
+          file=sys.stderr)
+    return 0
+
+
 def _add_worker(sub: Any) -> None:
     p = sub.add_parser("worker", help="run a stage of a pipeline whose supervisor is on another host",
                        description="Join a `streamseg run` that names stages in transport.remote (with "
@@ -341,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_subscribe(sub)
     _add_keys(sub)
     _add_worker(sub)
+    _add_recover(sub)
     sub.add_parser("models", help="list the models streamseg can run")
     return parser
 
@@ -371,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.started = started
     logging.basicConfig(level=logging.WARNING, format="streamseg: %(levelname)s %(message)s")
     handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval,
-                "subscribe": _subscribe, "keys": _keys, "worker": _worker, "models": _models}
+                "subscribe": _subscribe, "keys": _keys, "worker": _worker, "recover": _recover, "models": _models}
     try:
         return handlers[args.command](args)
     except StreamsegError as exc:

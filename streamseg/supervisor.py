@@ -86,6 +86,8 @@ class Supervisor:
         self.on_event = on_event or (lambda event: None)
         self.workers: dict[str, WorkerState] = {}
         self.warnings: list[str] = []
+        self.events: zmq.Socket | None = None
+        """Where workers report (while :meth:`run` runs)."""
         self.stop_requested = False
         self.draining = False
         self.interrupts = 0
@@ -116,6 +118,7 @@ class Supervisor:
         auth: list[Any] = []
         previous = self._install_signals()
         self.started_at = time.monotonic()
+        self.events = events
         try:
             events.bind(self.endpoint)
             if self.remote is not None:
@@ -311,6 +314,16 @@ class Supervisor:
     def _abort(self, stage: str, cause: str, exit_code: int) -> None:
         log.debug("aborting: %s: %s", stage, cause)
         self._kill_all()
+        while self.events is not None and self.events.poll(0, zmq.POLLIN):  # what they said while stopping
+            try:
+                event = json.loads(self.events.recv())
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self._handle(event)
+        for name, worker in self.workers.items():
+            if name != stage and worker.error is not None:  # e.g. a second output that could not be written
+                log.error("%s: %s", name, worker.error[1])
         if exit_code == 130:
             raise Interrupted(f"{stage}: {cause}")
         raise StageError(stage, cause, exit_code)

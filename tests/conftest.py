@@ -202,11 +202,13 @@ class CLI:
         env.pop("COLUMNS", None)
         return env
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run to completion (killed, and the test failed, after ``timeout`` s)."""
+    def run(self, *args: str, timeout: float = 120, preexec: Any = None) -> subprocess.CompletedProcess[str]:
+        """Run to completion (killed, and the test failed, after ``timeout`` s); ``preexec`` runs in the
+        child before it starts (resource limits)."""
         try:
             return subprocess.run([sys.executable, "-m", "streamseg", *args], cwd=self.cwd, env=self.env(),
-                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                  preexec_fn=preexec)
         except subprocess.TimeoutExpired:
             self.kill_leftovers()
             pytest.fail(f"streamseg {' '.join(args)} did not finish within {timeout} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -253,3 +254,74 @@ def test_coco_model_metadata_matches_torchvision_without_importing_it() -> None:
     probe = "import sys; from streamseg.models import model_info; model_info('maskrcnn_resnet50_fpn_v2'); " \
             "print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A folder with about 300 KB of room: a tmpfs where this process may mount one (ENOSPC, as a full
+    disk gives), else a file-size limit for the run (EFBIG; shared memory off, since /dev/shm files
+    count against that limit too). Yields (folder, extra CLI args, preexec for the run)."""
+    import resource
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)],
+                                                   capture_output=True).returncode == 0
+    if mounted:
+        yield folder, [], None
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    else:
+        yield folder, ["--set", "transport.shared_memory=false"], \
+            lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+
+def test_a_full_disk_gives_one_line_per_output_a_whole_masks_file_and_a_journal_to_recover(
+        cli, long_clip: Path, small_disk, tmp_path: Path) -> None:
+    folder, extra, preexec = small_disk
+    result = cli.run("run", str(long_clip), "-o", str(folder / "out.mp4"), "--masks", str(folder / "m.jsonl"),
+                     *TEST_MODEL, *extra, preexec=preexec)
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("streamseg: error: ") and str(folder) in last
+    # the masks file ends on a whole line, every line a frame record
+    text = (folder / "m.jsonl").read_text()
+    assert text == "" or text.endswith("\n")
+    assert [json.loads(line)["frame"] for line in text.splitlines()] == list(range(text.count("\n")))
+    # the video: no unplayable file; its journal kept, and the one line that says how to use it
+    assert not (folder / "out.mp4").exists()
+    journal = folder / ".out.mp4.streamseg-journal"
+    lines = [line for line in result.stderr.splitlines() if "out.mp4 could not be finished" in line]
+    assert len(lines) == 1, result.stderr
+    if journal.exists():
+        kept = int(re.search(r"its first (\d+) frames are kept", lines[0]).group(1))
+        assert f"streamseg recover {journal} OUT.mp4" in lines[0]
+        rebuilt = cli.run("recover", str(journal), str(tmp_path / "rebuilt.mp4"))
+        assert rebuilt.returncode == 0 and f"({kept} frames)" in rebuilt.stderr, rebuilt.stderr
+        assert read_video(tmp_path / "rebuilt.mp4")["pts"] == read_video(long_clip)["pts"][:kept]
+        assert not journal.exists()  # removed once the MP4 is written
+    else:
+        assert "no frame of it could be kept" in lines[0]
+
+
+def test_an_output_folder_that_disappears_is_said_per_output(cli, long_clip: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    run = cli.start("run", str(long_clip), "-o", str(folder / "out.mp4"), "--masks", str(folder / "m.jsonl"),
+                    *TEST_MODEL)
+    try:
+        _wait_for(lambda: _masks_lines(folder / "m.jsonl") >= 20, 60, "20 frames of masks")
+        shutil.rmtree(folder)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 5, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("streamseg: error: ")
+    assert len([line for line in lines if "out.mp4 could not be finished" in line]) == 1, stderr
+    assert len([line for line in lines if "masks file" in line and "was removed while it was written" in line]) == 1

@@ -193,3 +193,44 @@ def test_a_replacement_encoder_leaves_a_finished_output_alone(tmp_path: Path) ->
     second.close()
     assert out.read_bytes() == before and read_video(out)["frames"] == 5
     assert not Journal(str(out)).exists()
+
+
+def test_recover_makes_a_playable_mp4_of_a_journal_alone(tmp_path: Path) -> None:
+    """What ``streamseg recover`` does with the journal an unfinished output leaves: the whole frames up to
+    its last checkpoint, the very packets the encoder made, with the source's audio."""
+    import numpy as np
+
+    from streamseg.errors import InputError
+    from streamseg.tools.recover import recover
+
+    clip = make_clip(tmp_path / "in.mp4", frames=60, audio=True)
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        frames = [Frame("0", i, f.pts, Fraction(stream.time_base), f.to_ndarray(format="rgb24"))
+                  for i, f in enumerate(container.decode(stream))]
+    start = StreamStart("0", 322, 242, Fraction(30000, 1001), frames[0].time_base, 60, str(clip), True)
+    out = tmp_path / "out.mp4"
+    encoder = EncodeStage(EncodeConfig(), path=str(out))
+    encoder.process(start)
+    for frame in frames[:40]:
+        encoder.process(frame)
+    journal = Journal(str(out))
+    left = Path(journal.path).read_bytes() + b"P\x00\x01torn"  # as a full disk leaves it: a torn last record
+    kept = encoder.writers["0"].checkpointed
+    encoder.close()  # finishes out.mp4 with all 40 frames: the reference
+    Path(journal.path).write_bytes(left)
+    assert recover(journal.path, str(tmp_path / "rebuilt.mp4")) == kept and 0 < kept < 40
+    rebuilt, whole = read_video(tmp_path / "rebuilt.mp4"), read_video(out)
+    assert rebuilt["frames"] == kept and rebuilt["pts"] == [f.pts for f in frames[:kept]]
+    assert (rebuilt["width"], rebuilt["height"], rebuilt["rate"]) == (322, 242, Fraction(30000, 1001))
+    assert rebuilt["audio"] == "aac"
+    with av.open(str(tmp_path / "rebuilt.mp4")) as a, av.open(str(out)) as b:
+        for x, y in zip(a.decode(video=0), b.decode(video=0)):
+            assert np.array_equal(x.to_ndarray(), y.to_ndarray())  # the same packets: the same pictures
+    with av.open(str(tmp_path / "rebuilt.mp4")) as a:
+        seconds = sum(f.samples for f in a.decode(audio=0)) / a.streams.audio[0].sample_rate
+    assert abs(seconds - kept * 1001 / 30000) < 0.1
+    assert whole["frames"] == 40
+    Path(journal.path).write_bytes(Journal.MAGIC)
+    with pytest.raises(InputError, match="holds no stream header"):
+        recover(journal.path, str(tmp_path / "nothing.mp4"))

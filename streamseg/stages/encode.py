@@ -15,7 +15,7 @@ import logging
 import os
 from collections import deque
 from fractions import Fraction
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import av
 import cv2
@@ -26,68 +26,9 @@ from ..formats.journal import Journal, JournalPacket, Recovered
 from ..runtime.messages import EndOfStream, Frame, StreamStart
 from ..runtime.stage import Emit, Stage
 from ..sources import safe_url, stream_format
+from .audio import AudioCopier
 
 log = logging.getLogger(__name__)
-
-MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
-"""Audio codecs MP4 holds as they are; anything else is re-encoded to AAC."""
-
-
-class _AudioCopier:
-    """Moves the source's audio into the output: remuxed packets, or AAC re-encoded when MP4 needs it.
-
-    ``until(t)`` writes everything up to presentation time ``t`` seconds, so audio interleaves with
-    the video as it is encoded.
-    """
-
-    def __init__(self, source: str, output: av.container.OutputContainer) -> None:
-        self.input = av.open(source, "r", timeout=10.0)
-        self.in_stream = self.input.streams.audio[0]
-        self.output = output
-        self.remux = self.in_stream.codec_context.name in MP4_AUDIO_CODECS
-        if self.remux:
-            self.out_stream = output.add_stream_from_template(self.in_stream)
-        else:
-            ctx = self.in_stream.codec_context
-            self.out_stream = output.add_stream("aac", rate=ctx.sample_rate or 48000)
-            self.resampler = av.AudioResampler(format="fltp", layout=ctx.layout.name if ctx.layout else "stereo",
-                                               rate=ctx.sample_rate or 48000)
-        self.packets: Iterator[av.Packet] = self.input.demux(self.in_stream)
-        self.pending: av.Packet | None = None
-        self.done = False
-
-    def until(self, t: float | None) -> None:
-        while not self.done:
-            packet = self.pending or next(self.packets, None)
-            self.pending = None
-            if packet is None:
-                self.done = True
-                if not self.remux:
-                    self._encode(None)
-                break
-            if packet.dts is None and packet.pts is None:
-                continue  # the demuxer's flush packet
-            when = float((packet.pts if packet.pts is not None else packet.dts) * packet.time_base)
-            if t is not None and when > t:
-                self.pending = packet
-                break
-            if self.remux:
-                packet.stream = self.out_stream
-                self.output.mux(packet)
-            else:
-                for frame in packet.decode():
-                    self._encode(frame)
-
-    def _encode(self, frame: av.AudioFrame | None) -> None:
-        frames = self.resampler.resample(frame) if frame is not None else [None]
-        for f in frames:
-            if f is not None:
-                f.pts = None
-            self.output.mux(self.out_stream.encode(f))
-
-    def close(self) -> None:
-        self.input.close()
-
 
 class _Writer:
     """One output (file or stream URL) for one stream.
@@ -132,14 +73,14 @@ class _Writer:
                 stream.options.update(tune="zerolatency", g=str(max(1, round(2 * start.rate))))
         self.stream = stream
         self.time_base = Fraction(start.time_base)
-        self.audio_copier: _AudioCopier | None = None
+        self.audio_copier: AudioCopier | None = None
         self.last_time = 0.0
         self.frames = 0
         """Frames in the output (with those rebuilt from the journal)."""
         self.warning = ""
         if config.audio and start.audio and fmt is None and os.path.isfile(start.source):
             try:
-                self.audio_copier = _AudioCopier(start.source, self.output)
+                self.audio_copier = AudioCopier(start.source, self.output)
             except (av.FFmpegError, ValueError, IndexError) as exc:
                 log.warning("%s: audio not copied: %s", path, exc)
                 self.warning = f"audio not copied into {path}: {exc}"
@@ -153,6 +94,13 @@ class _Writer:
         """pts of the last frame at a checkpoint: it and every frame before are in the output."""
         self.saved_candidate: int | None = None
         self.last_dts: int | None = None
+        self.checkpointed = 0
+        """Frames the journal holds up to its last checkpoint (what ``streamseg recover`` would make)."""
+        self.headed = False
+        """Whether the journal has the stream's header."""
+        self.source = start.source if self.audio_copier is not None else ""
+        self.failed = ""
+        """Why writing failed (an output that failed is not finished again at close)."""
         if recovered is not None:
             self._recover(recovered)
 
@@ -164,6 +112,7 @@ class _Writer:
         """Rebuild the output from the journal of the encoder this one replaces."""
         assert self.journal is not None
         self.saved_pts, self.frames = recovered.saved_pts, recovered.frames
+        self.checkpointed, self.headed = recovered.frames, bool(recovered.header)
         for packet in recovered.packets:
             self._mux(packet.data, packet.pts, packet.dts, packet.duration, packet.keyframe, journal=False)
         self.journal.rewrite(recovered)
@@ -190,11 +139,12 @@ class _Writer:
         self.fed.append((frame.pts, (frame.stream_id, frame.index)))
         try:
             self._encode(video_frame)
+            self.last_time = frame.time_s
+            if self.audio_copier is not None:
+                self.audio_copier.until(self.last_time)
         except (av.FFmpegError, OSError) as exc:
-            raise OutputError(f"encoding {self.shown} failed at frame {frame.index}: {exc}") from None
-        self.last_time = frame.time_s
-        if self.audio_copier is not None:
-            self.audio_copier.until(self.last_time)
+            self.failed = reason(exc)
+            raise OutputError(f"cannot write {self.shown}: {self.failed} (at frame {frame.index})") from None
         return True
 
     def _encode(self, frame: av.VideoFrame | None) -> None:
@@ -213,6 +163,9 @@ class _Writer:
         packet.stream = self.stream
         self.output.mux(packet)
         if journal and self.journal is not None:
+            if not self.headed:
+                self.journal.header(self._header())
+                self.headed = True
             self.journal.packet(JournalPacket(data, pts, dts, duration, keyframe))
         if journal:
             self._advance(pts)
@@ -231,7 +184,15 @@ class _Writer:
             self.saved_pts = self.saved_candidate
             if self.journal is not None:
                 self.journal.record(b"K", self.saved_pts, self.frames)
+                self.checkpointed = self.frames
             self.unsaved.clear()
+
+    def _header(self) -> dict[str, Any]:
+        """What ``streamseg recover`` needs to make an MP4 of the journal's packets alone."""
+        ctx = self.stream.codec_context
+        return {"codec": ctx.name, "width": ctx.width, "height": ctx.height, "pix_fmt": ctx.pix_fmt,
+                "time_base": str(self.time_base), "rate": str(self.stream.average_rate or ctx.framerate or 25),
+                "extradata": (ctx.extradata or b"").hex(), "source": self.source}
 
     def finish(self, all_audio: bool) -> None:
         """Flush the encoder, finish the audio and close the container (playable from here on)."""
@@ -313,7 +274,15 @@ class EncodeStage(Stage):
         return ()
 
     def _finish(self, writer: _Writer, all_audio: bool) -> None:
-        writer.finish(all_audio)
+        """Finish ``writer``'s output, or raise an :class:`OutputError` that says what became of it."""
+        try:
+            if writer.failed:
+                raise OSError(writer.failed)
+            writer.finish(all_audio)
+            if stream_format(writer.path) is None and not os.path.exists(writer.path):
+                raise OSError("it was removed while it was written (its folder is gone?)")
+        except (av.FFmpegError, OSError) as exc:
+            raise OutputError(_unfinished(writer, reason(exc))) from None
         if writer.journal is not None:
             self.journals.append(writer.journal)
 
@@ -321,6 +290,40 @@ class EncodeStage(Stage):
         while self.writers:
             _, writer = self.writers.popitem()
             log.info("%s: finishing the output early", writer.shown)
-            self._finish(writer, all_audio=False)
+            try:
+                self._finish(writer, all_audio=False)
+            except OutputError as exc:
+                log.error("%s", exc)  # the run already failed: one line for this output, no traceback
         while self.journals:
-            self.journals.pop().remove()
+            journal = self.journals.pop()
+            try:
+                journal.remove()
+            except OSError as exc:
+                log.warning("%s: cannot remove this journal of a finished output: %s", journal.path, reason(exc))
+
+
+def reason(exc: BaseException) -> str:
+    """An OS or FFmpeg error in words, without its file name (the caller names the output)."""
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _unfinished(writer: _Writer, reason: str) -> str:
+    """Clear up an output that could not be finished, and say what became of it and of its journal."""
+    if writer.journal is None:
+        return f"{writer.shown}: the stream could not be finished: {reason}"
+    writer.journal.close()
+    try:
+        os.remove(writer.path)  # without its index an MP4 cannot be played: it only takes room
+    except OSError:
+        pass
+    text = f"{writer.shown} could not be finished ({reason}) and was removed"
+    if writer.checkpointed and writer.journal.exists():
+        return (f"{text}; its first {writer.checkpointed} frames are kept in {writer.journal.path}: "
+                f"`streamseg recover {writer.journal.path} OUT.mp4` makes a playable MP4 of them "
+                "(OUT.mp4 on a disk with room)")
+    try:
+        writer.journal.remove()
+    except OSError:
+        pass
+    return f"{text}; no frame of it could be kept"
+

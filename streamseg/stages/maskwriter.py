@@ -53,6 +53,8 @@ class MaskWriterStage(Stage):
         self.written: dict[str, int] = {}
         """Stream id -> index of the newest frame its file holds (from before a restart, then ours)."""
         self.last_sync = time.monotonic()
+        self.failed = False
+        """Whether an error about these files was raised (and so said)."""
 
     def setup(self) -> None:
         for stream_id, path in self.paths.items():
@@ -97,9 +99,7 @@ class MaskWriterStage(Stage):
             if message.index <= self.written.get(message.stream_id, -1):
                 return ()  # sent again after a restart; the file has it
             line = (json.dumps(frame_record(message, self.info), separators=(",", ":")) + "\n").encode()
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
+            self._append(fd, message.stream_id, line)
             self.written[message.stream_id] = message.index
             self.count("frames")
             self.latency.add(message.captured)
@@ -107,17 +107,50 @@ class MaskWriterStage(Stage):
                 self._sync()
         return ()
 
+    def _append(self, fd: int, stream_id: str, line: bytes) -> None:
+        """Write one whole line; when it cannot be (a full disk), cut off what of it was written."""
+        end = os.lseek(fd, 0, os.SEEK_END)
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, end)  # the file ends on a whole line, as a reader expects
+            except OSError:
+                pass
+            self.failed = True
+            raise OutputError(f"cannot write masks to {self._path(stream_id)}: {exc.strerror} (it ends on the "
+                              f"last whole line, frame {self.written.get(stream_id, -1)})") from None
+
+    def _path(self, stream_id: str) -> str:
+        return self.paths.get(stream_id, self.paths.get("", stream_id))
+
     def _sync(self) -> None:
-        for fd in self.files.values():
-            os.fsync(fd)
+        for stream_id, fd in self.files.items():
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise OutputError(f"cannot write masks to {self._path(stream_id)}: {exc.strerror}") from None
         self.last_sync = time.monotonic()
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         self._sync()
+        path = self._path(eos.stream_id)
+        if eos.stream_id in self.files or "" in self.files:
+            if not os.path.exists(path):
+                self.failed = True
+                raise OutputError(f"the masks file {path} was removed while it was written (its folder is gone?)")
         return ()
 
     def close(self) -> None:
         while self.files:
-            fd = self.files.popitem()[1]
-            os.fsync(fd)
+            stream_id, fd = self.files.popitem()
+            path = self._path(stream_id)
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                log.error("cannot write masks to %s: %s", path, exc.strerror)
             os.close(fd)
+            if not os.path.exists(path) and not self.failed:
+                log.error("the masks file %s was removed while it was written (its folder is gone?)", path)

@@ -1,0 +1,60 @@
+"""``streamseg recover``: a playable MP4 of what an encoder's crash journal holds.
+
+An output that could not be finished (a full disk, a folder that went away) leaves its journal
+(:mod:`streamseg.formats.journal`) beside it; its packets up to the last checkpoint are whole
+frames, and its header says how they were encoded, so they become an MP4 without encoding again.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import av
+
+from ..errors import InputError, OutputError
+from ..formats.journal import Journal
+from ..stages.audio import AudioCopier
+from ..stages.encode import reason
+
+
+def recover(journal_path: str, out: str) -> int:
+    """Make a playable MP4 at ``out`` of the frames a journal holds up to its last checkpoint (the
+    source's audio with them, when the source is still there); returns their count."""
+    if not os.path.isfile(journal_path):
+        raise InputError(f"no journal at {journal_path}")
+    try:
+        recovered = Journal("", journal_path).read()
+    except OSError as exc:
+        raise InputError(f"cannot read {journal_path}: {reason(exc)}") from None
+    header = recovered.header
+    if not header:
+        raise InputError(f"{journal_path} holds no stream header (written by an older streamseg, or not a "
+                         "journal): it cannot be made into a video alone")
+    if not recovered.packets:
+        raise InputError(f"{journal_path} holds no whole frame")
+    time_base = Fraction(header["time_base"])
+    try:
+        output = av.open(out, "w", options={"movflags": "+faststart"})
+        stream = output.add_stream(header["codec"], rate=Fraction(header["rate"]))
+        stream.width, stream.height, stream.pix_fmt = header["width"], header["height"], header["pix_fmt"]
+        stream.time_base = stream.codec_context.time_base = time_base
+        stream.codec_context.open()
+        stream.codec_context.extradata = bytes.fromhex(header["extradata"]) or None  # the encoder's own
+        audio = None
+        if header.get("source") and os.path.isfile(header["source"]):
+            audio = AudioCopier(header["source"], output)
+        for p in recovered.packets:
+            packet = av.Packet(p.data)
+            packet.pts, packet.dts, packet.duration, packet.time_base = p.pts, p.dts, p.duration, time_base
+            packet.is_keyframe, packet.stream = p.keyframe, stream
+            output.mux(packet)
+            if audio is not None:
+                audio.until(float(p.dts * time_base))
+        if audio is not None and recovered.saved_pts is not None:
+            audio.until(float(recovered.saved_pts * time_base))
+            audio.close()
+        output.close()
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise OutputError(f"cannot write {out}: {reason(exc)}") from None
+    return recovered.frames
