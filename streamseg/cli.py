@@ -12,8 +12,6 @@ from . import __version__
 from .config import LIVE_POLICIES, REMOTE_STAGES, default, presets
 from .errors import ConfigError, InputError, Interrupted, StreamsegError
 
-log = logging.getLogger("streamseg")
-
 
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="segment video files, streams or cameras: annotated video, masks, published detections",
@@ -292,27 +290,18 @@ def _subscribe(args: argparse.Namespace) -> int:
 
 
 def _add_recover(sub: Any) -> None:
-    p = sub.add_parser("recover", help="make a playable MP4 of an unfinished output's journal",
-                       description="An annotated video that could not be finished (a full disk, a folder that "
-                                   "went away) leaves a journal beside it, .NAME.streamseg-journal, and the run "
-                                   "says so. This makes an MP4 of the whole frames it holds, without encoding "
-                                   "again, with the source's audio when the source is still there.")
-    p.add_argument("journal", metavar="JOURNAL", help="the .NAME.streamseg-journal file")
+    p = sub.add_parser("recover", help="make a playable MP4 of the journal an unfinished video output left",
+                       description="An annotated video that could not be finished (a full disk) leaves "
+                                   ".NAME.streamseg-journal beside it; this makes an MP4 of its whole frames.")
+    p.add_argument("journal", metavar="JOURNAL", help="the .NAME.streamseg-journal file the run named")
     p.add_argument("output", metavar="OUT.mp4", help="the MP4 to write (on a disk with room)")
     p.add_argument("--keep", action="store_true", help="keep the journal (default: removed once OUT.mp4 is written)")
 
 
 def _recover(args: argparse.Namespace) -> int:
-    import os
+    from .tools.recover import command
 
-    from .tools.recover import recover
-
-    frames = recover(args.journal, args.output)
-    if not args.keep:
-        os.remove(args.journal)
-    print(f"wrote {args.output} ({frames} frames)" + ("" if args.keep else f"; removed {args.journal}"),
-          file=sys.stderr)
-    return 0
+    return command(args.journal, args.output, args.keep)
 
 
 def _add_worker(sub: Any) -> None:

@@ -8,6 +8,7 @@ frames, and its header says how they were encoded, so they become an MP4 without
 from __future__ import annotations
 
 import os
+import sys
 from fractions import Fraction
 
 import av
@@ -58,3 +59,12 @@ def recover(journal_path: str, out: str) -> int:
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise OutputError(f"cannot write {out}: {reason(exc)}") from None
     return recovered.frames
+
+
+def command(journal: str, out: str, keep: bool) -> int:
+    """``streamseg recover JOURNAL OUT.mp4 [--keep]``."""
+    frames = recover(journal, out)
+    if not keep:
+        os.remove(journal)
+    print(f"wrote {out} ({frames} frames)" + ("" if keep else f"; removed {journal}"), file=sys.stderr)
+    return 0
