@@ -136,18 +136,25 @@ def test_rewrite_holds_exactly_what_was_recovered(tmp_path: Path) -> None:
     assert os.path.getsize(journal.path) == len(Journal.MAGIC)
 
 
-def test_a_replacement_encoder_rebuilds_the_output_from_the_journal(tmp_path: Path) -> None:
-    clip = make_clip(tmp_path / "in.mp4", frames=60)
+def _encoding(tmp_path: Path, audio: bool) -> tuple[Path, StreamStart, list[Frame], EncodeStage]:
+    """A 60-frame clip (with ``audio``), its frames, and an encoder into ``out.mp4`` that was given its
+    StreamStart and its first 40 frames, and is still open (as a crash or a full disk finds it)."""
+    clip = make_clip(tmp_path / "in.mp4", frames=60, audio=audio)
     with av.open(str(clip)) as container:
         stream = container.streams.video[0]
         frames = [Frame("0", i, f.pts, Fraction(stream.time_base), f.to_ndarray(format="rgb24"))
                   for i, f in enumerate(container.decode(stream))]
-    start = StreamStart("0", 322, 242, Fraction(30000, 1001), frames[0].time_base, 60, str(clip), False)
-    out = tmp_path / "out.mp4"
-    first = EncodeStage(EncodeConfig(), path=str(out))
-    first.process(start)
+    start = StreamStart("0", 322, 242, Fraction(30000, 1001), frames[0].time_base, 60, str(clip), audio)
+    encoder = EncodeStage(EncodeConfig(), path=str(tmp_path / "out.mp4"))
+    encoder.process(start)
     for frame in frames[:40]:
-        first.process(frame)
+        encoder.process(frame)
+    return clip, start, frames, encoder
+
+
+def test_a_replacement_encoder_rebuilds_the_output_from_the_journal(tmp_path: Path) -> None:
+    clip, start, frames, first = _encoding(tmp_path, audio=False)
+    out = tmp_path / "out.mp4"
     held = first.holds()
     assert held and min(i for _, i in held) > 0  # the encoder's delay: its latest frames are not written yet
     saved = first.writers["0"].saved_pts
@@ -203,17 +210,8 @@ def test_recover_makes_a_playable_mp4_of_a_journal_alone(tmp_path: Path) -> None
     from streamseg.errors import InputError
     from streamseg.tools.recover import recover
 
-    clip = make_clip(tmp_path / "in.mp4", frames=60, audio=True)
-    with av.open(str(clip)) as container:
-        stream = container.streams.video[0]
-        frames = [Frame("0", i, f.pts, Fraction(stream.time_base), f.to_ndarray(format="rgb24"))
-                  for i, f in enumerate(container.decode(stream))]
-    start = StreamStart("0", 322, 242, Fraction(30000, 1001), frames[0].time_base, 60, str(clip), True)
+    clip, _, frames, encoder = _encoding(tmp_path, audio=True)
     out = tmp_path / "out.mp4"
-    encoder = EncodeStage(EncodeConfig(), path=str(out))
-    encoder.process(start)
-    for frame in frames[:40]:
-        encoder.process(frame)
     journal = Journal(str(out))
     left = Path(journal.path).read_bytes() + b"P\x00\x01torn"  # as a full disk leaves it: a torn last record
     kept = encoder.writers["0"].checkpointed

@@ -79,6 +79,21 @@ def test_a_subscriber_gets_one_valid_message_per_frame(published: dict[str, Any]
     assert messages[0]["categories"][0] == "__background__" and messages[0]["width"] == 322
 
 
+def test_the_stream_start_gives_the_size_shown_and_the_rotation() -> None:
+    from fractions import Fraction
+
+    from streamseg.models import model_info
+    from streamseg.runtime.messages import StreamStart
+    from streamseg.stages.publish import PublishStage
+
+    stage = PublishStage(model_info("tiny-random").to_dict())
+    [(_, published)] = stage.process(StreamStart("0", 480, 640, Fraction(30), Fraction(1, 90000), 0, "phone.mp4",
+                                                 False, rotation=90))
+    message = json.loads(published.parts[1])
+    jsonschema.validate(message, SCHEMA)
+    assert (message["width"], message["height"], message["rotation"]) == (480, 640, 90)
+
+
 def test_python_client_yields_frames_with_numpy_masks(published: dict[str, Any]) -> None:
     frames = published["frames"]
     assert [f.frame for f in frames] == list(range(48))
