@@ -27,16 +27,18 @@ Failure policy (:class:`RestartPolicy`, set by the ``runtime`` config keys):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import zmq
 
@@ -170,7 +172,8 @@ class Supervisor:
         # has left the job's process group: a Ctrl-C during start-up then reaches only us
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
         try:
-            process.start()
+            with _callers_main_hidden():
+                process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         worker.process = process
@@ -357,3 +360,23 @@ class Supervisor:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(2.0)
+
+
+@contextlib.contextmanager
+def _callers_main_hidden() -> Iterator[None]:
+    """While a worker starts: ``spawn`` would run the caller's main module again in the new process
+    (a script's top level, so ``streamseg.run`` in a script without ``if __name__ == "__main__":``
+    would start a pipeline in every worker). A worker needs nothing of it: hide it from spawn."""
+    main = sys.modules.get("__main__")
+    names = ("__spec__", "__file__")
+    saved = {name: main.__dict__[name] for name in names if main is not None and name in main.__dict__}
+    try:
+        for name in saved:
+            if name == "__spec__":
+                main.__spec__ = None
+            else:
+                del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)

@@ -155,3 +155,31 @@ def test_progress_bar_on_a_terminal_with_a_pipeline_file(cli, clip: Path, tmp_pa
     # the outputs the pipeline file names
     assert read_video(tmp_path / "annotated.mp4")["frames"] == 48
     assert len(read_jsonl(tmp_path / "masks.jsonl")) == 48
+
+
+def _readme_python_example() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = readme.split("From Python, the same run is one call:", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_python_example_runs_as_a_plain_script_from_c_and_from_stdin(tmp_path: Path) -> None:
+    """Exactly as printed: no ``if __name__ == "__main__":`` guard, which ``spawn`` would need if the
+    workers ran the caller's main module again."""
+    import subprocess
+    import sys
+
+    from conftest import make_clip
+
+    code = _readme_python_example()
+    assert "streamseg.run(" in code and "__main__" not in code
+    make_clip(tmp_path / "input.mp4", frames=24)
+    (tmp_path / "api.py").write_text(code)
+    ways = {"script": ([sys.executable, "api.py"], None), "-c": ([sys.executable, "-c", code], None),
+            "stdin": ([sys.executable, "-"], code)}
+    for way, (command, stdin) in ways.items():
+        done = subprocess.run(command, cwd=tmp_path, input=stdin, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (way, done.stderr[-2000:])
+        assert done.stdout.split()[0] == "24" and "Traceback" not in done.stderr, (way, done.stdout, done.stderr)
+        assert read_video(tmp_path / "annotated.mp4")["frames"] == 24
+        (tmp_path / "annotated.mp4").unlink()
