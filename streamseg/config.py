@@ -17,6 +17,7 @@ This module imports nothing from the rest of streamseg but its errors, so that a
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -341,7 +342,12 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> Any:
     changes = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}' (known in this section: {', '.join(names)})")
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else
+                    f"known in this section: {', '.join(names)}")
+            if len(hint) > 160:
+                hint = f"{len(names)} keys in this section, listed in streamseg/config.py"
+            raise ConfigError(f"unknown config key '{prefix}{key}' ({hint})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, f"{prefix}{key}.")
@@ -395,8 +401,8 @@ def _config_path(file: str | os.PathLike[str], root: Path = PRESETS_DIR) -> Path
     return files[0]
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
-    """The mappings of ``path`` and its ``_base_`` chain, base first."""
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """(file, mapping) of ``path`` and its ``_base_`` chain, base first."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config {path} includes itself through _base_")
@@ -410,10 +416,18 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top")
     base = data.pop("_base_", None)
-    chain: list[dict[str, Any]] = []
+    chain: list[tuple[str, dict[str, Any]]] = []
     if base is not None:
         chain = _read_yaml((path.parent / base), seen + (path,))
-    return chain + [data]
+    return chain + [(_shown_path(path), data)]
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when it is below it (shorter in an error line)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -438,13 +452,16 @@ def load_config(files: typing.Sequence[str | os.PathLike[str]] = (),
     """Build a validated :class:`Config` from YAML files or preset names (:func:`presets`), then dict
     overrides, then ``--set`` strings."""
     config = Config()
-    layers: list[dict[str, Any]] = []
+    layers: list[tuple[str, dict[str, Any]]] = []
     for file in files:
         layers.extend(_read_yaml(_config_path(file)))
-    layers.extend(overrides)
-    layers.extend(parse_override(s) for s in sets)
-    for layer in layers:
-        config = _merge(config, layer, "")
+    layers.extend(("", o) for o in overrides)
+    layers.extend(("--set", parse_override(s)) for s in sets)
+    for origin, layer in layers:
+        try:
+            config = _merge(config, layer, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {exc}" if origin else str(exc)) from None
     validate(config)
     return config
 

@@ -316,6 +316,7 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], *needles: str) 
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("streamseg: error:")]
     assert len(errors) == 1, result.stderr
+    assert len(errors[0]) <= 300, errors[0]  # an error a user can cause fits on a line
     for needle in needles:
         assert needle in errors[0], errors[0]
 

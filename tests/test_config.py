@@ -178,3 +178,27 @@ def test_wheel_carries_the_presets(tmp_path: Path) -> None:
     for name, config in result["configs"].items():
         expected = load_config([SHIPPED[name.removesuffix(".yaml")]]).to_dict()
         assert config == json.loads(json.dumps(expected))
+
+
+def test_a_typo_in_a_config_file_names_the_file_and_the_key_it_meant(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("model:\n  scor_thresh: 0.3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(["mine.yaml"])
+    assert str(caught.value) == "mine.yaml: unknown config key 'model.scor_thresh' (did you mean 'model.score_thresh'?)"
+    with pytest.raises(ConfigError, match=r"^--set: unknown config key 'input.zzz' \(\d+ keys in this section"):
+        load_config(sets=["input.zzz=1"])
+
+
+def test_weights_of_another_model_say_which_one_in_a_short_line() -> None:
+    import torch
+
+    from streamseg.models.registry import _misfit, get_entry
+
+    with torch.device("meta"):
+        small = get_entry("streamseg-small").build().state_dict()
+        r50 = get_entry("maskrcnn_resnet50_fpn").build().state_dict()
+    text = _misfit("r50.pth", "streamseg-small", small, r50)
+    assert text.startswith("weights r50.pth do not fit model streamseg-small: ")
+    assert text.endswith("they fit maskrcnn_resnet50_fpn: add --model maskrcnn_resnet50_fpn") and len(text) < 300
+    assert "they fit" not in _misfit("x.pt", "streamseg-small", small, {"not": torch.zeros(1)})

@@ -131,10 +131,29 @@ def load_model(name: str, weights: str | None, seed: int) -> tuple[Any, ModelInf
     if state is not None:
         try:
             model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0:3]
-            raise ModelError(f"weights {weights or '(default)'} do not fit model {name}: {' '.join(first)}") from None
+        except RuntimeError:
+            raise ModelError(_misfit(weights or "(default)", name, model.state_dict(), state)) from None
     return model.eval(), entry.info
+
+
+def _misfit(weights: str, name: str, wanted: dict[str, Any], given: dict[str, Any]) -> str:
+    """Why ``weights`` do not fit ``name``, in one short line, naming the model they do fit if any."""
+    import torch
+
+    missing = [k for k in wanted if k not in given]
+    unexpected = [k for k in given if k not in wanted]
+    misshapen = [k for k in wanted if k in given and tuple(wanted[k].shape) != tuple(given[k].shape)]
+    parts = [f"{len(v)} {what} (e.g. {v[0][:60]})" for v, what in
+             ((missing, "keys missing"), (unexpected, "unexpected"), (misshapen, "of another shape")) if v]
+    text = f"weights {weights} do not fit model {name}: {'; '.join(parts[:2])}"
+    for other in sorted(_REGISTRY):
+        if other == name:
+            continue
+        with torch.device("meta"):  # the layout alone, without allocating or initialising weights
+            keys = _REGISTRY[other].build().state_dict()
+        if keys.keys() == given.keys() and all(tuple(keys[k].shape) == tuple(given[k].shape) for k in keys):
+            return f"{text}; they fit {other}: add --model {other}"
+    return text
 
 
 def _torchvision_weights(weights_enum: Any) -> Callable[[], dict[str, Any]]:
