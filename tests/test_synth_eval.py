@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from streamseg.errors import InputError
 from streamseg.masks import decode_rle, encode_rle
 from streamseg.tools.evaluate import evaluate, load_ground_truth
 from streamseg.tools.synth import _SUBPIXEL, Scene, write_video
@@ -133,7 +134,25 @@ def test_shifted_masks_and_wrong_classes_score_less(ground_truth) -> None:
     s_wrong = evaluate(wrong, coco, verbose=False)
     assert s_shift["segm"]["AP"] < 0.8 and s_shift["bbox"]["AP"] < 0.9 and s_shift["keypoints"]["AP"] < 0.8
     assert s_wrong["segm"]["AP"] < 0.05 and s_wrong["bbox"]["AP"] < 0.05
-    assert evaluate([], coco, verbose=False)["segm"]["AP"] == 0.0  # no predictions at all
+    empty = [{"frame": r["frame"], "instances": []} for r in _gt_as_records(gt)]
+    assert evaluate(empty, coco, verbose=False)["segm"]["AP"] == 0.0  # nothing found in any frame
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda rs: rs[:-5], "the predictions hold 35 frames and the ground truth 40 images"),
+    (lambda rs: [{**r, "width": 640, "height": 360} for r in rs], "are of 640x360 frames and the ground truth's "
+                                                                  "images are 320x240"),
+    (lambda rs: [{**r, "instances": [{**i, "class_id": 9} for i in r["instances"]]} for r in rs],
+     "predicted class ids 9 are not ground-truth categories (1, 2, 3, 4)"),
+    (lambda rs: [{**r, "instances": [{**i, "keypoints": i["keypoints"] * 4}
+                                     for i in r["instances"]]} for r in rs], "20 keypoints per instance"),
+])
+def test_eval_refuses_predictions_of_another_clip_or_model(ground_truth, change, needle) -> None:
+    gt, coco = ground_truth
+    records = [{**r, "width": 320, "height": 240} for r in _gt_as_records(gt)]
+    with pytest.raises(InputError) as caught:
+        evaluate(change(records), coco, verbose=False)
+    assert needle in str(caught.value) and len(str(caught.value)) < 300
 
 
 def test_eval_cli_prints_the_ap_tables(cli, tmp_path: Path, ground_truth) -> None:

@@ -44,6 +44,36 @@ def load_ground_truth(path: str | Path) -> Any:
     return coco
 
 
+def check_inputs(records: list[dict[str, Any]], gt: Any) -> None:
+    """Raise an :class:`InputError` (one line) when the predictions cannot be of the ground truth's clip:
+    another frame count or size, class ids it does not have, another number of keypoints."""
+    images = sorted(gt.dataset["images"], key=lambda im: im["id"])
+    if len(records) != len(images):
+        raise InputError(f"the predictions hold {len(records)} frames and the ground truth {len(images)} images: "
+                         "evaluate a run over the whole clip the ground truth describes")
+    by_frame = {im.get("frame_index", i): im for i, im in enumerate(images)}
+    for record in records:
+        image = by_frame.get(record.get("frame"))
+        if image is None:
+            raise InputError(f"the predictions' frame {record.get('frame')} has no ground-truth image")
+        size, want = (record.get("width"), record.get("height")), (image.get("width"), image.get("height"))
+        if None not in size and None not in want and size != want:
+            raise InputError(f"the predictions are of {size[0]}x{size[1]} frames and the ground truth's images are "
+                             f"{want[0]}x{want[1]} (frame {record['frame']}): not the same clip, or it was resized")
+    categories = {c["id"]: c for c in gt.dataset["categories"]}
+    ids = sorted({i["class_id"] for r in records for i in r.get("instances", ())} - set(categories))
+    if ids:
+        raise InputError(f"predicted class ids {', '.join(map(str, ids[:5]))} are not ground-truth categories "
+                         f"({', '.join(map(str, sorted(categories)))}): a model of other classes?")
+    for record in records:
+        for inst in record.get("instances", ()):
+            want_kp = len(categories[inst["class_id"]].get("keypoints", []))
+            if "keypoints" in inst and want_kp and len(inst["keypoints"]) != want_kp:
+                raise InputError(f"the predictions have {len(inst['keypoints'])} keypoints per instance and the "
+                                 f"ground truth's {categories[inst['class_id']].get('name')} {want_kp}: a model "
+                                 "with other keypoints?")
+
+
 def records_to_results(records: list[dict[str, Any]], gt: Any) -> list[dict[str, Any]]:
     """COCO results (one per instance) from masks JSONL records, mapped onto the ground truth's images."""
     images = sorted(gt.dataset["images"], key=lambda im: im["id"])
@@ -88,6 +118,7 @@ def evaluate(records: list[dict[str, Any]], gt: Any, kpt_sigma: float | None = N
     """
     from pycocotools.cocoeval import COCOeval
 
+    check_inputs(records, gt)
     results = records_to_results(records, gt)
     tasks = ["bbox"]
     if any("segmentation" in r for r in results) or not results:
