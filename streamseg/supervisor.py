@@ -58,6 +58,11 @@ from .security import TransportCurve
 
 log = logging.getLogger(__name__)
 
+SAME_SIGNAL_S = 0.5
+"""SIGINTs this close together are one interruption: ``timeout -s INT`` sends it to the command and
+then to its process group, and a terminal's Ctrl-C reaches every process of the job; a person
+pressing Ctrl-C again to abort takes longer."""
+
 class Supervisor:
     """Runs a set of workers to completion. ``on_event(event_dict)`` sees every worker event."""
 
@@ -93,13 +98,16 @@ class Supervisor:
         self.stop_requested = False
         self.draining = False
         self.interrupts = 0
+        self.last_interrupt = -SAME_SIGNAL_S
         self.started_at = 0.0
 
     # --- signals ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requested = True
-        if signum == signal.SIGINT:
-            self.interrupts += 1
+        now = time.monotonic()
+        if signum == signal.SIGINT and now - self.last_interrupt > SAME_SIGNAL_S:
+            self.interrupts += 1  # a second one only when a person presses again: see SAME_SIGNAL_S
+        self.last_interrupt = now
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():

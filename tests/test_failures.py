@@ -93,7 +93,8 @@ def test_a_killed_supervisor_takes_its_workers_and_shared_memory_with_it(cli, lo
                          ids=["SIGTERM", "Ctrl-C to the whole process group"])
 def test_interrupt_leaves_complete_playable_outputs(cli, long_clip: Path, tmp_path: Path, sig: int,
                                                     group: bool) -> None:
-    proc = cli.start("run", str(long_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, new_group=group)
+    proc = cli.start("run", str(long_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL,
+                     new_group=group)
     try:
         _wait_for(lambda: _masks_lines(tmp_path / "m.jsonl") >= 5 or proc.poll() is not None, 60, "progress")
         if group:
@@ -104,12 +105,28 @@ def test_interrupt_leaves_complete_playable_outputs(cli, long_clip: Path, tmp_pa
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr and "a second time" not in stderr
     video = read_video(tmp_path / "out.mp4")
     records = read_jsonl(tmp_path / "m.jsonl")
     assert 0 < video["frames"] < 300
     assert video["frames"] == len(records)  # both outputs hold every frame that was read
     assert video["pts"] == [r["pts"] for r in records]
+    assert cli.leftovers() == []
+
+
+def test_timeout_s_int_is_one_interruption(cli, long_clip: Path, tmp_path: Path) -> None:
+    """``timeout -s INT 8 streamseg run ...``, a common way to record a few seconds: timeout sends SIGINT
+    to the command and then to its process group; one interruption, outputs finished."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(["timeout", "-s", "INT", "8", sys.executable, "-m", "streamseg", "run", str(long_clip),
+                           "--loop", "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL], cwd=tmp_path,
+                          env=cli.env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 124, done.stderr  # timeout's own code for "it ran out of time"
+    assert "interrupted; outputs hold the" in done.stderr and "a second time" not in done.stderr, done.stderr
+    video, records = read_video(tmp_path / "out.mp4"), read_jsonl(tmp_path / "m.jsonl")
+    assert 0 < video["frames"] == len(records)
     assert cli.leftovers() == []
 
 
