@@ -76,11 +76,12 @@ class InputConfig:
     """Hardware video decoding: ``cuda`` (NVDEC) or ``none``. Decoding falls back to the CPU, with a
     warning in the log, where the GPU cannot decode (no device, a codec NVDEC lacks)."""
     video_stream: int = -1
-    """Which video stream of a file to read: 0 is its first; -1: the one the file marks as default
-    (else its first). A cover picture (an attached still image) is never taken for the video."""
+    """Which video stream of a file to read: 0 is its first (as ``ffmpeg -map 0:v:N`` counts them);
+    -1: the one the file marks as default, else its first, never a cover picture (an attached still)."""
     autorotate: bool = True
     """Turn the pictures upright as the file's display matrix says (phone videos held upright), as
-    players and ``ffmpeg`` show them; outputs are then at the turned size. ``false``: as stored."""
+    players and ``ffmpeg`` show them; outputs are then at the turned size. ``false``: as stored. A
+    live source is shown as stored (its size is fixed before its first frame)."""
     deinterlace: bool = False
     """Deinterlace frames marked interlaced (FFmpeg's ``bwdif``, one frame out per frame in), e.g.
     broadcast MPEG-2 or 1080i; progressive frames are left alone."""

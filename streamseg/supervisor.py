@@ -325,7 +325,7 @@ class Supervisor:
     def _abort(self, stage: str, cause: str, exit_code: int) -> None:
         log.debug("aborting: %s: %s", stage, cause)
         self._kill_all()
-        while self.events is not None and self.events.poll(0, zmq.POLLIN):  # what they said while stopping
+        while self.events is not None and self.events.poll(200, zmq.POLLIN):  # what they said while stopping
             try:
                 event = json.loads(self.events.recv())
             except ValueError:

@@ -76,13 +76,14 @@ def make_clip(path: Path | str, frames: int = 48, size: tuple[int, int] = (322, 
     return Path(path)
 
 
-def decode_all(source: str, config: Any = None) -> tuple[list[Any], list[tuple[str, dict]]]:
-    """Every message a decoder (in this process) emits for ``source``, and the events it reported."""
+def decode_all(source: str, config: Any = None, live: bool = False) -> tuple[list[Any], list[tuple[str, dict]]]:
+    """Every message a decoder (in this process) emits for ``source`` (read as ``live``), and the events
+    it reported."""
     from streamseg.config import InputConfig
     from streamseg.stages.decode import DecodeStage
 
     events: list[tuple[str, dict]] = []
-    stage = DecodeStage(config or InputConfig(), source, "0")
+    stage = DecodeStage(config or InputConfig(), source, "0", live=live)
     stage.bind_events(lambda event, **data: events.append((event, data)))
     stage.setup()
     try:

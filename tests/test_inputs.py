@@ -190,3 +190,12 @@ def test_audio_stays_in_sync_through_an_edit_list(corpus: Path, tmp_path: Path) 
         return starts, [p["pts_time"] for p in info["packets"] if p["stream_index"] == audio][:20]
 
     assert timing(tmp_path / "out.mp4") == timing(path)
+
+
+def test_a_live_source_is_shown_as_stored(corpus: Path) -> None:
+    """A live source's size is fixed before its first frame: it is not turned (said in the README)."""
+    path = build(next(c for c in CASES if c.name == "rotated_90.mp4"), corpus)
+    messages, _ = decode_all(str(path), InputConfig(max_frames=30), live=True)  # live: it would be reopened
+    start, *frames, _ = messages
+    assert (start.width, start.height, start.rotation) == (320, 240, 0)
+    assert frames and all(f.image.shape == (240, 320, 3) for f in frames if isinstance(f, Frame))

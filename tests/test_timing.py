@@ -12,6 +12,7 @@ def test_best_effort_takes_pts_until_they_go_wrong_more_often_than_dts() -> None
               (18000, 27001), (27001, 27002)]
     guess = BestEffort()
     assert [guess(pts, dts) for pts, dts in frames] == [0, 9001, 9002, 18001, 18002, 27000, 27001, 27002]
+    assert guess.departed  # timestamps that hang on what came before: a seek would give other ones
 
 
 def test_best_effort_falls_back_to_whichever_timestamp_there_is() -> None:
@@ -19,6 +20,7 @@ def test_best_effort_falls_back_to_whichever_timestamp_there_is() -> None:
     assert [guess(None, 5), guess(6, None), guess(None, None)] == [5, 6, None]
     clean = BestEffort()
     assert [clean(t, t - 2) for t in (10, 20, 30)] == [10, 20, 30]
+    assert not clean.departed and not guess.departed  # AVI's missing pts take the dts after a seek too
 
 
 def test_timeline_keeps_forward_timestamps_and_repairs_the_rest_from_the_frame_rate() -> None:

@@ -94,7 +94,7 @@ class DecodeStage(Source):
             self._open()
 
     def _open(self) -> None:
-        self.reader = VideoReader(self.path, self.config)
+        self.reader = VideoReader(self.path, self.config, turn=not self.live)
 
     def _stream_start(self) -> StreamStart:
         """What the stream is; ``frames`` is what will be read when that is known (for progress)."""
@@ -256,7 +256,8 @@ class DecodeStage(Source):
             if before is not None:
                 low, high = self.durations or (pts_out - before,) * 2
                 self.durations = (min(low, pts_out - before), max(high, pts_out - before))
-            if pts_out != pts and not self.checkpoint.get("repaired"):
+            departed = pts_out != pts or (self.reader is not None and self.reader.best_effort.departed)
+            if departed and not self.checkpoint.get("repaired"):
                 self._checkpoint(repaired=True)  # a replacement cannot seek by these timestamps
             if self.resume_index is not None:
                 if self.index <= self.resume_index:

@@ -143,8 +143,8 @@ class _Writer:
             if self.audio_copier is not None:
                 self.audio_copier.until(self.last_time)
         except (av.FFmpegError, OSError) as exc:
-            self.failed = reason(exc)
-            raise OutputError(f"cannot write {self.shown}: {self.failed} (at frame {frame.index})") from None
+            self.failed = f"{reason(exc)}, at frame {frame.index}"
+            raise OutputError(_unfinished(self, self.failed)) from None
         return True
 
     def _encode(self, frame: av.VideoFrame | None) -> None:
@@ -192,7 +192,8 @@ class _Writer:
         ctx = self.stream.codec_context
         return {"codec": ctx.name, "width": ctx.width, "height": ctx.height, "pix_fmt": ctx.pix_fmt,
                 "time_base": str(self.time_base), "rate": str(self.stream.average_rate or ctx.framerate or 25),
-                "extradata": (ctx.extradata or b"").hex(), "source": self.source}
+                "extradata": (ctx.extradata or b"").hex(),
+                "source": os.path.abspath(self.source) if self.source else ""}
 
     def finish(self, all_audio: bool) -> None:
         """Flush the encoder, finish the audio and close the container (playable from here on)."""
@@ -275,9 +276,13 @@ class EncodeStage(Stage):
 
     def _finish(self, writer: _Writer, all_audio: bool) -> None:
         """Finish ``writer``'s output, or raise an :class:`OutputError` that says what became of it."""
+        if writer.failed:  # said when it failed, and cleared up then: only its files are let go
+            try:
+                writer.output.close()
+            except (av.FFmpegError, OSError):
+                pass
+            return
         try:
-            if writer.failed:
-                raise OSError(writer.failed)
             writer.finish(all_audio)
             if stream_format(writer.path) is None and not os.path.exists(writer.path):
                 raise OSError("it was removed while it was written (its folder is gone?)")
@@ -314,13 +319,14 @@ def _unfinished(writer: _Writer, reason: str) -> str:
     writer.journal.close()
     try:
         os.remove(writer.path)  # without its index an MP4 cannot be played: it only takes room
-    except OSError:
-        pass
-    text = f"{writer.shown} could not be finished ({reason}) and was removed"
+        text = f"{writer.shown} could not be finished ({reason}) and was removed"
+    except FileNotFoundError:
+        text = f"{writer.shown} could not be finished ({reason})"
+    except OSError as exc:
+        text = f"{writer.shown} could not be finished ({reason}) and cannot be played (nor removed: {exc.strerror})"
     if writer.checkpointed and writer.journal.exists():
-        return (f"{text}; its first {writer.checkpointed} frames are kept in {writer.journal.path}: "
-                f"`streamseg recover {writer.journal.path} OUT.mp4` makes a playable MP4 of them "
-                "(OUT.mp4 on a disk with room)")
+        return (f"{text}; `streamseg recover {writer.journal.path} OUT.mp4` makes a playable MP4 of its first "
+                f"{writer.checkpointed} frames, kept in that journal")
     try:
         writer.journal.remove()
     except OSError:

@@ -131,6 +131,7 @@ class MaskWriterStage(Stage):
             try:
                 os.fsync(fd)
             except OSError as exc:
+                self.failed = True
                 raise OutputError(f"cannot write masks to {self._path(stream_id)}: {exc.strerror}") from None
         self.last_sync = time.monotonic()
 
@@ -150,7 +151,13 @@ class MaskWriterStage(Stage):
             try:
                 os.fsync(fd)
             except OSError as exc:
-                log.error("cannot write masks to %s: %s", path, exc.strerror)
-            os.close(fd)
+                if not self.failed:
+                    log.error("cannot write masks to %s: %s", path, exc.strerror)
+                self.failed = True
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             if not os.path.exists(path) and not self.failed:
                 log.error("the masks file %s was removed while it was written (its folder is gone?)", path)

@@ -95,8 +95,11 @@ class VideoReader:
     presentation order), each with FFmpeg's best-effort timestamp (:mod:`.timing`), deinterlaced
     when ``input.deinterlace`` is set, and the rotation its display matrix asks for."""
 
-    def __init__(self, url: str, config: InputConfig) -> None:
+    def __init__(self, url: str, config: InputConfig, turn: bool = True) -> None:
+        """``turn``: turn frames as their display matrix says (``input.autorotate``; a live source's
+        are shown as stored, since its size is fixed before its first frame)."""
         self.url, self.shown, self.config = url, safe_url(url), config
+        self.turn = turn and config.autorotate
         self.container, self.stream = open_video(url, config)
         self.stream.thread_type = "AUTO"  # frame + slice threads: decode keeps ahead of the model
         if config.decode_threads:
@@ -139,6 +142,12 @@ class VideoReader:
                 break
             except av.FFmpegError as exc:  # the demuxer gave up: the input breaks off (or the link dropped)
                 self.ended = f"demuxing stopped: {exc.strerror or exc}"
+                try:  # what the decoder holds (frame threads, B-frames waiting to be shown) comes out too
+                    held = self.stream.codec_context.decode(None)
+                except av.FFmpegError:
+                    held = []
+                for vf in held:
+                    yield from self._shaped(vf)
                 break
             try:
                 frames = packet.decode()
@@ -154,8 +163,8 @@ class VideoReader:
         """``vf`` with its best-effort pts, through the deinterlacer when there is one (None: flush it)."""
         if vf is not None:
             vf.pts = self.best_effort(vf.pts, vf.dts)
-            if self.config.autorotate:
-                self.rotation = vf.rotation
+            if self.turn:  # a quarter turn at a time: a matrix that says 88 degrees means 90
+                self.rotation = round(vf.rotation / 90) * 90 % 360
         if not self.config.deinterlace:
             if vf is not None:
                 yield vf.pts, self.time_base, vf, self.rotation
@@ -199,7 +208,7 @@ class VideoReader:
         :meth:`frames`); a live source's frames are turned as they come, each at the size it starts at."""
         stream = self.stream
         rate = Fraction(stream.average_rate or stream.guessed_rate or Fraction(25))
-        rotation = 0 if live else self.first_rotation() % 360
+        rotation = 0 if live or not self.turn else self.first_rotation()
         width, height = stream.codec_context.width, stream.codec_context.height
         if rotation in (90, 270):
             width, height = height, width

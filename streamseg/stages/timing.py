@@ -28,6 +28,9 @@ class BestEffort:
         self.faulty_dts = 0
         self.last_pts: int | None = None
         self.last_dts: int | None = None
+        self.departed = False
+        """Whether a frame was given another timestamp than its own pts (its dts): then the timestamps
+        depend on what came before, and a seek would give other ones."""
 
     def __call__(self, pts: int | None, dts: int | None) -> int | None:
         """The timestamp to show a frame at, from its presentation and decode timestamps (None: missing)."""
@@ -43,6 +46,7 @@ class BestEffort:
             self.last_pts = dts
         if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
             return pts
+        self.departed = self.departed or (pts is not None and dts != pts)
         return dts
 
 

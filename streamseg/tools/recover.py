@@ -35,6 +35,10 @@ def recover(journal_path: str, out: str) -> int:
     if not recovered.packets:
         raise InputError(f"{journal_path} holds no whole frame")
     time_base = Fraction(header["time_base"])
+    if header["codec"] not in av.codecs_available:
+        raise OutputError(f"{journal_path} holds {header['codec']} video, and this FFmpeg (PyAV's) has no "
+                          f"{header['codec']} to describe it with: recover it where streamseg wrote it")
+    source = header.get("source") or ""
     try:
         output = av.open(out, "w", options={"movflags": "+faststart"})
         stream = output.add_stream(header["codec"], rate=Fraction(header["rate"]))
@@ -42,9 +46,9 @@ def recover(journal_path: str, out: str) -> int:
         stream.time_base = stream.codec_context.time_base = time_base
         stream.codec_context.open()
         stream.codec_context.extradata = bytes.fromhex(header["extradata"]) or None  # the encoder's own
-        audio = None
-        if header.get("source") and os.path.isfile(header["source"]):
-            audio = AudioCopier(header["source"], output)
+        audio = AudioCopier(source, output) if source and os.path.isfile(source) else None
+        if source and audio is None:
+            print(f"streamseg recover: {source} is not there: the video is made without its audio", file=sys.stderr)
         for p in recovered.packets:
             packet = av.Packet(p.data)
             packet.pts, packet.dts, packet.duration, packet.time_base = p.pts, p.dts, p.duration, time_base
@@ -57,6 +61,10 @@ def recover(journal_path: str, out: str) -> int:
             audio.close()
         output.close()
     except (av.FFmpegError, OSError, ValueError) as exc:
+        try:
+            os.remove(out)  # half an MP4 would only mislead
+        except OSError:
+            pass
         raise OutputError(f"cannot write {out}: {reason(exc)}") from None
     return recovered.frames
 
@@ -65,6 +73,10 @@ def command(journal: str, out: str, keep: bool) -> int:
     """``streamseg recover JOURNAL OUT.mp4 [--keep]``."""
     frames = recover(journal, out)
     if not keep:
-        os.remove(journal)
+        try:
+            os.remove(journal)
+        except OSError as exc:
+            keep = True
+            print(f"streamseg recover: cannot remove {journal}: {exc.strerror}", file=sys.stderr)
     print(f"wrote {out} ({frames} frames)" + ("" if keep else f"; removed {journal}"), file=sys.stderr)
     return 0
