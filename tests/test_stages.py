@@ -334,3 +334,33 @@ def test_an_image_folder_and_a_glob_give_the_frames_pictures(clip: Path, tmp_pat
         assert [f.index for f in frames] == list(range(count)) and end.frames == count and end.reason == "end"
         assert all(np.array_equal(f.image, p) for f, p in zip(frames, pictures))  # PNG: the very pixels
         assert [f.pts for f in frames] == list(range(count)) and frames[0].time_base == Fraction(1, 10)
+
+
+def test_labels_at_320x240_stay_inside_the_frame_and_apart_where_there_is_room() -> None:
+    import cv2
+
+    from streamseg.stages.render import label_text, place_labels, text_scale
+
+    width, height = 320, 240
+    scale = text_scale(width, height)
+    # three shapes side by side near the top, one at the right edge, one in the bottom-left corner
+    boxes = np.array([[20, 4, 80, 60], [70, 8, 130, 70], [120, 2, 180, 50], [270, 100, 320, 160], [0, 200, 40, 240]],
+                     np.float32)
+    texts = [label_text(INFO, 2, 0.97)] * len(boxes)  # "rectangle 0.97", the longest of the shipped classes
+    sizes = [(w + 2, h + base + 1) for (w, h), base in (cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+                                                       for t in texts)]
+    assert sizes[0][1] <= height // 16 and sizes[0][0] <= width // 4  # small for the frame, still 7+ px high
+    spots = place_labels(boxes, sizes, width, height)
+    for x, y, w, h in spots:
+        assert 0 <= x and x + w <= width and 0 <= y and y + h <= height
+    for i, a in enumerate(spots):
+        for b in spots[i + 1:]:
+            assert not (a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3])
+    # drawn last: a keypoint under a label does not show through it
+    image = np.zeros((height, width, 3), np.uint8)
+    det = Detections(boxes[:1], np.array([0.97], np.float32), np.array([2]), None,
+                     np.array([[[spots[0][0] + 3, spots[0][1] + 3, 1.0]] * 5], np.float32))
+    drawn = draw(image, det, INFO, RenderConfig(boxes=False, keypoints=True))
+    x, y, w, h = spots[0]
+    label_colour = drawn[y + h - 1, x + w - 1]
+    assert label_colour.any() and not (drawn[y:y + h, x:x + w] == 255).all(axis=2).any()  # no white marker

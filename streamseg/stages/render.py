@@ -54,24 +54,55 @@ def draw(image: np.ndarray, detections: Detections, info: ModelInfo, config: Ren
     if detections.masks is not None:
         _draw_masks(out, detections.masks, order, colours, config.mask_alpha, config.contour_px)
     thickness = max(1, round(min(width, height) / 360))
-    scale = max(0.35, min(width, height) / 900)
     for i in order:
         colour = colours[i].tolist()
         x1, y1, x2, y2 = (int(round(v)) for v in detections.boxes[i])
         if config.boxes:
             cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
-        if config.labels:
-            label = int(detections.labels[i])
-            name = info.categories[label] if 0 <= label < len(info.categories) else str(label)
-            text = f"{name} {detections.scores[i]:.2f}"
-            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(height - 1, y1 + th + base + 2)
-            cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 2, ty + 1), colour, -1)
-            cv2.putText(out, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
-                        cv2.LINE_AA)
         if config.keypoints and detections.keypoints is not None:
             _draw_keypoints(out, detections.keypoints[i], info.skeleton, colour, config.keypoint_thresh, thickness)
+    if config.labels and len(detections):  # last, over everything else, best-scoring first for room
+        scale = text_scale(width, height)
+        best_first = order[::-1]
+        texts = [label_text(info, int(detections.labels[i]), float(detections.scores[i])) for i in best_first]
+        sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1) for t in texts]
+        spots = place_labels(detections.boxes[best_first], [(w + 2, h + base + 1) for (w, h), base in sizes],
+                             width, height)
+        for i, text, ((_, _), base), (x, y, w, h) in zip(best_first, texts, sizes, spots):
+            cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colours[i].tolist(), -1)
+            cv2.putText(out, text, (x + 1, y + h - base - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                        cv2.LINE_AA)
     return out
+
+
+def text_scale(width: int, height: int) -> float:
+    """Label text size for a frame: a line about 1/30 of the shorter side high (at least 7 pixels,
+    what Hershey's simplex font needs to stay legible)."""
+    return max(0.3, min(width, height) / 900)
+
+
+def label_text(info: ModelInfo, label: int, score: float) -> str:
+    name = info.categories[label] if 0 <= label < len(info.categories) else str(label)
+    return f"{name} {score:.2f}"
+
+
+def place_labels(boxes: np.ndarray, sizes: list[tuple[int, int]], width: int, height: int) -> list[tuple[int, ...]]:
+    """Where each label goes, as ``(x, y, w, h)``: inside the frame, and on none placed before it where
+    one of a few spots can manage that: above the box's top-left corner, inside it, below it, then
+    the same at its right edge. Labels come in order of importance (the first gets its first choice)."""
+    placed: list[tuple[int, int, int, int]] = []
+    for box, (w, h) in zip(boxes, sizes):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        spots = [(x, y) for x in (x1, x2 - w) for y in (y1 - h, y1, y2)]
+        fitted = [(min(max(0, x), max(0, width - w)), min(max(0, y), max(0, height - h))) for x, y in spots]
+        free = [spot for spot in fitted if not any(_overlap((*spot, w, h), other) for other in placed)]
+        x, y = (free or fitted)[0]
+        placed.append((x, y, w, h))
+    return placed
+
+
+def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 def _draw_masks(out: np.ndarray, masks: MaskRegions, order: np.ndarray, colours: np.ndarray, alpha: float,
