@@ -223,5 +223,6 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     if config.transport.remote:
         port = endpoints.port()
         remote = RemoteStages(frozenset(config.transport.remote), endpoints.bind(config.transport.join_port),
-                              endpoints.bind(port), f"tcp://{endpoints.advertised}:{port}", curve)
+                              endpoints.bind(port), f"tcp://{endpoints.advertised}:{port}", curve,
+                              f"tcp://{endpoints.advertised}:{config.transport.join_port}")
     return Plan(_resolve_links(specs, endpoints), events, progress_stage, remote)

@@ -57,6 +57,9 @@ class RemoteStages:
     """The same, as workers on other hosts reach it."""
     curve: dict[str, Any] | None = None
     """The transport's CURVE settings on this host (:class:`~streamseg.security.TransportCurve`)."""
+    join_advertised: str = ""
+    """The join endpoint as workers on other hosts reach it (``transport.advertise_host``, else this
+    host's name where it binds to every interface), for the hint that says how to start one."""
 
 
 

@@ -133,6 +133,10 @@ class Progress:
             self.bar.close()
 
 
+STAGE_OF_OUTPUT = {"video": "encode", "masks": "masks"}
+"""The stage that writes each kind of output (a remote one writes it on its own host)."""
+
+
 def summarise(config: Config, stats: dict[str, dict[str, Any]], progress_stage: str, times: dict[str, float],
               warnings: list[str], inputs: dict[str, dict[str, Any]] | None = None) -> Summary:
     """The :class:`Summary` of a finished run from its workers' final ``stats``. ``times`` (monotonic):
@@ -145,7 +149,9 @@ def summarise(config: Config, stats: dict[str, dict[str, Any]], progress_stage: 
     frames = sum(int(stats[name].get("counters", {}).get("frames", 0)) for name in sinks)
     start, end = times["start"], times["end"]
     startup = times.get("ready", end) - start
+    remote = {name.partition("-")[0] for name in config.transport.remote}
     outputs = {k: ", ".join(dict.fromkeys(stream_outputs(config, v).values()))
+               + (" (on the host of its streamseg worker)" if STAGE_OF_OUTPUT[k] in remote else "")
                for k, v in (("video", config.output.video), ("masks", config.output.masks)) if v}
     if config.output.publish:
         outputs["published"] = config.output.publish

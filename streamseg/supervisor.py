@@ -172,7 +172,7 @@ class Supervisor:
             worker.pending = dataclasses.replace(spec, events=self.remote.events, curve=None, shm_prefix="")
             worker.holder, worker.vacant_since = None, time.monotonic()
             log.warning("%s: waiting for a worker on another host to join (streamseg worker %s)", spec.name,
-                        self.remote.join.replace("*", "HOST"))
+                        self.remote.join_advertised or self.remote.join)
             return
         process = mp.get_context("spawn").Process(target=worker_main, args=(spec,), name=f"streamseg-{spec.name}",
                                                   daemon=True)

@@ -217,6 +217,12 @@ def test_a_remote_stage_connects_to_the_advertised_host_and_everything_else_bind
     assert specs["infer"].inputs == (">tcp://box-a:6002",)  # the remote side always connects
     assert specs["infer"].outputs == {"render": ">tcp://box-a:6003", "masks": ">tcp://box-a:6004"}
     assert specs["render"].inputs == ("@tcp://0.0.0.0:6003",) and specs["masks"].inputs == ("@tcp://0.0.0.0:6004",)
+    assert plan.remote.join_advertised == "tcp://box-a:7000"  # what the waiting hint tells a worker to join
+    import socket
+
+    anywhere = _plan(tmp_path, transport={"endpoints": "tcp", "bind_host": "0.0.0.0", "remote": ["infer"],
+                                          "join_port": 7000})
+    assert anywhere.remote is not None and anywhere.remote.join_advertised == f"tcp://{socket.gethostname()}:7000"
     # on loopback, the advertised host is loopback too
     local = _plan(tmp_path, transport={"endpoints": "tcp", "remote": ["masks"]})
     assert local.remote is not None and local.remote.events.startswith("tcp://127.0.0.1:")

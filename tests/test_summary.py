@@ -131,3 +131,9 @@ def test_process_start_is_before_now_and_after_the_process_began() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     age = float(out.stdout)
     assert 0.5 <= age <= time.monotonic() - launched + 0.05  # clock ticks: 10 ms
+
+
+def test_an_output_written_on_another_host_says_so() -> None:
+    config = _config(transport={"endpoints": "tcp", "remote": ["masks"]})
+    summary = summarise(config, {"masks": _stage(0.2, frames=3)}, "masks", TIMES, [])
+    assert summary.outputs == {"video": "out.mp4", "masks": "m.jsonl (on the host of its streamseg worker)"}
