@@ -31,6 +31,7 @@ def _add_run(sub: Any) -> None:
                    help="name of a source's stream (topic, masks 'stream' field); once per source, in order")
     p.add_argument("--loop", action="store_true", default=None, help="start file sources again when they end")
     p.add_argument("--frames", type=int, metavar="N", help="end each stream after N frames (default: no limit)")
+    p.add_argument("--duration", type=float, metavar="S", help="end each stream after S seconds of it")
     p.add_argument("--live", choices=("auto", "true", "false"),
                    help="treat sources as live (drop frames when behind, reconnect); auto: URLs and cameras")
     p.add_argument("--live-policy", choices=LIVE_POLICIES,
@@ -71,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         "input": {"path": None if several else args.inputs[0], "sources": args.inputs if several else None,
                   "stream_id": args.stream_ids[0] if args.stream_ids and not several else None,
                   "stream_ids": args.stream_ids if several else None, "loop": args.loop,
-                  "max_frames": args.frames,
+                  "max_frames": args.frames, "duration_s": args.duration,
                   "live": args.live, "rtsp_transport": args.rtsp_transport},
         "output": {"video": args.output, "masks": args.masks, "publish": args.publish},
         "model": {"name": args.model, "weights": args.weights, "device": args.device,
@@ -290,9 +291,8 @@ def _subscribe(args: argparse.Namespace) -> int:
 
 
 def _add_recover(sub: Any) -> None:
-    p = sub.add_parser("recover", help="make a playable MP4 of the journal an unfinished video output left",
-                       description="An annotated video that could not be finished (a full disk) leaves "
-                                   ".NAME.streamseg-journal beside it; this makes an MP4 of its whole frames.")
+    p = sub.add_parser("recover", help="make a playable MP4 of the journal an unfinished video output left "
+                                       "(.NAME.streamseg-journal beside it)")
     p.add_argument("journal", metavar="JOURNAL", help="the .NAME.streamseg-journal file the run named")
     p.add_argument("output", metavar="OUT.mp4", help="the MP4 to write (on a disk with room)")
     p.add_argument("--keep", action="store_true", help="keep the journal (default: removed once OUT.mp4 is written)")

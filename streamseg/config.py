@@ -53,7 +53,11 @@ class InputConfig:
     loop: bool = False
     """Start a file (or image folder) again when it ends, with timestamps that keep increasing."""
     max_frames: int = 0
-    """End each stream after this many frames (a clip from a camera, a looped file); 0: no limit."""
+    """End each stream after this many frames, counted as decoded (on a live source, frames dropped
+    before inference count too); 0: no limit."""
+    duration_s: float = 0.0
+    """End each stream after this many seconds of its own time (its timestamps, from its first frame:
+    on a live source, wall-clock time), as ``ffmpeg -t``; 0: no limit."""
     fps: float = 25.0
     """Frame rate given to a folder or glob of images."""
     rtsp_transport: str = "tcp"
@@ -482,6 +486,7 @@ def validate(config: Config) -> None:
         (inp.rtsp_transport in ("tcp", "udp"), f"input.rtsp_transport must be tcp or udp, got {inp.rtsp_transport!r}"),
         (inp.fps > 0, "input.fps must be positive"),
         (inp.max_frames >= 0, "input.max_frames must be >= 0 (0: no limit)"),
+        (inp.duration_s >= 0, "input.duration_s must be >= 0 (0: no limit)"),
         (inp.video_stream >= -1, "input.video_stream must be >= 0 (a file's video streams from 0) or -1 (its default)"),
         (inp.open_timeout_s > 0 and inp.read_timeout_s > 0, "input timeouts must be positive"),
         (inp.reconnect_attempts >= 0, "input.reconnect_attempts must be >= 0 (0: never give up)"),

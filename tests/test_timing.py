@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from streamseg.stages.timing import BestEffort, Timeline
 
 
@@ -30,3 +32,24 @@ def test_timeline_keeps_forward_timestamps_and_repairs_the_rest_from_the_frame_r
     assert got == [1000, 1040, 3000, 3040, 3080, 3120, 3160] and timeline.repaired == 3
     first = Timeline(step=1)
     assert first(None) == 0 and first.repaired == 1
+
+
+def test_the_capture_clock_starts_again_with_each_session() -> None:
+    from streamseg.stages.timing import CaptureClock
+
+    clock = CaptureClock()
+    assert clock(10.0, 1000.0) == 1000.0  # the first frame: captured as it arrived
+    assert clock(10.5, 1000.9) == 1000.5  # late by 0.4 s: a backlog counts as latency
+    assert clock(11.0, 1000.8) == 1000.8  # earlier than the clock said: the clock moves back
+    clock.new_session()  # the source was away 20 s, and its timestamps say so: not 20 s of latency
+    assert clock(31.0, 1021.2) == 1021.2
+
+
+def test_a_pacer_lets_each_frame_out_when_its_time_has_come() -> None:
+    from streamseg.stages.timing import Pacer
+
+    pacer = Pacer()
+    assert pacer.wait_s(5.0, 100.0) == 0.0
+    assert pacer.wait_s(5.04, 100.0) == pytest.approx(0.04)
+    assert pacer.wait_s(6.0, 100.5) == pytest.approx(0.5)
+    assert pacer.wait_s(6.0, 102.0) == 0.0  # behind: at once

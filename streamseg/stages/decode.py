@@ -27,7 +27,7 @@ from ..runtime.messages import EndOfStream, Frame, StreamStart, StreamStatus
 from ..runtime.stage import ALL_PORTS, Emit, Source
 from ..sources import describe_input, safe_url, source_kind
 from .readers import ImageSequence, RawFrame, VideoReader, shown_size, upright_rgb
-from .timing import Timeline
+from .timing import CaptureClock, Pacer, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,14 @@ class DecodeStage(Source):
         self.timeline = Timeline(1)
         """Output timestamps: kept where they move forward, repaired where not (set up per stream)."""
         self.next_base: int | None = None  # first pts of the next segment (after a loop or reconnection)
-        self.first_pts: int | None = None  # of the stream, for its capture clock
-        self.clock_origin: float | None = None  # wall time of the stream's pts 0 on its own clock
+        self.clock = CaptureClock()
+        """When a live frame was captured, per session of the source."""
+        self.pacer: Pacer | None = None
+        """Paces a recording read as live (a file, a finished HLS playlist) at its own frame rate."""
+        self.first_out: int | None = None
+        """The stream's first output timestamp (for ``input.duration_s``)."""
+        self.timed_out = False
+        """``input.duration_s`` of the stream's media time went by."""
         self.resume_point: tuple[int, int] | None = None
         """(index, pts) of the newest frame downstream has, for a replacement decoder."""
         self.resume_pts: int | None = None
@@ -74,6 +80,8 @@ class DecodeStage(Source):
         repaired is read again from its start, since its timestamps cannot be sought to."""
         self.durations: tuple[int, int] | None = None
         """Shortest and longest frame duration seen, for constant or variable frame rate."""
+        self.announced = 0
+        """Frames the input announces (0: unknown)."""
         self.checkpoint: dict[str, Any] = {}
         """What a replacement of this decoder needs to know (:meth:`_checkpoint`)."""
 
@@ -90,8 +98,14 @@ class DecodeStage(Source):
     def setup(self) -> None:
         if source_kind(self.path) == "images":
             self.images = ImageSequence(self.path, self.config.fps)
-        else:
-            self._open()
+            return
+        self._open()
+        assert self.reader is not None
+        if self.live and self.config.live == "auto" and self.reader.recorded():
+            self.live = self.drop_when_full = False  # a finished HLS playlist: a file behind a URL
+            log.info("stream %s: %s is a recording: read as a file", self.stream_id, self.shown)
+        elif self.live and (source_kind(self.path) == "file" or self.reader.recorded()):
+            self.pacer = Pacer()  # read as live on purpose: as fast as a live source sends, not as the disk
 
     def _open(self) -> None:
         self.reader = VideoReader(self.path, self.config, turn=not self.live)
@@ -105,6 +119,7 @@ class DecodeStage(Source):
         else:
             assert self.reader is not None, "setup() first"
             start = self._video_start(self.reader)
+        self.announced = start.frames  # by the input itself: what "cut off" is judged against
         frames = 0 if self.config.loop else start.frames
         if self.config.max_frames:
             frames = min(frames, self.config.max_frames) if frames else self.config.max_frames
@@ -166,7 +181,7 @@ class DecodeStage(Source):
         elif not self._enough() and (error or self._short()):
             reason = "truncated"
             self.counters["truncated"] = 1
-            detail = (f"input ended after {self.index} of {start.frames} frames" if start.frames else
+            detail = (f"input ended after {self.index} of {self.announced} frames" if self.announced else
                       f"input ended after {self.index} frames") + (f" ({error})" if error else "")
         if self.skipped:
             detail = (detail + "; " if detail else "") + f"{self.skipped} corrupt packets or frames skipped"
@@ -264,6 +279,12 @@ class DecodeStage(Source):
                     self.index += 1
                     continue  # downstream has it from the decoder this one replaces
                 self.resume_index = None
+            self.first_out = pts_out if self.first_out is None else self.first_out
+            if self.config.duration_s and (pts_out - self.first_out) * start.time_base >= self.config.duration_s:
+                self.timed_out = True
+                return ""
+            if self.pacer is not None:
+                yield from self._wait(self.pacer.wait_s(float(pts_out * start.time_base), time.monotonic()))
             yield "frames", Frame(self.stream_id, self.index, int(pts_out), start.time_base,
                                   upright_rgb(picture, rotation, (start.width, start.height)),
                                   captured=self._captured(pts_out))
@@ -277,32 +298,17 @@ class DecodeStage(Source):
         self.notify("checkpoint", **self.checkpoint)
 
     def _captured(self, pts: int) -> float:
-        """When the frame was captured, as well as this side can tell.
-
-        A file's frame: now (it is read when wanted). A live frame: when the source delivered it
-        on its own clock, i.e. the earliest arrival seen, advanced by the frame's timestamps, so a
-        backlog that builds up before the decoder (in the network, the server or the camera)
-        counts as latency too, not only the queues inside the pipeline.
-        """
-        now = time.time()
-        if not self.live:
-            return now
+        """A file's frame: captured now (it is read when wanted); a live one: :class:`CaptureClock`."""
         assert self.start is not None
-        stream_s = float((pts - (self.first_pts or 0)) * self.start.time_base)
-        if self.first_pts is None:
-            self.first_pts = pts
-            stream_s = 0.0
-        if self.clock_origin is None or now - stream_s < self.clock_origin:
-            self.clock_origin = now - stream_s
-        return self.clock_origin + stream_s
+        return self.clock(float(pts * self.start.time_base), time.time()) if self.live else time.time()
 
     def _enough(self) -> bool:
-        return 0 < self.config.max_frames <= self.index
+        return 0 < self.config.max_frames <= self.index or self.timed_out
 
     def _short(self) -> bool:
         """Whether a file ended before the end its header announces (cut off)."""
         assert self.start is not None
-        if not self.start.frames or self.index + self.skipped >= self.start.frames:
+        if not self.announced or self.index + self.skipped >= self.announced:
             return False
         if self.reader is None or self.last_pts is None:
             return True
@@ -361,6 +367,7 @@ class DecodeStage(Source):
                 delay = min(delay * 2, self.config.reconnect_max_s)
                 continue
             self.count("reconnects")
+            self.clock.new_session()
             self._continue_after(time.monotonic() - lost_at)
             log.warning("stream %s: reconnected to %s after %.1f s", self.stream_id, self.shown,
                         time.monotonic() - lost_at)

@@ -215,6 +215,11 @@ class VideoReader:
         return StreamStart(stream_id, width, height, rate, self.time_base, 0 if live else self.frame_count(rate),
                            self.shown, audio=bool(self.container.streams.audio), live=live, rotation=rotation)
 
+    def recorded(self) -> bool:
+        """Whether a network source is a recording of known length (an HLS playlist with its end list),
+        not a live feed."""
+        return self.container.format.name == "hls" and bool(self.container.duration)
+
     def frame_count(self, rate: Fraction) -> int:
         """Frames the header announces (0: unknown), no more than its duration shows: an edit list
         hides frames that the file holds."""

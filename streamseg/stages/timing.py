@@ -17,7 +17,7 @@ recording) and a first timestamp far from zero all stay.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class BestEffort:
@@ -68,3 +68,42 @@ class Timeline:
             self.repaired += 1
         self.last = pts
         return pts
+
+
+@dataclass
+class CaptureClock:
+    """When each frame of a live source was captured, as well as the receiving side can tell: the
+    earliest arrival seen in this session, advanced by the frames' timestamps. A backlog that builds up
+    before the decoder (in the network, the server, the camera) then counts as latency too. A new
+    session (a reconnection) starts a new clock: the time the source was away is a gap, not latency."""
+
+    origin: float | None = None
+    """Wall time of the session's media time 0."""
+    first_s: float | None = None
+    """Media time (seconds) of the session's first frame."""
+
+    def __call__(self, media_s: float, now: float) -> float:
+        if self.first_s is None:
+            self.first_s = media_s
+        stream_s = media_s - self.first_s
+        if self.origin is None or now - stream_s < self.origin:
+            self.origin = now - stream_s
+        return self.origin + stream_s
+
+    def new_session(self) -> None:
+        self.origin = self.first_s = None
+
+
+@dataclass
+class Pacer:
+    """Frames of a recording read as live come out at their own rate, as ``ffmpeg -re`` reads a file:
+    each when its media time has passed on the wall clock since the first."""
+
+    origin: tuple[float, float] | None = field(default=None)
+    """(wall time, media time) of the first frame."""
+
+    def wait_s(self, media_s: float, now: float) -> float:
+        """How long to wait before the frame at ``media_s`` is due."""
+        if self.origin is None:
+            self.origin = (now, media_s)
+        return max(0.0, self.origin[0] + (media_s - self.origin[1]) - now)
