@@ -241,10 +241,17 @@ def test_a_file_read_as_live_comes_at_its_own_rate_and_duration_ends_it(corpus: 
     import time
 
     path = build(next(c for c in CASES if c.name == "vp9.webm"), corpus)  # 30 frames at 25 fps
+    from streamseg.stages.decode import DecodeStage
+
+    stage = DecodeStage(InputConfig(max_frames=25), str(path), "0", live=True)
+    stage.bind_events(lambda event, **data: None)
+    stage.setup()
     began = time.monotonic()
-    messages, _ = decode_all(str(path), InputConfig(max_frames=25), live=True)
+    messages = [m for _, m in (e for e in stage.produce() if e is not None)]
+    stage.close()
     assert time.monotonic() - began >= 0.9  # the 25th frame is due 0.96 s after the first
     assert len([m for m in messages if isinstance(m, Frame)]) == 25
+    assert stage.waited_s >= 0.8  # waiting for a frame's time is not work: not counted as busy
     messages, _ = decode_all(str(path), InputConfig(duration_s=0.5))
     frames = [m for m in messages if isinstance(m, Frame)]
     assert [f.pts for f in frames] == [40 * i for i in range(13)] and messages[-1].reason == "end"

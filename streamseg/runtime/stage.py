@@ -163,6 +163,10 @@ class Source(Stage):
     def __init__(self) -> None:
         super().__init__()
         self.stop_requested = False
+        self.waited_s = 0.0
+        """Seconds spent waiting for its input (a network source, a camera, pacing, a reconnection's
+        backoff) rather than working: the runtime leaves them out of the stage's busy time, so a
+        live source that sends slowly does not look like a bottleneck."""
 
     def request_stop(self) -> None:
         """Ask :meth:`produce` to finish early (Ctrl-C): it ends its streams with EndOfStream."""

@@ -288,7 +288,7 @@ class Runtime:
         while True:
             self.check_alive()
             self.service()
-            start = time.perf_counter()
+            start, waited = time.perf_counter(), stage.waited_s
             self.busy_since = time.monotonic()
             try:
                 emit = next(iterator)
@@ -296,7 +296,7 @@ class Runtime:
                 break
             finally:
                 self.busy_since = 0.0
-                self.busy_s += time.perf_counter() - start
+                self.busy_s += max(0.0, time.perf_counter() - start - (stage.waited_s - waited))
             if emit is None:
                 continue
             port, message = emit

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..runtime.messages import EndOfStream, Frame, StreamStart, StreamStatus
 from ..runtime.stage import ALL_PORTS, Emit, Source
 from ..sources import describe_input, safe_url, source_kind
-from .readers import ImageSequence, RawFrame, VideoReader, shown_size, upright_rgb
+from .readers import ImageSequence, VideoReader, shown_size, upright_rgb
 from .timing import CaptureClock, Pacer, Timeline
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class DecodeStage(Source):
             self.pacer = Pacer()  # read as live on purpose: as fast as a live source sends, not as the disk
 
     def _open(self) -> None:
-        self.reader = VideoReader(self.path, self.config, turn=not self.live)
+        waited = self._waited if self.live else None  # a live source's reads wait for it to send
+        self.reader = VideoReader(self.path, self.config, turn=not self.live, waited=waited)
 
     def _stream_start(self) -> StreamStart:
         """What the stream is; ``frames`` is what will be read when that is known (for progress)."""
@@ -238,11 +239,9 @@ class DecodeStage(Source):
         start = self.start
         seg_first: int | None = None
         base = 0
-        if self.images is not None:
-            raw = self._image_frames()
-        else:
-            assert self.reader is not None
-            raw = self.reader.frames(lambda: self.stop_requested)
+        source = self.images if self.images is not None else self.reader
+        assert source is not None
+        raw = source.frames(lambda: self.stop_requested)
         while True:
             try:
                 pts, time_base, picture, rotation = next(raw)
@@ -314,16 +313,6 @@ class DecodeStage(Source):
             return True
         return self.reader.ends_after(self.last_pts + self._frame_step(), self.start.rate)
 
-    def _image_frames(self) -> Generator[RawFrame, None, str]:
-        assert self.images is not None and self.start is not None
-        for i, (path, image) in enumerate(self.images):
-            if image is None:
-                log.warning("%s: skipped an image that cannot be read", path)
-            yield i, self.start.time_base, image, 0
-            if self.stop_requested:
-                break
-        return ""
-
     # --- starting again -------------------------------------------------------------------------
     def _frame_step(self) -> int:
         """One frame's duration in the stream's time base."""
@@ -382,9 +371,14 @@ class DecodeStage(Source):
         """Sleep, yielding to the runtime (signals) every step; True when a stop was requested."""
         end = time.monotonic() + seconds
         while not self.stop_requested and time.monotonic() < end:
-            time.sleep(min(WAIT_STEP_S, max(0.0, end - time.monotonic())))
+            step = min(WAIT_STEP_S, max(0.0, end - time.monotonic()))
+            time.sleep(step)
+            self._waited(step)
             yield None
         return self.stop_requested
+
+    def _waited(self, seconds: float) -> None:
+        self.waited_s += seconds
 
     def _status(self, state: str, detail: str, attempt: int) -> Emit:
         self.notify("status", stream_id=self.stream_id, state=state, detail=detail, attempt=attempt)

@@ -10,6 +10,7 @@ import glob
 import logging
 import math
 import os
+import time
 from fractions import Fraction
 from typing import Any, Callable, Generator, Iterator
 
@@ -95,10 +96,13 @@ class VideoReader:
     presentation order), each with FFmpeg's best-effort timestamp (:mod:`.timing`), deinterlaced
     when ``input.deinterlace`` is set, and the rotation its display matrix asks for."""
 
-    def __init__(self, url: str, config: InputConfig, turn: bool = True) -> None:
+    def __init__(self, url: str, config: InputConfig, turn: bool = True,
+                 waited: Callable[[float], None] | None = None) -> None:
         """``turn``: turn frames as their display matrix says (``input.autorotate``; a live source's
-        are shown as stored, since its size is fixed before its first frame)."""
+        are shown as stored, since its size is fixed before its first frame). ``waited(seconds)``:
+        told how long each read from the source took (a live source's wait for data)."""
         self.url, self.shown, self.config = url, safe_url(url), config
+        self.waited = waited
         self.turn = turn and config.autorotate
         self.container, self.stream = open_video(url, config)
         self.stream.thread_type = "AUTO"  # frame + slice threads: decode keeps ahead of the model
@@ -136,6 +140,7 @@ class VideoReader:
     def _decoded(self) -> Iterator[RawFrame]:
         packets = self.container.demux(self.stream)
         while True:
+            asked = time.perf_counter()
             try:
                 packet = next(packets)
             except StopIteration:
@@ -149,6 +154,9 @@ class VideoReader:
                 for vf in held:
                     yield from self._shaped(vf)
                 break
+            finally:
+                if self.waited is not None:
+                    self.waited(time.perf_counter() - asked)
             try:
                 frames = packet.decode()
             except av.FFmpegError as exc:
@@ -316,6 +324,16 @@ class ImageSequence:
     def __iter__(self) -> Iterator[tuple[str, np.ndarray | None]]:
         for path in self.paths:
             yield path, read_image(path)
+
+    def frames(self, stopped: Callable[[], bool]) -> Generator[RawFrame, None, str]:
+        """The images as :data:`RawFrame`s, numbered from 0 in the time base 1/fps (None: unreadable)."""
+        for i, (path, image) in enumerate(self):
+            if image is None:
+                log.warning("%s: skipped an image that cannot be read", path)
+            yield i, self.time_base, image, 0
+            if stopped():
+                break
+        return ""
 
 
 def read_image(path: str) -> np.ndarray | None:
