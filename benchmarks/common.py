@@ -106,12 +106,12 @@ def model_fps(predictor: Any, frames: list[np.ndarray], batch: int) -> float:
     return len(frames) / (time.perf_counter() - start)
 
 
-def make_clip(path: Path, frames: int, width: int, height: int) -> None:
-    """Moving textured rectangles, H.264."""
+def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30) -> None:
+    """Moving textured rectangles, H.264, at ``rate`` frames a second."""
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 120, (height, width, 3), dtype=np.uint8)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(30))
+        stream = out.add_stream("libx264", rate=Fraction(rate))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(frames):
             image = np.roll(texture, 2 * i, axis=1)

@@ -28,7 +28,7 @@ import yaml
 
 from .errors import ConfigError
 
-LIVE_POLICIES = ("latest", "drop_oldest", "drop_newest", "block")
+LIVE_POLICIES = ("budget", "latest", "drop_oldest", "drop_newest", "block")
 """The values of ``batch.live_policy`` (:mod:`streamseg.stages.batch` says what each does)."""
 REMOTE_STAGES = ("infer", "render", "encode", "masks")
 """Stages ``transport.remote`` may name: each of their links has its other end on the supervisor's host."""
@@ -106,12 +106,20 @@ class BatchConfig:
     """Most frames per inference batch."""
     max_wait_ms: float = 50.0
     """Longest a partial batch waits for more frames before it is sent anyway (file streams)."""
-    live_policy: str = "latest"
-    """What live streams do while inference is behind: ``latest`` (keep only the newest frame),
-    ``drop_oldest`` / ``drop_newest`` (hold ``live_queue`` frames, dropping the oldest / the arrivals),
-    or ``block`` (drop nothing; latency grows). Files always block."""
+    live_policy: str = "budget"
+    """What live streams do while inference is behind: ``budget`` (hold what arrives; drop a frame only
+    when it could no longer be published within ``live_max_wait_ms`` of its capture, never a stream's
+    newest), ``latest`` (keep only the newest frame), ``drop_oldest`` / ``drop_newest`` (hold
+    ``live_queue`` frames, dropping the oldest / the arrivals), or ``block`` (drop nothing; latency
+    grows). Files always block."""
     live_queue: int = 4
-    """Frames held per live stream under ``drop_oldest`` and ``drop_newest``."""
+    """Frames held per live stream under ``drop_oldest`` and ``drop_newest`` (``budget`` holds up to 64
+    frames or 256 MiB of them: its limit is the time)."""
+    live_max_wait_ms: float = 500.0
+    """The ``budget`` policy's latency budget, capture to the model's result: half a second is more than
+    the clumps in which frames of a network feed arrive and a batch's time in a CPU model (so nothing
+    is dropped while inference keeps up on average), and less than a person watching an alert calls
+    late."""
 
 
 @dataclass(frozen=True)
@@ -495,6 +503,7 @@ def validate(config: Config) -> None:
         (config.batch.live_policy in LIVE_POLICIES,
          f"batch.live_policy must be one of {', '.join(LIVE_POLICIES)}, got {config.batch.live_policy!r}"),
         (config.batch.live_queue >= 1, "batch.live_queue must be at least 1"),
+        (config.batch.live_max_wait_ms > 0, "batch.live_max_wait_ms must be positive"),
         (config.model.max_fps >= 0, "model.max_fps must be >= 0 (0: no limit)"),
         (config.batch.max_batch >= 1, "batch.max_batch must be at least 1"),
         (config.batch.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0"),

@@ -364,3 +364,44 @@ def test_labels_at_320x240_stay_inside_the_frame_and_apart_where_there_is_room()
     x, y, w, h = spots[0]
     label_colour = drawn[y + h - 1, x + w - 1]
     assert label_colour.any() and not (drawn[y:y + h, x:x + w] == 255).all(axis=2).any()  # no white marker
+
+
+def test_the_budget_policy_drops_only_what_would_be_late_and_never_a_streams_newest() -> None:
+    import time as clock
+
+    stage = _live("budget")
+    assert stage.live_cap == 64 and stage.budget_s == 0.5  # 64x48 frames: the count bounds memory, not the bytes
+    now = clock.time()
+    # a burst that arrives while the model is busy: all of it gets through, nothing was late
+    for i in range(3):
+        assert list(stage.process(dataclasses.replace(_frame(i), captured=now - 0.01 * i))) == []
+    (_, batch), = stage.on_room()
+    assert [f.index for f in batch.frames] == [0, 1, 2] and "dropped" not in stage.counters
+    # the model is behind: frames older than the budget go, the stream's newest stays, whatever its age
+    for i, age in ((3, 0.9), (4, 0.6), (5, 0.2), (6, 0.1)):
+        stage.process(dataclasses.replace(_frame(i), captured=now - age))
+    (_, batch), = stage.on_room()
+    assert [f.index for f in batch.frames] == [5, 6] and stage.counters["dropped"] == 2
+    for i in (7, 8):
+        stage.process(dataclasses.replace(_frame(i), captured=now - 5.0))
+    (_, batch), = stage.on_room()
+    assert [f.index for f in batch.frames] == [8]  # late, but the newest: a slow model still sees the stream
+    # a model that takes 0.1 s a frame: the batch holds what it can finish within the budget
+    stage.frame_s, stage.sent = 0.1, [(clock.monotonic(), 2, False)]  # just sent 2 frames, 0.1 s each: 0.2 s ahead
+    for i, age in ((9, 0.25), (10, 0.05), (11, 0.03), (12, 0.0)):
+        stage.process(dataclasses.replace(_frame(i), captured=now - age))
+    (_, batch), = stage.on_room()
+    # 9 would be done 0.25 + 0.2 + 0.1 = 0.55 s after capture: late, dropped; then 10 and 11 fit
+    assert [f.index for f in batch.frames] == [10, 11] and stage.counters["dropped"] == 4
+    assert stage.holds() == frozenset({("s", 12)})  # the next batch's
+
+
+def test_the_budget_policy_sends_at_a_streams_end_only_what_is_still_in_time() -> None:
+    import time as clock
+
+    stage = _live("budget")
+    now = clock.time()
+    for i, age in ((0, 2.0), (1, 1.0), (2, 0.1), (3, 1.5)):  # 3: the newest, late but kept
+        stage.process(dataclasses.replace(_frame(i), captured=now - age))
+    out = list(stage.flush(EndOfStream("s", 4)))
+    assert [f.index for _, b in out for f in b.frames] == [2, 3] and stage.counters["dropped"] == 2

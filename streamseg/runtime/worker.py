@@ -53,6 +53,10 @@ PROGRESS_EVERY_S = 0.1
 REJECTS_LOGGED = 5
 RESUME_WAIT_S = 10.0
 """How long a restarted source waits to hear from its receivers where to resume."""
+LOSSY_WAIT_S = 0.2
+"""How long a frame that may be dropped (a live source's) waits for room at the next stage first: a
+burst from the network can fill its credit before that stage is scheduled to take the frames; a
+stage that is really behind stays full for longer, and then the frame is dropped."""
 
 
 class _Stopped(Exception):
@@ -120,6 +124,8 @@ class Runtime:
         self.admission = Admission(spec.streams, spec.parallel, spec.ordered)
         self.busy_s = 0.0
         self.blocked_s = 0.0
+        self.patient = True
+        """Whether a lossy message may wait for room (:meth:`_room_soon`); not after one waited in vain."""
         self.busy_since = 0.0
         """When the current stage call began (monotonic); 0 between calls."""
         self.received = 0
@@ -300,13 +306,29 @@ class Runtime:
             if emit is None:
                 continue
             port, message = emit
-            if stage.lossy(message) and not all(self.outboxes[p].room() for p in self._ports(port, message)):
+            if stage.lossy(message) and not self._room_soon(self._ports(port, message)):
                 stage.dropped(message)
             else:
                 self.send([emit])
                 self.drain_backlog()
             self.progress()
         self.finish_outputs()
+
+    def _room_soon(self, ports: Iterable[str]) -> bool:
+        """Whether every port has room for one more message within :data:`LOSSY_WAIT_S` (a burst of
+        frames from the network can fill the next stage's credit before it is scheduled to take them)."""
+        ports = list(ports)
+        start = time.monotonic()
+        try:
+            while not all(self.outboxes[p].room() for p in ports):
+                if not self.patient or time.monotonic() >= start + LOSSY_WAIT_S:
+                    self.patient = False  # the next stage is behind, not late: drop at once until it has room
+                    return False
+                self.wait(5)
+            self.patient = True
+            return True
+        finally:
+            self.blocked_s += time.monotonic() - start
 
     def _ports(self, port: str, message: Any) -> Iterable[str]:
         """The data ports an emit goes to: :data:`ALL_PORTS` means those carrying its stream."""

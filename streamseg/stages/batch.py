@@ -5,7 +5,11 @@ comes first, and sent with backpressure: none is ever dropped. Frames of a live 
 here, at most a few per stream, until the inference stage has room for a batch; the ``live_policy``
 says what gives when more arrive meanwhile:
 
-``latest``       hold only the newest frame of each stream (lowest latency; the default)
+``budget``       hold what arrives; drop a frame only when, waited as long as it has and with the
+                 model's recent time for a batch, it would reach the model later than
+                 ``live_max_wait_ms`` after its capture; a stream's newest frame is never dropped
+                 (the default: frames that arrive together while the model is busy all get through)
+``latest``       hold only the newest frame of each stream (lowest latency)
 ``drop_oldest``  hold the newest ``live_queue`` frames, dropping the oldest
 ``drop_newest``  hold the first ``live_queue`` frames, dropping the ones that arrive on a full queue
 ``block``        treat the live stream like a file: nothing dropped, latency grows while behind
@@ -21,6 +25,12 @@ from ..config import LIVE_POLICIES, BatchConfig
 from ..runtime.messages import Batch, EndOfStream, Frame, StreamStart
 from ..runtime.stage import ALL_PORTS, Emit, Stage
 
+BUDGET_CAP = 64
+BUDGET_BYTES = 256 << 20
+"""The ``budget`` policy holds at most this many frames, or this many bytes of them, per stream: a
+camera sends a second or two at once on connecting (from its last keyframe), which a model that keeps
+up on average works off within the budget."""
+
 
 class BatchStage(Stage):
     """Collects Frames into Batches; other messages pass through in order (a pending batch first)."""
@@ -33,6 +43,11 @@ class BatchStage(Stage):
         self.max_wait_s = config.max_wait_ms / 1000.0
         self.live_policy = config.live_policy
         self.live_cap = 1 if config.live_policy == "latest" else max(1, config.live_queue)
+        self.budget_s = config.live_max_wait_ms / 1000.0
+        self.frame_s = 0.0
+        """The model's recent time a frame, smoothed (0: not known yet)."""
+        self.sent: list[tuple[float, int, bool]] = []
+        """The last two live batches sent: when, how many frames, whether frames were left waiting."""
         self.pending: list[Frame] = []
         self.deadline = 0.0
         self.held: dict[str, deque[Frame]] = {}
@@ -51,6 +66,9 @@ class BatchStage(Stage):
         if isinstance(message, StreamStart) and message.live and self.live_policy != "block":
             self.held.setdefault(message.stream_id, deque())
             self.dropped.setdefault(message.stream_id, 0)
+            if self.live_policy == "budget":  # the time is its limit; this bounds memory (a burst on connecting)
+                frame_bytes = 3 * message.width * message.height
+                self.live_cap = max(self.live_cap, min(BUDGET_CAP, BUDGET_BYTES // frame_bytes))
         return [*self._emit(), (ALL_PORTS, message)]
 
     def _hold(self, frame: Frame) -> None:
@@ -68,16 +86,50 @@ class BatchStage(Stage):
 
     def on_room(self) -> Iterable[Emit]:
         """One batch of held live frames, taken in turn from each stream, oldest first."""
+        now = time.monotonic()
+        if len(self.sent) == 2 and self.sent[-1][2]:
+            # frames waited since the last batch went: the model took it just now, done with the one before
+            measured = (now - self.sent[-1][0]) / self.sent[-2][1]
+            self.frame_s = measured if not self.frame_s else 0.7 * self.frame_s + 0.3 * measured
+        size = self.max_batch
+        if self.live_policy == "budget":
+            size = self._within_budget(time.time(), now)
         frames: list[Frame] = []
-        while len(frames) < self.max_batch and any(self.held.values()):
+        while len(frames) < size and any(self.held.values()):
             for queue in self.held.values():
-                if queue and len(frames) < self.max_batch:
+                if queue and len(frames) < size:
                     frames.append(queue.popleft())
+        if frames:
+            self.sent = [*self.sent[-1:], (now, len(frames), any(self.held.values()))]
         return self._batch(frames)
+
+    def _within_budget(self, now: float, clock: float) -> int:
+        """Drop the held frames the model would finish later than the budget after their capture (after
+        what is left of the last batch, then on this one), a stream's newest excepted; returns how many
+        frames the next batch may hold so that its oldest is done within the budget (at least one)."""
+        ahead = max(0.0, self.sent[-1][0] + self.frame_s * self.sent[-1][1] - clock) if self.sent else 0.0
+        for stream_id, queue in self.held.items():
+            while len(queue) > 1 and now - queue[0].captured + ahead + self.frame_s > self.budget_s:
+                queue.popleft()
+                self.count("dropped")
+                self.dropped[stream_id] += 1
+        oldest = min((q[0].captured for q in self.held.values() if q), default=now)
+        room = self.budget_s - (now - oldest) - ahead
+        fits = int(room / self.frame_s) if self.frame_s > 0 else self.max_batch
+        return max(1, min(self.max_batch, fits))
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         emits = self._emit()
         queue = self.held.pop(eos.stream_id, deque())
+        if self.live_policy == "budget" and queue:  # what the model would finish late goes, as while it ran
+            now, clock = time.time(), time.monotonic()
+            ahead = max(0.0, self.sent[-1][0] + self.frame_s * self.sent[-1][1] - clock) if self.sent else 0.0
+            kept = deque(f for n, f in enumerate(queue)
+                         if now - f.captured + ahead + self.frame_s * (n + 1) <= self.budget_s or f is queue[-1])
+            if len(kept) < len(queue):
+                self.count("dropped", len(queue) - len(kept))
+                self.dropped[eos.stream_id] = self.dropped.get(eos.stream_id, 0) + len(queue) - len(kept)
+            queue = kept
         while queue:
             emits += self._batch([queue.popleft() for _ in range(min(self.max_batch, len(queue)))])
         return emits
