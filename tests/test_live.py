@@ -293,3 +293,16 @@ def test_status_messages_follow_the_schema(tmp_path: Path) -> None:
         message = json.loads(published.parts[1])
         jsonschema.validate(message, schema)
         assert published.parts[0] == b"cam" and message["state"] == state
+
+
+def test_a_finite_rtsp_stream_ends_as_the_readme_says_with_every_frame(rtsp_server, long_clip: Path,
+                                                                       tmp_path: Path) -> None:
+    """A file an RTSP server plays is reopened when it ends (a live source must come back); --duration
+    ends the run. Every frame of those seconds goes through while the model keeps up."""
+    server = rtsp_server(long_clip)
+    summary = streamseg.run(server.url, masks=str(tmp_path / "m.jsonl"), input__duration_s=3.0, **LIVE_OPTIONS)
+    records = read_jsonl(tmp_path / "m.jsonl")
+    times = [r["time"] for r in records]
+    assert summary.dropped == 0 and len(records) == summary.frames
+    assert times[-1] - times[0] < 3.0 and len(records) >= 80  # 3 s at 29.97 fps: 90 frames
+    assert increasing([r["frame"] for r in records])
