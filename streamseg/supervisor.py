@@ -107,7 +107,7 @@ class Supervisor:
         now = time.monotonic()
         if signum == signal.SIGINT and now - self.last_interrupt > SAME_SIGNAL_S:
             self.interrupts += 1  # a second one only when a person presses again: see SAME_SIGNAL_S
-        self.last_interrupt = now
+            self.last_interrupt = now
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -370,21 +370,24 @@ class Supervisor:
                 w.process.join(2.0)
 
 
+_MAIN_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _callers_main_hidden() -> Iterator[None]:
     """While a worker starts: ``spawn`` would run the caller's main module again in the new process
     (a script's top level, so ``streamseg.run`` in a script without ``if __name__ == "__main__":``
     would start a pipeline in every worker). A worker needs nothing of it: hide it from spawn."""
     main = sys.modules.get("__main__")
-    names = ("__spec__", "__file__")
-    saved = {name: main.__dict__[name] for name in names if main is not None and name in main.__dict__}
-    try:
-        for name in saved:
-            if name == "__spec__":
-                main.__spec__ = None
-            else:
-                del main.__file__
+    if main is None:
         yield
-    finally:
-        for name, value in saved.items():
-            setattr(main, name, value)
+        return
+    with _MAIN_LOCK:  # runs started at once in two threads: one hides and restores at a time
+        saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
+        try:
+            main.__spec__ = None
+            main.__dict__.pop("__file__", None)
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)

@@ -370,7 +370,7 @@ def test_the_budget_policy_drops_only_what_would_be_late_and_never_a_streams_new
     import time as clock
 
     stage = _live("budget")
-    assert stage.live_cap == 64 and stage.budget_s == 0.5  # 64x48 frames: the count bounds memory, not the bytes
+    assert stage.caps == {"s": 64} and stage.budget_s == 0.5  # 64x48 frames: the count bounds memory, not the bytes
     now = clock.time()
     # a burst that arrives while the model is busy: all of it gets through, nothing was late
     for i in range(3):
@@ -405,3 +405,17 @@ def test_the_budget_policy_sends_at_a_streams_end_only_what_is_still_in_time() -
         stage.process(dataclasses.replace(_frame(i), captured=now - age))
     out = list(stage.flush(EndOfStream("s", 4)))
     assert [f.index for _, b in out for f in b.frames] == [2, 3] and stage.counters["dropped"] == 2
+
+
+def test_the_budget_policy_serves_every_live_stream() -> None:
+    import time as clock
+
+    stage = BatchStage(BatchConfig(max_batch=4, live_policy="budget"))
+    for sid in ("a", "b"):
+        list(stage.process(StreamStart(sid, 64, 48, Fraction(25), TB, 0, "rtsp://x", False, live=True)))
+    stage.frame_s, stage.sent = 0.1, [(clock.monotonic(), 2, True)]  # busy with 2 frames: 0.2 s ahead
+    now = clock.time()
+    stage.process(dataclasses.replace(_frame(0), stream_id="a", captured=now - 0.15))
+    stage.process(dataclasses.replace(_frame(0), stream_id="b", captured=now - 0.05))
+    (_, batch), = stage.on_room()  # room for one frame in the budget, but each stream's newest goes
+    assert [f.stream_id for f in batch.frames] == ["a", "b"]

@@ -192,3 +192,13 @@ def test_train_cli_runs_and_writes_a_model_card(cli, tmp_path: Path) -> None:
     run = cli.run("run", "c.mp4", "--masks", "m.jsonl",
                   "--weights", str(tmp_path / "w" / "streamseg_small.pt"), "--score-thresh", "0.0", "-q")
     assert run.returncode == 0, run.stderr
+
+
+def test_eval_takes_ground_truth_of_some_frames_and_of_fewer_classes(ground_truth) -> None:
+    """Ground truth may annotate some frames only (by frame_index), and lack classes a model predicts."""
+    gt, coco = ground_truth
+    records = _gt_as_records(gt)
+    extra = [{**r, "instances": [*r["instances"], {**r["instances"][0], "class_id": 9}] if r["instances"] else []}
+             for r in records]
+    extra.append({"frame": 999, "instances": []})  # a frame the ground truth does not annotate
+    assert evaluate(extra, coco, verbose=False)["segm"]["AP"] == pytest.approx(1.0)

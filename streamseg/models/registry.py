@@ -142,17 +142,20 @@ def _misfit(weights: str, name: str, wanted: dict[str, Any], given: dict[str, An
 
     missing = [k for k in wanted if k not in given]
     unexpected = [k for k in given if k not in wanted]
-    misshapen = [k for k in wanted if k in given and tuple(wanted[k].shape) != tuple(given[k].shape)]
+    misshapen = [k for k in wanted if k in given and tuple(getattr(given[k], "shape", ())) != tuple(wanted[k].shape)]
     parts = [f"{len(v)} {what} (e.g. {v[0][:60]})" for v, what in
              ((missing, "keys missing"), (unexpected, "unexpected"), (misshapen, "of another shape")) if v]
     text = f"weights {weights} do not fit model {name}: {'; '.join(parts[:2])}"
     for other in sorted(_REGISTRY):
         if other == name:
             continue
-        with torch.device("meta"):  # the layout alone, without allocating or initialising weights
-            keys = _REGISTRY[other].build().state_dict()
-        if keys.keys() == given.keys() and all(tuple(keys[k].shape) == tuple(given[k].shape) for k in keys):
-            return f"{text}; they fit {other}: add --model {other}"
+        try:
+            with torch.device("meta"):  # the layout alone, without allocating or initialising weights
+                keys = _REGISTRY[other].build().state_dict()
+            if keys.keys() == given.keys() and all(tuple(keys[k].shape) == tuple(given[k].shape) for k in keys):
+                return f"{text}; they fit {other}: add --model {other}"
+        except Exception:  # noqa: BLE001 - a model that cannot be laid out here, or values that are not tensors
+            continue
     return text
 
 

@@ -43,6 +43,8 @@ class BatchStage(Stage):
         self.max_wait_s = config.max_wait_ms / 1000.0
         self.live_policy = config.live_policy
         self.live_cap = 1 if config.live_policy == "latest" else max(1, config.live_queue)
+        self.caps: dict[str, int] = {}
+        """Live stream id -> how many frames the ``budget`` policy holds of it (by its frame size)."""
         self.budget_s = config.live_max_wait_ms / 1000.0
         self.frame_s = 0.0
         """The model's recent time a frame, smoothed (0: not known yet)."""
@@ -68,12 +70,12 @@ class BatchStage(Stage):
             self.dropped.setdefault(message.stream_id, 0)
             if self.live_policy == "budget":  # the time is its limit; this bounds memory (a burst on connecting)
                 frame_bytes = 3 * message.width * message.height
-                self.live_cap = max(self.live_cap, min(BUDGET_CAP, BUDGET_BYTES // frame_bytes))
+                self.caps[message.stream_id] = max(1, min(BUDGET_CAP, BUDGET_BYTES // frame_bytes))
         return [*self._emit(), (ALL_PORTS, message)]
 
     def _hold(self, frame: Frame) -> None:
         queue = self.held[frame.stream_id]
-        if len(queue) >= self.live_cap:
+        if len(queue) >= self.caps.get(frame.stream_id, self.live_cap):
             self.count("dropped")
             self.dropped[frame.stream_id] += 1
             if self.live_policy == "drop_newest":
@@ -95,10 +97,9 @@ class BatchStage(Stage):
         if self.live_policy == "budget":
             size = self._within_budget(time.time(), now)
         frames: list[Frame] = []
-        while len(frames) < size and any(self.held.values()):
-            for queue in self.held.values():
-                if queue and len(frames) < size:
-                    frames.append(queue.popleft())
+        while len(frames) < size and any(self.held.values()):  # the oldest first, whichever stream it is of
+            queue = min((q for q in self.held.values() if q), key=lambda q: q[0].captured)
+            frames.append(queue.popleft())
         if frames:
             self.sent = [*self.sent[-1:], (now, len(frames), any(self.held.values()))]
         return self._batch(frames)
@@ -107,7 +108,7 @@ class BatchStage(Stage):
         """Drop the held frames the model would finish later than the budget after their capture (after
         what is left of the last batch, then on this one), a stream's newest excepted; returns how many
         frames the next batch may hold so that its oldest is done within the budget (at least one)."""
-        ahead = max(0.0, self.sent[-1][0] + self.frame_s * self.sent[-1][1] - clock) if self.sent else 0.0
+        ahead = self._ahead(clock)
         for stream_id, queue in self.held.items():
             while len(queue) > 1 and now - queue[0].captured + ahead + self.frame_s > self.budget_s:
                 queue.popleft()
@@ -116,14 +117,22 @@ class BatchStage(Stage):
         oldest = min((q[0].captured for q in self.held.values() if q), default=now)
         room = self.budget_s - (now - oldest) - ahead
         fits = int(room / self.frame_s) if self.frame_s > 0 else self.max_batch
-        return max(1, min(self.max_batch, fits))
+        streams = sum(1 for q in self.held.values() if q)  # each stream's newest goes, late or not
+        return max(1, min(self.max_batch, max(fits, streams)))
+
+    def _ahead(self, clock: float) -> float:
+        """How long the model will still be on the batch sent last: all of it when frames waited since it
+        went (the model takes one batch at a time, so it is only starting it now), else what is left."""
+        if not self.sent:
+            return 0.0
+        when, size, chained = self.sent[-1]
+        return self.frame_s * size if chained else max(0.0, when + self.frame_s * size - clock)
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         emits = self._emit()
         queue = self.held.pop(eos.stream_id, deque())
         if self.live_policy == "budget" and queue:  # what the model would finish late goes, as while it ran
-            now, clock = time.time(), time.monotonic()
-            ahead = max(0.0, self.sent[-1][0] + self.frame_s * self.sent[-1][1] - clock) if self.sent else 0.0
+            now, ahead = time.time(), self._ahead(time.monotonic())
             kept = deque(f for n, f in enumerate(queue)
                          if now - f.captured + ahead + self.frame_s * (n + 1) <= self.budget_s or f is queue[-1])
             if len(kept) < len(queue):

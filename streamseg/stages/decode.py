@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from typing import Any, Generator, Iterator
 
@@ -103,13 +104,17 @@ class DecodeStage(Source):
         assert self.reader is not None
         if self.live and self.config.live == "auto" and self.reader.recorded():
             self.live = self.drop_when_full = False  # a finished HLS playlist: a file behind a URL
+            self.reader.turn, self.reader.waited = self.config.autorotate, None
             log.info("stream %s: %s is a recording: read as a file", self.stream_id, self.shown)
         elif self.live and (source_kind(self.path) == "file" or self.reader.recorded()):
             self.pacer = Pacer()  # read as live on purpose: as fast as a live source sends, not as the disk
 
     def _open(self) -> None:
         waited = self._waited if self.live else None  # a live source's reads wait for it to send
+        opened = time.perf_counter()
         self.reader = VideoReader(self.path, self.config, turn=not self.live, waited=waited)
+        if waited is not None:
+            waited(time.perf_counter() - opened)  # so does opening it (a dead camera is not work)
 
     def _stream_start(self) -> StreamStart:
         """What the stream is; ``frames`` is what will be read when that is known (for progress)."""
@@ -122,6 +127,8 @@ class DecodeStage(Source):
             start = self._video_start(self.reader)
         self.announced = start.frames  # by the input itself: what "cut off" is judged against
         frames = 0 if self.config.loop else start.frames
+        if self.config.duration_s:
+            frames = min(frames or 1 << 62, math.ceil(self.config.duration_s * start.rate))
         if self.config.max_frames:
             frames = min(frames, self.config.max_frames) if frames else self.config.max_frames
         return dataclasses.replace(start, frames=frames)

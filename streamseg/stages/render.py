@@ -68,7 +68,8 @@ def draw(image: np.ndarray, detections: Detections, info: ModelInfo, config: Ren
         sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1) for t in texts]
         spots = place_labels(detections.boxes[best_first], [(w + 2, h + base + 1) for (w, h), base in sizes],
                              width, height)
-        for i, text, ((_, _), base), (x, y, w, h) in zip(best_first, texts, sizes, spots):
+        drawn = list(zip(best_first, texts, sizes, spots))
+        for i, text, ((_, _), base), (x, y, w, h) in reversed(drawn):  # the best one last, on top
             cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colours[i].tolist(), -1)
             cv2.putText(out, text, (x + 1, y + h - base - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
                         cv2.LINE_AA)

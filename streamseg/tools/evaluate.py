@@ -48,25 +48,33 @@ def check_inputs(records: list[dict[str, Any]], gt: Any) -> None:
     """Raise an :class:`InputError` (one line) when the predictions cannot be of the ground truth's clip:
     another frame count or size, class ids it does not have, another number of keypoints."""
     images = sorted(gt.dataset["images"], key=lambda im: im["id"])
-    if len(records) != len(images):
-        raise InputError(f"the predictions hold {len(records)} frames and the ground truth {len(images)} images: "
-                         "evaluate a run over the whole clip the ground truth describes")
+    indexed = any("frame_index" in im for im in images)
     by_frame = {im.get("frame_index", i): im for i, im in enumerate(images)}
+    frames = {r.get("frame") for r in records}
+    missing = sorted(f for f in by_frame if f not in frames)
+    if missing or (not indexed and len(records) != len(images)):
+        # with frame_index the ground truth may annotate some frames only; without, n-th frame is n-th image
+        raise InputError(f"the predictions hold {len(records)} frames and the ground truth {len(images)} images"
+                         + (f" (frame {missing[0]} has no prediction)" if missing else "")
+                         + ": evaluate a run over the whole clip the ground truth describes")
     for record in records:
         image = by_frame.get(record.get("frame"))
         if image is None:
-            raise InputError(f"the predictions' frame {record.get('frame')} has no ground-truth image")
+            continue  # a frame the ground truth does not annotate
         size, want = (record.get("width"), record.get("height")), (image.get("width"), image.get("height"))
         if None not in size and None not in want and size != want:
             raise InputError(f"the predictions are of {size[0]}x{size[1]} frames and the ground truth's images are "
                              f"{want[0]}x{want[1]} (frame {record['frame']}): not the same clip, or it was resized")
     categories = {c["id"]: c for c in gt.dataset["categories"]}
-    ids = sorted({i["class_id"] for r in records for i in r.get("instances", ())} - set(categories))
-    if ids:
+    predicted = {i["class_id"] for r in records for i in r.get("instances", ())}
+    ids = sorted(predicted - set(categories))
+    if predicted and len(ids) == len(predicted):  # none in common; classes the ground truth lacks are ignored
         raise InputError(f"predicted class ids {', '.join(map(str, ids[:5]))} are not ground-truth categories "
                          f"({', '.join(map(str, sorted(categories)))}): a model of other classes?")
     for record in records:
         for inst in record.get("instances", ()):
+            if inst["class_id"] not in categories:
+                continue
             want_kp = len(categories[inst["class_id"]].get("keypoints", []))
             if "keypoints" in inst and want_kp and len(inst["keypoints"]) != want_kp:
                 raise InputError(f"the predictions have {len(inst['keypoints'])} keypoints per instance and the "
