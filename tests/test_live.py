@@ -295,14 +295,16 @@ def test_status_messages_follow_the_schema(tmp_path: Path) -> None:
         assert published.parts[0] == b"cam" and message["state"] == state
 
 
-def test_a_finite_rtsp_stream_ends_as_the_readme_says_with_every_frame(rtsp_server, long_clip: Path,
+def test_a_finite_rtsp_stream_ends_as_the_readme_says(rtsp_server, long_clip: Path,
                                                                        tmp_path: Path) -> None:
     """A file an RTSP server plays is reopened when it ends (a live source must come back); --duration
-    ends the run. Every frame of those seconds goes through while the model keeps up."""
+    ends the run, after 3 s of the stream's time. The model keeps up: what is dropped is at most a
+    few frames of the server's burst on connecting (2 s of frames at once), as the README says."""
     server = rtsp_server(long_clip)
     summary = streamseg.run(server.url, masks=str(tmp_path / "m.jsonl"), input__duration_s=3.0, **LIVE_OPTIONS)
     records = read_jsonl(tmp_path / "m.jsonl")
     times = [r["time"] for r in records]
-    assert summary.dropped == 0 and len(records) == summary.frames
-    assert times[-1] - times[0] < 3.0 and len(records) >= 80  # 3 s at 29.97 fps: 90 frames
+    decoded = summary.stages["decode"]["counters"]["frames"]
+    assert 85 <= decoded <= 90 and len(records) == summary.frames == decoded - summary.dropped  # 3 s at 29.97 fps
+    assert times[-1] - times[0] < 3.0 and summary.dropped <= 9
     assert increasing([r["frame"] for r in records])
