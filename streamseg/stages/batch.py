@@ -87,7 +87,8 @@ class BatchStage(Stage):
         return "batches" if any(self.held.values()) else None
 
     def on_room(self) -> Iterable[Emit]:
-        """One batch of held live frames, taken in turn from each stream, oldest first."""
+        """One batch of held live frames, the oldest first whichever stream they are of (``budget``: as
+        many as the model can finish within the budget, and at least one a stream)."""
         now = time.monotonic()
         if len(self.sent) == 2 and self.sent[-1][2]:
             # frames waited since the last batch went: the model took it just now, done with the one before
