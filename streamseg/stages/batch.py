@@ -88,7 +88,7 @@ class BatchStage(Stage):
 
     def on_room(self) -> Iterable[Emit]:
         """One batch of held live frames, the oldest first whichever stream they are of (``budget``: as
-        many as the model can finish within the budget, and at least one a stream)."""
+        many as the model can finish within the budget, and at least as many as streams hold frames)."""
         now = time.monotonic()
         if len(self.sent) == 2 and self.sent[-1][2]:
             # frames waited since the last batch went: the model took it just now, done with the one before
