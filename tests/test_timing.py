@@ -30,6 +30,7 @@ def test_timeline_keeps_forward_timestamps_and_repairs_the_rest_from_the_frame_r
     # a pause (gap) stays; repeats and steps back become the previous one plus a frame
     got = [timeline(t) for t in (1000, 1040, 3000, 3000, 2960, 3120, None)]
     assert got == [1000, 1040, 3000, 3040, 3080, 3120, 3160] and timeline.repaired == 3
+    assert (timeline.first, timeline.shortest, timeline.longest, timeline.variable) == (1000, 40, 1960, True)
     first = Timeline(step=1)
     assert first(None) == 0 and first.repaired == 1
 

@@ -68,8 +68,6 @@ class DecodeStage(Source):
         """When a live frame was captured, per session of the source."""
         self.pacer: Pacer | None = None
         """Paces a recording read as live (a file, a finished HLS playlist) at its own frame rate."""
-        self.first_out: int | None = None
-        """The stream's first output timestamp (for ``input.duration_s``)."""
         self.timed_out = False
         """``input.duration_s`` of the stream's media time went by."""
         self.resume_point: tuple[int, int] | None = None
@@ -79,8 +77,6 @@ class DecodeStage(Source):
         self.resume_index: int | None = None
         """While set, frames up to this index are passed over silently: a file whose timestamps were
         repaired is read again from its start, since its timestamps cannot be sought to."""
-        self.durations: tuple[int, int] | None = None
-        """Shortest and longest frame duration seen, for constant or variable frame rate."""
         self.announced = 0
         """Frames the input announces (0: unknown)."""
         self.checkpoint: dict[str, Any] = {}
@@ -179,8 +175,7 @@ class DecodeStage(Source):
             break
         repaired = self.timeline.repaired
         self.counters.update(frames=self.index, skipped=self.skipped, repaired=repaired)
-        low, high = self.durations or (0, 0)
-        self.notify("input", stream_id=self.stream_id, variable_rate=high > low * 1.1 + 1, repaired=repaired)
+        self.notify("input", stream_id=self.stream_id, variable_rate=self.timeline.variable, repaired=repaired)
         detail = ""
         if self.stop_requested:
             reason, detail = "stopped", "stopped on request"
@@ -272,11 +267,7 @@ class DecodeStage(Source):
                 log.warning("%s: skipped frame %d with size %s", self.shown, self.index,
                             getattr(picture, "shape", None) or (picture.height, picture.width))
                 continue
-            before = self.timeline.last
             pts_out = self.timeline(pts)
-            if before is not None:
-                low, high = self.durations or (pts_out - before,) * 2
-                self.durations = (min(low, pts_out - before), max(high, pts_out - before))
             departed = pts_out != pts or (self.reader is not None and self.reader.best_effort.departed)
             if departed and not self.checkpoint.get("repaired"):
                 self._checkpoint(repaired=True)  # a replacement cannot seek by these timestamps
@@ -285,8 +276,8 @@ class DecodeStage(Source):
                     self.index += 1
                     continue  # downstream has it from the decoder this one replaces
                 self.resume_index = None
-            self.first_out = pts_out if self.first_out is None else self.first_out
-            if self.config.duration_s and (pts_out - self.first_out) * start.time_base >= self.config.duration_s:
+            first = self.timeline.first
+            if self.config.duration_s and (pts_out - first) * start.time_base >= self.config.duration_s:
                 self.timed_out = True
                 return ""
             if self.pacer is not None:

@@ -61,13 +61,29 @@ class Timeline:
     """The previous frame's output timestamp."""
     repaired: int = 0
     """Frames whose timestamp was missing, repeated or went backwards."""
+    first: int | None = None
+    """The first output timestamp."""
+    shortest: int = 0
+    longest: int = 0
+    """The shortest and longest frame duration seen (0 before two frames)."""
 
     def __call__(self, pts: int | None) -> int:
         if pts is None or (self.last is not None and pts <= self.last):
             pts = 0 if self.last is None else self.last + self.step
             self.repaired += 1
+        if self.last is not None:
+            duration = pts - self.last
+            self.shortest = min(self.shortest or duration, duration)
+            self.longest = max(self.longest, duration)
+        if self.first is None:
+            self.first = pts
         self.last = pts
         return pts
+
+    @property
+    def variable(self) -> bool:
+        """Whether frame durations vary by more than a time base's rounding (a variable frame rate)."""
+        return self.longest > self.shortest * 1.1 + 1
 
 
 @dataclass
