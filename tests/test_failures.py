@@ -339,3 +339,38 @@ def test_an_output_folder_that_disappears_is_said_per_output(cli, long_clip: Pat
     assert lines[-1].startswith("streamseg: error: ")
     assert len([line for line in lines if "out.mp4 could not be finished" in line]) == 1, stderr
     assert len([line for line in lines if "masks file" in line and "was removed while it was written" in line]) == 1
+
+
+def test_a_masks_file_that_fills_up_ends_on_its_last_whole_line(tmp_path: Path) -> None:
+    """The mask writer alone, in a process limited to 5000 bytes a file: a line half written is cut off."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource
+from fractions import Fraction
+import numpy as np
+from streamseg.errors import OutputError
+from streamseg.models import model_info
+from streamseg.runtime.messages import Detections, FrameResult, MaskRegions
+from streamseg.stages.maskwriter import MaskWriterStage
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000))
+stage = MaskWriterStage({str(tmp_path / "m.jsonl")!r}, model_info("tiny-random").to_dict())
+stage.setup()
+mask = np.zeros((1, 48, 64), bool)
+mask[0, 5:20, 10:40] = True
+found = Detections(np.array([[10, 5, 40, 20]], np.float32), np.array([0.9], np.float32), np.array([1]),
+                   MaskRegions.from_full(mask))
+try:
+    for i in range(1000):
+        stage.process(FrameResult("0", i, i, Fraction(1, 30), 64, 48, found))
+except OutputError as exc:
+    print(exc)
+stage.close()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "File too large (it ends on the last whole line, frame" in done.stdout
+    data = (tmp_path / "m.jsonl").read_bytes()
+    assert 4000 < len(data) <= 5000 and data.endswith(b"\n")
+    assert [json.loads(line)["frame"] for line in data.splitlines()] == list(range(data.count(b"\n")))

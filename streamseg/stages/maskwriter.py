@@ -109,14 +109,13 @@ class MaskWriterStage(Stage):
 
     def _append(self, fd: int, stream_id: str, line: bytes) -> None:
         """Write one whole line; when it cannot be (a full disk), cut off what of it was written."""
-        end = os.lseek(fd, 0, os.SEEK_END)
         view = memoryview(line)
         try:
             while view:
                 view = view[os.write(fd, view):]
         except OSError as exc:
-            try:
-                os.ftruncate(fd, end)  # the file ends on a whole line, as a reader expects
+            try:  # the file ends on a whole line, as a reader expects: cut what of this one went in
+                os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_END) - (len(line) - len(view)))
             except OSError:
                 pass
             self.failed = True
