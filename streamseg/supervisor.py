@@ -198,13 +198,7 @@ class Supervisor:
         stop_deadline: float | None = None
         all_ready = False
         while True:
-            while events.poll(50 if stop_deadline is None else 20, zmq.POLLIN):
-                try:
-                    event = json.loads(events.recv())
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    self._handle(event)
+            self._read_events(events, 50 if stop_deadline is None else 20)
             if self.join is not None:
                 self._serve_joins()
             failure = self._failure()
@@ -322,16 +316,21 @@ class Supervisor:
         self._spawn(worker)
         self.on_event({"event": "restart", "stage": stage, "cause": cause, "attempt": attempt})
 
-    def _abort(self, stage: str, cause: str, exit_code: int) -> None:
-        log.debug("aborting: %s: %s", stage, cause)
-        self._kill_all()
-        while self.events is not None and self.events.poll(200, zmq.POLLIN):  # what they said while stopping
+    def _read_events(self, events: zmq.Socket, wait_ms: int) -> None:
+        """Handle every event the workers sent, until none came for ``wait_ms``."""
+        while events.poll(wait_ms, zmq.POLLIN):
             try:
-                event = json.loads(self.events.recv())
+                event = json.loads(events.recv())
             except ValueError:
                 continue
             if isinstance(event, dict):
                 self._handle(event)
+
+    def _abort(self, stage: str, cause: str, exit_code: int) -> None:
+        log.debug("aborting: %s: %s", stage, cause)
+        self._kill_all()
+        if self.events is not None:
+            self._read_events(self.events, 200)  # what they said while stopping
         for name, worker in self.workers.items():
             if name != stage and worker.error is not None:  # e.g. a second output that could not be written
                 log.error("%s: %s", name, worker.error[1])
