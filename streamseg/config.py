@@ -108,7 +108,7 @@ class BatchConfig:
     """Longest a partial batch waits for more frames before it is sent anyway (file streams)."""
     live_policy: str = "budget"
     """What live streams do while inference is behind: ``budget`` (hold what arrives; drop a frame only
-    when it could no longer be published within ``live_max_wait_ms`` of its capture, never a stream's
+    when it could no longer be done within ``live_max_wait_ms`` of its capture, never a stream's
     newest), ``latest`` (keep only the newest frame), ``drop_oldest`` / ``drop_newest`` (hold
     ``live_queue`` frames, dropping the oldest / the arrivals), or ``block`` (drop nothing; latency
     grows). Files always block."""
@@ -116,7 +116,7 @@ class BatchConfig:
     """Frames held per live stream under ``drop_oldest`` and ``drop_newest`` (``budget`` holds up to 64
     frames or 256 MiB of them: its limit is the time)."""
     live_max_wait_ms: float = 500.0
-    """The ``budget`` policy's latency budget, capture to the model's result: half a second is more than
+    """The ``budget`` policy's latency budget, capture to the outputs' being done: half a second is more than
     the clumps in which frames of a network feed arrive and a batch's time in a CPU model (so nothing
     is dropped while inference keeps up on average), and less than a person watching an alert calls
     late."""
@@ -144,7 +144,8 @@ class ModelConfig:
     seed: int = 0
     """Seed for models built without weights (the random-init test model)."""
     max_fps: float = 0.0
-    """Run inference at most this many frames a second (to share a GPU, or to try live behaviour); 0: no limit."""
+    """Run inference at most this many frames a second (to share a GPU, or to try live behaviour): a batch
+    of n frames takes at least n / max_fps seconds, as a slower model would; 0: no limit."""
 
     def worker_threads(self, cores: int) -> int:
         """The torch threads of an inference worker on ``cores`` cores: ``torch_threads``, 0 resolved."""

@@ -44,18 +44,14 @@ class InferStage(Stage):
         self.ports = tuple(ports)
         self.predictor: Predictor | None = None
         self.max_fps = config.max_fps
-        self.next_start = 0.0
         self.last: dict[str, int] = {}
         """Stream -> index of the newest result sent (what the next one comes after)."""
 
-    def _throttle(self, frames: int) -> None:
-        """With ``model.max_fps``, wait so that inference runs no faster than that many frames a second."""
-        if self.max_fps <= 0:
-            return
-        now = time.monotonic()
-        if self.next_start > now:
-            time.sleep(self.next_start - now)
-        self.next_start = max(now, self.next_start) + frames / self.max_fps
+    def _throttle(self, frames: int, started: float) -> None:
+        """With ``model.max_fps``, make a batch that started at ``started`` take at least its frames'
+        share of a second, so that inference runs no faster than that many frames a second."""
+        if self.max_fps > 0:
+            time.sleep(max(0.0, started + frames / self.max_fps - time.monotonic()))
 
     def setup(self) -> None:
         cores = len(os.sched_getaffinity(0))
@@ -68,14 +64,15 @@ class InferStage(Stage):
             return [(ALL_PORTS, message)]
         if not isinstance(message, Batch):
             return []
-        self._throttle(len(message.frames))
         assert self.predictor is not None, "setup() first"
+        started = time.monotonic()
         try:
             results = self.predictor([f.image for f in message.frames])
         except RuntimeError as exc:
             if self.predictor.cuda and _is_device_error(exc):
                 raise DeviceError(f"the GPU failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
             raise
+        self._throttle(len(results), started)
         self.count("batches")
         self.count("frames", len(results))
         emits: list[Emit] = []
