@@ -377,23 +377,48 @@ def test_the_budget_policy_drops_only_what_would_be_late_and_never_a_streams_new
         assert list(stage.process(dataclasses.replace(_frame(i), captured=now - 0.01 * i))) == []
     (_, batch), = stage.on_room()
     assert [f.index for f in batch.frames] == [0, 1, 2] and "dropped" not in stage.counters
+    stage.acknowledged("batches", batch, True)  # done (its time is not known: the model's stays unknown)
     # the model is behind: frames older than the budget go, the stream's newest stays, whatever its age
     for i, age in ((3, 0.9), (4, 0.6), (5, 0.2), (6, 0.1)):
         stage.process(dataclasses.replace(_frame(i), captured=now - age))
     (_, batch), = stage.on_room()
     assert [f.index for f in batch.frames] == [5, 6] and stage.counters["dropped"] == 2
+    stage.acknowledged("batches", batch, True)
     for i in (7, 8):
         stage.process(dataclasses.replace(_frame(i), captured=now - 5.0))
     (_, batch), = stage.on_room()
     assert [f.index for f in batch.frames] == [8]  # late, but the newest: a slow model still sees the stream
-    # a model that takes 0.1 s a frame: the batch holds what it can finish within the budget
-    stage.frame_s, stage.sent = 0.1, [(clock.monotonic(), 2, False)]  # just sent 2 frames, 0.1 s each: 0.2 s ahead
-    for i, age in ((9, 0.25), (10, 0.05), (11, 0.03), (12, 0.0)):
+    # a model that takes 0.1 s a frame took that batch just now: the next holds what can be done within the budget
+    stage.frame_s = 0.1
+    stage.acknowledged("batches", batch, False)
+    for i, age in ((9, 0.35), (10, 0.25), (11, 0.03), (12, 0.0)):
         stage.process(dataclasses.replace(_frame(i), captured=now - age))
     (_, batch), = stage.on_room()
-    # 9 would be done 0.25 + 0.2 + 0.1 = 0.55 s after capture: late, dropped; then 10 and 11 fit
-    assert [f.index for f in batch.frames] == [10, 11] and stage.counters["dropped"] == 4
-    assert stage.holds() == frozenset({("s", 12)})  # the next batch's
+    # 9 would be done 0.35 + 0.1 + 0.1 = 0.55 s after capture: late, dropped; 10 fits, and no frame after it
+    assert [f.index for f in batch.frames] == [10] and stage.counters["dropped"] == 4
+    assert stage.holds() == frozenset({("s", 11), ("s", 12)})  # the next batch's
+
+
+def test_the_budget_policy_times_the_model_by_the_batches_it_takes() -> None:
+    stage = _live("budget")
+    stage.process(_frame(0))
+    (_, first), = stage.on_room()
+    stage.acknowledged("batches", first, False)  # the model starts on it
+    stage.process(_frame(1))
+    stage.process(_frame(2))
+    (_, second), = stage.on_room()  # waits at the model while it runs the first
+    time.sleep(0.05)
+    stage.acknowledged("batches", second, False)  # taken: the model is done with the first
+    assert 0.05 <= stage.frame_s < 1.0 and stage.running is not None and stage.running.batch is second
+    stage.acknowledged("batches", first, True)  # the stages after the model are done with it too
+    assert 0.0 <= stage.after_s < 1.0
+    measured = stage.frame_s
+    stage.acknowledged("batches", second, True)  # done before the next was sent: the model went idle
+    stage.process(_frame(3))
+    (_, third), = stage.on_room()
+    time.sleep(0.02)
+    stage.acknowledged("batches", third, False)  # taken late (a busy machine), but not after waiting for a batch
+    assert stage.frame_s == measured and not stage.flight.keys() - {id(third)}
 
 
 def test_the_budget_policy_sends_at_a_streams_end_only_what_is_still_in_time() -> None:
@@ -413,9 +438,13 @@ def test_the_budget_policy_serves_every_live_stream() -> None:
     stage = BatchStage(BatchConfig(max_batch=4, live_policy="budget"))
     for sid in ("a", "b"):
         list(stage.process(StreamStart(sid, 64, 48, Fraction(25), TB, 0, "rtsp://x", False, live=True)))
-    stage.frame_s, stage.sent = 0.1, [(clock.monotonic(), 2, True)]  # busy with 2 frames: 0.2 s ahead
+    stage.process(dataclasses.replace(_frame(0), stream_id="a"))
+    stage.process(dataclasses.replace(_frame(1), stream_id="a"))
+    (_, running), = stage.on_room()
+    stage.frame_s = 0.1
+    stage.acknowledged("batches", running, False)  # the model took 2 frames just now: 0.2 s ahead
     now = clock.time()
-    stage.process(dataclasses.replace(_frame(0), stream_id="a", captured=now - 0.15))
+    stage.process(dataclasses.replace(_frame(2), stream_id="a", captured=now - 0.15))
     stage.process(dataclasses.replace(_frame(0), stream_id="b", captured=now - 0.05))
     (_, batch), = stage.on_room()  # room for one frame in the budget, but each stream's newest goes
     assert [f.stream_id for f in batch.frames] == ["a", "b"]

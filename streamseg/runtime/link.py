@@ -158,6 +158,8 @@ class Outbox:
 
     ``on_sent(keys)`` and ``on_done(keys)`` tell the worker runtime which stream positions are in
     flight downstream, so that it can acknowledge its own inputs only when what came of them is done.
+    ``on_ack(message, done)`` tells the stage when a receiver took a message (``done`` False) and when
+    it was done with it and all that came of it (True).
     With a ``pool`` (ipc links), large arrays travel in shared memory; a slot of ours is in use
     until the message that names it is done.
     """
@@ -167,8 +169,10 @@ class Outbox:
                  on_done: Callable[[tuple[Key, ...]], None] = lambda keys: None,
                  on_reject: Callable[[MessageError], None] | None = None,
                  setup_socket: SocketSetup = lambda sock, address, binds: None,
-                 pool: shm.SharedPool | None = None) -> None:
+                 pool: shm.SharedPool | None = None,
+                 on_ack: Callable[[Any, bool], None] = lambda message, done: None) -> None:
         self.port = port
+        self.on_ack = on_ack
         self.pool = pool
         self.on_reject = on_reject or (lambda exc: log.warning("%s: rejected a control message: %s", port, exc))
         self.endpoint = endpoint
@@ -298,9 +302,11 @@ class Outbox:
             if not entry.taken:
                 entry.taken = True
                 peer.credit += 1
+                self.on_ack(entry.message, False)
             if kind == DONE:
                 del peer.inflight[seq]
                 self._done(entry)
+                self.on_ack(entry.message, True)
 
     def _done(self, entry: _Entry) -> None:
         if self.pool is not None:

@@ -145,6 +145,11 @@ class Stage:
         """Called when :meth:`waiting_port` has room: return at most one message for it."""
         return ()
 
+    def acknowledged(self, port: str, message: Any, done: bool) -> None:
+        """A receiver of ``port`` took ``message`` (``done`` False), or was done with it and with all
+        that came of it downstream (True). A receiver takes its next message when it has finished the
+        one before, so a live batcher learns from this how long the model takes."""
+
     def holds(self) -> frozenset[tuple[str, int]]:
         """``(stream id, frame index)`` of the inputs this stage still keeps and has not finished."""
         return frozenset()

@@ -25,6 +25,7 @@ The process around it (entry point, signals, process name) is :mod:`streamseg.ru
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -173,7 +174,8 @@ class Runtime:
         for port, endpoint in spec.outputs.items():
             local = endpoint_role(endpoint, True)[0].startswith("ipc://")
             self.outboxes[port] = Outbox(self.ctx, endpoint, port, self.ledger.sent, self.ledger.finished,
-                                         self.reject, self.secure, self.pool if local else None)
+                                         self.reject, self.secure, self.pool if local else None,
+                                         functools.partial(self._acknowledged, port))
         for port, endpoint in spec.publish.items():
             sock = self.ctx.socket(zmq.PUB)  # publish: detections for subscribers outside the pipeline
             sock.setsockopt(zmq.SNDHWM, spec.publish_hwm)
@@ -350,6 +352,10 @@ class Runtime:
                 if stream not in points or index > points[stream][0]:
                     points[stream] = (index, pts)
         return points
+
+    def _acknowledged(self, port: str, message: Any, done: bool) -> None:
+        if self.stage is not None:
+            self.stage.acknowledged(port, message, done)
 
     def run_stage(self, stage: Stage) -> None:
         while self.admission.open_streams(self.inboxes):

@@ -5,8 +5,9 @@ comes first, and sent with backpressure: none is ever dropped. Frames of a live 
 here, at most a few per stream, until the inference stage has room for a batch; the ``live_policy``
 says what gives when more arrive meanwhile:
 
-``budget``       hold what arrives; drop a frame only when, waited as long as it has and with the
-                 model's recent time for a batch, it would reach the model later than
+``budget``       hold what arrives; drop a frame only when, waited as long as it has, with what the
+                 model has still to do and the model's and the later stages' recent times (as the
+                 inference stage's acknowledgements show them), it would be done later than
                  ``live_max_wait_ms`` after its capture; a stream's newest frame is never dropped
                  (the default: frames that arrive together while the model is busy all get through)
 ``latest``       hold only the newest frame of each stream (lowest latency)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..config import LIVE_POLICIES, BatchConfig
@@ -30,6 +32,21 @@ BUDGET_BYTES = 256 << 20
 """The ``budget`` policy holds at most this many frames, or this many bytes of them, per stream: a
 camera sends a second or two at once on connecting (from its last keyframe), which a model that keeps
 up on average works off within the budget."""
+WAITED_S = 0.005
+"""A batch taken this long after it was sent had waited for the model to finish the one before."""
+
+
+@dataclass
+class _Sent:
+    """A live batch on its way, as the inference stage's acknowledgements tell."""
+
+    batch: Batch
+    sent_at: float
+    taken_at: float | None = None
+    done_at: float | None = None
+    """When the model and everything after it were done with it."""
+    served_s: float | None = None
+    """The model's time on it, when known (the next batch had waited for it)."""
 
 
 class BatchStage(Stage):
@@ -48,8 +65,12 @@ class BatchStage(Stage):
         self.budget_s = config.live_max_wait_ms / 1000.0
         self.frame_s = 0.0
         """The model's recent time a frame, smoothed (0: not known yet)."""
-        self.sent: list[tuple[float, int, bool]] = []
-        """The last two live batches sent: when, how many frames, whether frames were left waiting."""
+        self.after_s = 0.0
+        """The recent time from the model's end of a batch to the stages after it being done with it."""
+        self.flight: dict[int, _Sent] = {}
+        """Live batches sent and not done, by id of the Batch (kept alive by its record)."""
+        self.running: _Sent | None = None
+        """The batch the model took last."""
         self.pending: list[Frame] = []
         self.deadline = 0.0
         self.held: dict[str, deque[Frame]] = {}
@@ -89,27 +110,46 @@ class BatchStage(Stage):
     def on_room(self) -> Iterable[Emit]:
         """One batch of held live frames, the oldest first whichever stream they are of (``budget``: as
         many as the model can finish within the budget, and at least as many as streams hold frames)."""
-        now = time.monotonic()
-        if len(self.sent) == 2 and self.sent[-1][2]:
-            # frames waited since the last batch went: the model took it just now, done with the one before
-            measured = (now - self.sent[-1][0]) / self.sent[-2][1]
-            self.frame_s = measured if not self.frame_s else 0.7 * self.frame_s + 0.3 * measured
         size = self.max_batch
         if self.live_policy == "budget":
-            size = self._within_budget(time.time(), now)
+            size = self._within_budget(time.time(), time.monotonic())
         frames: list[Frame] = []
         while len(frames) < size and any(self.held.values()):  # the oldest first, whichever stream it is of
             queue = min((q for q in self.held.values() if q), key=lambda q: q[0].captured)
             frames.append(queue.popleft())
-        if frames:
-            self.sent = [*self.sent[-1:], (now, len(frames), any(self.held.values()))]
-        return self._batch(frames)
+        emits = self._batch(frames)
+        for _, batch in emits:
+            self.flight[id(batch)] = _Sent(batch, time.monotonic())
+        return emits
+
+    def acknowledged(self, port: str, message: Any, done: bool) -> None:
+        """Time the model by the batches it takes: one that had waited for it was taken the moment the
+        model finished the one before; and time the stages after it by when they are done."""
+        sent = self.flight.get(id(message))
+        if sent is None or sent.batch is not message:
+            return
+        now = time.monotonic()
+        if done:
+            sent.done_at = now
+            del self.flight[id(message)]
+            if sent.taken_at is not None:
+                model_s = sent.served_s if sent.served_s is not None else self.frame_s * len(sent.batch.frames)
+                self.after_s = _smooth(self.after_s, max(0.0, now - sent.taken_at - model_s))
+            return
+        last = self.running
+        if (last is not None and last.taken_at is not None and now - sent.sent_at > WAITED_S
+                and (last.done_at is None or last.done_at > sent.sent_at)):
+            last.served_s = now - last.taken_at
+            self.frame_s = _smooth(self.frame_s, last.served_s / len(last.batch.frames))
+        sent.taken_at = now
+        self.running = sent
 
     def _within_budget(self, now: float, clock: float) -> int:
-        """Drop the held frames the model would finish later than the budget after their capture (after
-        what is left of the last batch, then on this one), a stream's newest excepted; returns how many
-        frames the next batch may hold so that its oldest is done within the budget (at least one)."""
-        ahead = self._ahead(clock)
+        """Drop the held frames that would be done later than the budget after their capture (after what
+        the model has still to do, then on this one, then the stages after it), a stream's newest
+        excepted; returns how many frames the next batch may hold so that its oldest is in time (at
+        least one)."""
+        ahead = self._ahead(clock) + self.after_s
         for stream_id, queue in self.held.items():
             while len(queue) > 1 and now - queue[0].captured + ahead + self.frame_s > self.budget_s:
                 queue.popleft()
@@ -122,18 +162,19 @@ class BatchStage(Stage):
         return max(1, min(self.max_batch, max(fits, streams)))
 
     def _ahead(self, clock: float) -> float:
-        """How long the model will still be on the batch sent last: all of it when frames waited since it
-        went (the model takes one batch at a time, so it is only starting it now), else what is left."""
-        if not self.sent:
-            return 0.0
-        when, size, chained = self.sent[-1]
-        return self.frame_s * size if chained else max(0.0, when + self.frame_s * size - clock)
+        """How long the model will still be on the batches sent: what is left of the one it runs, and all
+        of those not taken yet."""
+        ahead = self.frame_s * sum(len(s.batch.frames) for s in self.flight.values() if s.taken_at is None)
+        last = self.running
+        if last is not None and last.served_s is None and last.done_at is None and last.taken_at is not None:
+            ahead += max(0.0, last.taken_at + self.frame_s * len(last.batch.frames) - clock)
+        return ahead
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         emits = self._emit()
         queue = self.held.pop(eos.stream_id, deque())
         if self.live_policy == "budget" and queue:  # what the model would finish late goes, as while it ran
-            now, ahead = time.time(), self._ahead(time.monotonic())
+            now, ahead = time.time(), self._ahead(time.monotonic()) + self.after_s
             kept = deque(f for n, f in enumerate(queue)
                          if now - f.captured + ahead + self.frame_s * (n + 1) <= self.budget_s or f is queue[-1])
             if len(kept) < len(queue):
@@ -168,3 +209,7 @@ class BatchStage(Stage):
         self.count("batches")
         self.count("frames", len(frames))
         return [("batches", Batch(tuple(frames)))]
+
+
+def _smooth(old: float, new: float) -> float:
+    return new if not old else 0.7 * old + 0.3 * new
