@@ -75,7 +75,8 @@ def ctx() -> Any:
 
 def test_credit_bounds_what_waits_and_taking_gives_it_back(ctx: zmq.Context, tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/l"
-    outbox = Outbox(ctx, endpoint, "frames")
+    acks: list[tuple[int, bool]] = []
+    outbox = Outbox(ctx, endpoint, "frames", on_ack=lambda message, done: acks.append((message.index, done)))
     receiver = _Receiver(ctx, endpoint, credit=3)
     try:
         for i in range(10):
@@ -88,11 +89,15 @@ def test_credit_bounds_what_waits_and_taking_gives_it_back(ctx: zmq.Context, tmp
             receiver.inbox.taken(seq)
         got += receiver.pump(outbox, lambda g: len(g) == 3)
         assert [m.index for _, m in got] == [0, 1, 2, 3, 4, 5]
+        assert acks == [(0, False), (1, False), (2, False)]  # the sending stage hears of each taking
         assert not outbox.idle  # taken is not done: the sender still keeps them
         for seq, _ in got:
             receiver.inbox.done(seq)  # done gives the credit of what was not taken back, and frees them
         more = receiver.pump(outbox, lambda g: len(g) == 3)
         assert [m.index for _, m in more] == [6, 7, 8] and outbox.backlog == 1
+        # done without being taken first counts as both, in that order
+        assert acks[3:] == [(0, True), (1, True), (2, True), (3, False), (3, True), (4, False), (4, True),
+                            (5, False), (5, True)]
         assert sorted(outbox.peers[b"r"].inflight) == [seq for seq, _ in more]
     finally:
         receiver.close()
@@ -102,7 +107,9 @@ def test_credit_bounds_what_waits_and_taking_gives_it_back(ctx: zmq.Context, tmp
 def test_a_new_receiver_gets_the_open_streams_and_everything_its_predecessor_had_not_finished(
         ctx: zmq.Context, tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/l"
-    outbox = Outbox(ctx, endpoint, "frames")
+    taken: list[int] = []
+    outbox = Outbox(ctx, endpoint, "frames",
+                    on_ack=lambda message, done: taken.append(getattr(message, "index", -1)) if not done else None)
     first = _Receiver(ctx, endpoint, credit=8)
     outbox.put(_start())
     for i in range(5):
@@ -117,6 +124,10 @@ def test_a_new_receiver_gets_the_open_streams_and_everything_its_predecessor_had
     second = _Receiver(ctx, endpoint, credit=8)  # its replacement, under the same name
     try:
         again = second.pump(outbox, lambda g: len(g) == 4)
+        for seq, _ in again:
+            second.inbox.taken(seq)
+        second.pump(outbox, lambda g: len(taken) == 7)
+        assert taken == [-1, 0, 1, -1, 2, 3, 4]  # the replacement's takings are heard again (of what it gets)
         kinds = [type(m).__name__ for _, m in again]
         assert kinds == ["StreamStart", "Frame", "Frame", "Frame"]
         assert [m.index for _, m in again[1:]] == [2, 3, 4]
@@ -128,7 +139,9 @@ def test_a_new_receiver_gets_the_open_streams_and_everything_its_predecessor_had
 
 def test_a_new_receiver_is_told_which_streams_are_over(ctx: zmq.Context, tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/l"
-    outbox = Outbox(ctx, endpoint, "frames")
+    taken: list[int] = []
+    outbox = Outbox(ctx, endpoint, "frames",
+                    on_ack=lambda message, done: taken.append(getattr(message, "index", -1)) if not done else None)
     first = _Receiver(ctx, endpoint, credit=8)
     for message in (_start("a"), EndOfStream("a", 0), _start("b")):
         outbox.put(message)

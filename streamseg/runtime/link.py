@@ -158,8 +158,8 @@ class Outbox:
 
     ``on_sent(keys)`` and ``on_done(keys)`` tell the worker runtime which stream positions are in
     flight downstream, so that it can acknowledge its own inputs only when what came of them is done.
-    ``on_ack(message, done)`` tells the stage when a receiver took a message (``done`` False) and when
-    it was done with it and all that came of it (True).
+    ``on_ack(message, done)`` tells the stage when a receiver took a message (``done`` False; again if
+    it went again, to a restarted receiver) and when it was done with it and all that came of it (True).
     With a ``pool`` (ipc links), large arrays travel in shared memory; a slot of ours is in use
     until the message that names it is done.
     """
@@ -276,13 +276,16 @@ class Outbox:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            acks: list[tuple[Any, bool]] = []
             try:
-                self._control(frames)
+                self._control(frames, acks)
             except MessageError as exc:
                 self.on_reject(exc)
+            for message, done in acks:  # after the acknowledgement is whole: the stage's errors are its own
+                self.on_ack(message, done)
         self.dispatch()
 
-    def _control(self, frames: list[Any]) -> None:
+    def _control(self, frames: list[Any], acks: list[tuple[Any, bool]]) -> None:
         if len(frames) != 3:
             raise MessageError(f"control message of {len(frames)} parts")
         name, kind, body = frames[0].bytes, frames[1].bytes, frames[2]
@@ -302,11 +305,11 @@ class Outbox:
             if not entry.taken:
                 entry.taken = True
                 peer.credit += 1
-                self.on_ack(entry.message, False)
+                acks.append((entry.message, False))
             if kind == DONE:
                 del peer.inflight[seq]
                 self._done(entry)
-                self.on_ack(entry.message, True)
+                acks.append((entry.message, True))
 
     def _done(self, entry: _Entry) -> None:
         if self.pool is not None:

@@ -147,8 +147,9 @@ class Stage:
 
     def acknowledged(self, port: str, message: Any, done: bool) -> None:
         """A receiver of ``port`` took ``message`` (``done`` False), or was done with it and with all
-        that came of it downstream (True). A receiver takes its next message when it has finished the
-        one before, so a live batcher learns from this how long the model takes."""
+        that came of it downstream (True; also after a message that was never taken). A receiver takes
+        its next message when it has finished the one before and sent its results on, so a live batcher
+        learns from this how long the inference stage takes a batch."""
 
     def holds(self) -> frozenset[tuple[str, int]]:
         """``(stream id, frame index)`` of the inputs this stage still keeps and has not finished."""

@@ -6,10 +6,11 @@ here, at most a few per stream, until the inference stage has room for a batch; 
 says what gives when more arrive meanwhile:
 
 ``budget``       hold what arrives; drop a frame only when, waited as long as it has, with what the
-                 model has still to do and the model's and the later stages' recent times (as the
-                 inference stage's acknowledgements show them), it would be done later than
-                 ``live_max_wait_ms`` after its capture; a stream's newest frame is never dropped
-                 (the default: frames that arrive together while the model is busy all get through)
+                 model has still to do and its recent time a frame (as the inference stage's
+                 acknowledgements show them), the model would be done with it later than 90% of
+                 ``live_max_wait_ms`` after its capture (the rest is for the stages after it); a
+                 stream's newest frame is never dropped (the default: frames that arrive together
+                 while the model is busy all get through)
 ``latest``       hold only the newest frame of each stream (lowest latency)
 ``drop_oldest``  hold the newest ``live_queue`` frames, dropping the oldest
 ``drop_newest``  hold the first ``live_queue`` frames, dropping the ones that arrive on a full queue
@@ -33,14 +34,19 @@ BUDGET_BYTES = 256 << 20
 camera sends a second or two at once on connecting (from its last keyframe), which a model that keeps
 up on average works off within the budget."""
 WAITED_S = 0.005
-"""A batch taken this long after it was sent had waited for the model to finish the one before."""
+"""A batch sent within this long of the model's taking the one before waited for all of that one."""
+MODEL_SHARE = 0.9
+"""The ``budget`` policy plans for the model to be done with a frame by this share of the budget after
+its capture, leaving the rest (50 ms of the default 500) to the stages after it."""
 
 
 @dataclass
 class _Sent:
-    """A live batch on its way, as the inference stage's acknowledgements tell."""
+    """A batch on its way to the model, as the inference stage's acknowledgements tell."""
 
-    batch: Batch
+    batch: Batch | None
+    """The batch, while it is in flight (to know its acknowledgements by)."""
+    size: int
     sent_at: float
     taken_at: float | None = None
     done_at: float | None = None
@@ -65,10 +71,8 @@ class BatchStage(Stage):
         self.budget_s = config.live_max_wait_ms / 1000.0
         self.frame_s = 0.0
         """The model's recent time a frame, smoothed (0: not known yet)."""
-        self.after_s = 0.0
-        """The recent time from the model's end of a batch to the stages after it being done with it."""
         self.flight: dict[int, _Sent] = {}
-        """Live batches sent and not done, by id of the Batch (kept alive by its record)."""
+        """Batches sent and not done, by id of the Batch (kept alive by its record)."""
         self.running: _Sent | None = None
         """The batch the model took last."""
         self.pending: list[Frame] = []
@@ -117,30 +121,27 @@ class BatchStage(Stage):
         while len(frames) < size and any(self.held.values()):  # the oldest first, whichever stream it is of
             queue = min((q for q in self.held.values() if q), key=lambda q: q[0].captured)
             frames.append(queue.popleft())
-        emits = self._batch(frames)
-        for _, batch in emits:
-            self.flight[id(batch)] = _Sent(batch, time.monotonic())
-        return emits
+        return self._batch(frames)
 
     def acknowledged(self, port: str, message: Any, done: bool) -> None:
-        """Time the model by the batches it takes: one that had waited for it was taken the moment the
-        model finished the one before; and time the stages after it by when they are done."""
+        """Time the model by the batches it takes: a batch sent the moment the model took the one before
+        waited for all of it, and was taken when the model was done with it (and had sent its results
+        on: the stage's time, not only the model's)."""
         sent = self.flight.get(id(message))
         if sent is None or sent.batch is not message:
             return
         now = time.monotonic()
         if done:
-            sent.done_at = now
+            sent.done_at, sent.batch = now, None
             del self.flight[id(message)]
-            if sent.taken_at is not None:
-                model_s = sent.served_s if sent.served_s is not None else self.frame_s * len(sent.batch.frames)
-                self.after_s = _smooth(self.after_s, max(0.0, now - sent.taken_at - model_s))
             return
+        if sent.taken_at is not None:
+            return  # went again, to a restarted inference stage: its wait was not the model's time
         last = self.running
-        if (last is not None and last.taken_at is not None and now - sent.sent_at > WAITED_S
-                and (last.done_at is None or last.done_at > sent.sent_at)):
-            last.served_s = now - last.taken_at
-            self.frame_s = _smooth(self.frame_s, last.served_s / len(last.batch.frames))
+        if last is not None and last.taken_at is not None and sent.sent_at - last.taken_at < WAITED_S:
+            last.served_s = (now if last.done_at is None else min(now, last.done_at)) - last.taken_at
+            measured = last.served_s / last.size
+            self.frame_s = measured if not self.frame_s else 0.7 * self.frame_s + 0.3 * measured
         sent.taken_at = now
         self.running = sent
 
@@ -149,7 +150,7 @@ class BatchStage(Stage):
         the model has still to do, then on this one, then the stages after it), a stream's newest
         excepted; returns how many frames the next batch may hold so that its oldest is in time (at
         least one)."""
-        ahead = self._ahead(clock) + self.after_s
+        ahead = self._ahead(clock)
         for stream_id, queue in self.held.items():
             while len(queue) > 1 and now - queue[0].captured + ahead + self.frame_s > self.budget_s:
                 queue.popleft()
@@ -162,19 +163,20 @@ class BatchStage(Stage):
         return max(1, min(self.max_batch, max(fits, streams)))
 
     def _ahead(self, clock: float) -> float:
-        """How long the model will still be on the batches sent: what is left of the one it runs, and all
-        of those not taken yet."""
-        ahead = self.frame_s * sum(len(s.batch.frames) for s in self.flight.values() if s.taken_at is None)
+        """What a held frame's outputs wait for besides its own time in the model: what the model has
+        still to do (what is left of the batch it runs, and all of those not taken yet), and the share
+        of the budget kept for the stages after the model."""
+        ahead = (1 - MODEL_SHARE) * self.budget_s + self.frame_s * sum(s.size for s in self.flight.values() if s.taken_at is None)
         last = self.running
         if last is not None and last.served_s is None and last.done_at is None and last.taken_at is not None:
-            ahead += max(0.0, last.taken_at + self.frame_s * len(last.batch.frames) - clock)
+            ahead += max(0.0, last.taken_at + self.frame_s * last.size - clock)
         return ahead
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         emits = self._emit()
         queue = self.held.pop(eos.stream_id, deque())
         if self.live_policy == "budget" and queue:  # what the model would finish late goes, as while it ran
-            now, ahead = time.time(), self._ahead(time.monotonic()) + self.after_s
+            now, ahead = time.time(), self._ahead(time.monotonic())
             kept = deque(f for n, f in enumerate(queue)
                          if now - f.captured + ahead + self.frame_s * (n + 1) <= self.budget_s or f is queue[-1])
             if len(kept) < len(queue):
@@ -208,8 +210,7 @@ class BatchStage(Stage):
             return []
         self.count("batches")
         self.count("frames", len(frames))
-        return [("batches", Batch(tuple(frames)))]
+        batch = Batch(tuple(frames))
+        self.flight[id(batch)] = _Sent(batch, len(frames), time.monotonic())
+        return [("batches", batch)]
 
-
-def _smooth(old: float, new: float) -> float:
-    return new if not old else 0.7 * old + 0.3 * new
