@@ -237,6 +237,21 @@ def test_a_finished_hls_playlist_is_read_as_a_file(http_folder) -> None:
     assert len(frames) == 75 and end.reason == "end" and end.frames == 75
 
 
+def test_a_network_stream_opens_without_probing_the_rate_and_still_has_its_own(http_folder) -> None:
+    """A network stream is opened without FFmpeg's reading 20 frames to guess the rate (they would then
+    come at once, late); MPEG-TS, what HLS, UDP and SRT carry, then has only the codec's rate, and
+    FFmpeg's guess says twice it."""
+    import subprocess
+
+    folder, base = http_folder
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=1",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "mpegts", str(folder / "feed.ts")],
+                   check=True, timeout=60)
+    messages, _ = decode_all(f"{base}/feed.ts", InputConfig(max_frames=10), live=True)
+    start, *frames, end = messages
+    assert start.live and start.rate == 30 and len(frames) == 10
+
+
 def test_a_file_read_as_live_comes_at_its_own_rate_and_duration_ends_it(corpus: Path) -> None:
     import time
 

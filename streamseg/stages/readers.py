@@ -219,7 +219,9 @@ class VideoReader:
         """The stream as shown: a file turned as its first frame says (decoded now, kept for
         :meth:`frames`); a live source's frames are turned as they come, each at the size it starts at."""
         stream = self.stream
-        rate = Fraction(stream.average_rate or stream.guessed_rate or Fraction(25))
+        # the codec's own rate (H.264's timing information) before FFmpeg's guess from a few timestamps,
+        # which is all a network stream opened without probing the rate has (it may say 60 for 30)
+        rate = Fraction(stream.average_rate or stream.codec_context.framerate or stream.guessed_rate or Fraction(25))
         rotation = 0 if live or not self.turn else self.first_rotation()
         width, height = stream.codec_context.width, stream.codec_context.height
         if rotation in (90, 270):
