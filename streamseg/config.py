@@ -108,7 +108,7 @@ class BatchConfig:
     """Longest a partial batch waits for more frames before it is sent anyway (file streams)."""
     live_policy: str = "budget"
     """What live streams do while inference is behind: ``budget`` (hold what arrives; drop a frame only
-    when it could no longer be done within ``live_max_wait_ms`` of its capture, never a stream's
+    when the model could no longer be done with it in time for ``live_max_wait_ms``, never a stream's
     newest), ``latest`` (keep only the newest frame), ``drop_oldest`` / ``drop_newest`` (hold
     ``live_queue`` frames, dropping the oldest / the arrivals), or ``block`` (drop nothing; latency
     grows). Files always block."""
@@ -116,10 +116,11 @@ class BatchConfig:
     """Frames held per live stream under ``drop_oldest`` and ``drop_newest`` (``budget`` holds up to 64
     frames or 256 MiB of them: its limit is the time)."""
     live_max_wait_ms: float = 500.0
-    """The ``budget`` policy's latency budget, capture to the outputs' being done: half a second is more than
-    the clumps in which frames of a network feed arrive and a batch's time in a CPU model (so nothing
-    is dropped while inference keeps up on average), and less than a person watching an alert calls
-    late."""
+    """The ``budget`` policy's latency budget, capture to outputs (the model is planned to be done by nine
+    tenths of it, the rest is for the stages after it; an encoder's own delay is not counted). Half a
+    second is more than the clumps in which frames of a network feed arrive and a batch's time in a
+    CPU model (so nothing is dropped while inference keeps up on average), and less than a person
+    watching an alert calls late."""
 
 
 @dataclass(frozen=True)
