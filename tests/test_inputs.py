@@ -244,9 +244,9 @@ def test_a_network_stream_opens_without_probing_the_rate_and_still_has_its_own(h
     import subprocess
 
     folder, base = http_folder
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=1",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "mpegts", str(folder / "feed.ts")],
-                   check=True, timeout=60)
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=30:duration=1", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-f", "mpegts", str(folder / "feed.ts")], check=True, timeout=60)
     messages, _ = decode_all(f"{base}/feed.ts", InputConfig(max_frames=10), live=True)
     start, *frames, end = messages
     assert start.live and start.rate == 30 and len(frames) == 10

@@ -166,7 +166,8 @@ class BatchStage(Stage):
         """What a held frame's outputs wait for besides its own time in the model: what the model has
         still to do (what is left of the batch it runs, and all of those not taken yet), and the share
         of the budget kept for the stages after the model."""
-        ahead = (1 - MODEL_SHARE) * self.budget_s + self.frame_s * sum(s.size for s in self.flight.values() if s.taken_at is None)
+        waiting = sum(s.size for s in self.flight.values() if s.taken_at is None)
+        ahead = (1 - MODEL_SHARE) * self.budget_s + self.frame_s * waiting
         last = self.running
         if last is not None and last.served_s is None and last.done_at is None and last.taken_at is not None:
             ahead += max(0.0, last.taken_at + self.frame_s * last.size - clock)
