@@ -209,10 +209,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from .pipeline import run
     from .tools.evaluate import evaluate, load_ground_truth, read_predictions
-    from .tools.synth import write_video
-    from .tools.train import TRAIN_SEED_FLOOR
+    from .tools.synth import TRAIN_SEED_FLOOR, is_training_seed, write_video
 
-    if args.seed >= TRAIN_SEED_FLOOR:
+    if is_training_seed(args.seed):
         raise ConfigError(f"--seed must be below {TRAIN_SEED_FLOOR}: higher seeds are training scenes")
     os.makedirs(args.out, exist_ok=True)
     clip, gt_path = os.path.join(args.out, "input.mp4"), os.path.join(args.out, "ground_truth.json")

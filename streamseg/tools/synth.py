@@ -18,6 +18,7 @@ rewards nor punishes detections of slivers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -167,14 +168,46 @@ class Instance:
         return self.area < MIN_AREA_PX or self.area < MIN_VISIBLE * self.full_area
 
 
+TRAIN_SEED_FLOOR = 1 << 20
+"""Scene seeds at or above this are training scenes (:func:`random_frame` draws only those); the ones
+below are held out, for evaluation, the accuracy suite and the demo."""
+
+
+def is_training_seed(seed: int) -> bool:
+    return seed >= TRAIN_SEED_FLOOR
+
+
+def training_seed(rng: np.random.Generator) -> int:
+    """A training scene's seed: never one of the held-out scenes'."""
+    return int(rng.integers(TRAIN_SEED_FLOOR, 2**31))
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """What kind of scene a seed draws: how many shapes, how large and fast, and their colours. The
+    default is the scenes the shipped model was trained on."""
+
+    shapes: tuple[int, int] = (3, 7)
+    """Fewest and most shapes in the scene at once (new ones enter as others leave)."""
+    radius: tuple[float, float] | None = None
+    """A shape's radius, from and to, in pixels of a frame 240 pixels high, scaled with the frame's
+    short side (small for the frame at every size); None: 12 pixels to 12 plus a fifth of the short side."""
+    speed: tuple[float, float] = (0.5, 5.0)
+    """Pixels a frame."""
+    one_colour: bool = False
+    """Every shape in the first shape's colour (occlusion by same-coloured shapes)."""
+
+
 class Scene:
     """A moving scene of shapes; :meth:`render` draws the current frame and its exact ground truth."""
 
-    def __init__(self, seed: int, width: int = 320, height: int = 240, min_shapes: int = 3,
-                 max_shapes: int = 7) -> None:
+    def __init__(self, seed: int, width: int = 320, height: int = 240, style: SceneStyle = SceneStyle()) -> None:
         self.rng = np.random.default_rng(seed)
         self.width, self.height = width, height
+        self.style = style
+        self.colour: np.ndarray | None = None
         self.background = Background(self.rng, width, height)
+        min_shapes, max_shapes = style.shapes
         self.min_shapes, self.max_shapes = min_shapes, max_shapes
         self.noise = self.rng.uniform(2, 8)
         self.blur_speed = self.rng.uniform(2.5, 5)  # shapes faster than this (px/frame) are motion-blurred
@@ -185,9 +218,11 @@ class Scene:
             self.shapes.append(self._new_shape(inside=True))
 
     def _new_shape(self, inside: bool) -> Shape:
-        rng, w, h = self.rng, self.width, self.height
-        radius = rng.uniform(12, 0.2 * min(w, h) + 12)
-        speed = rng.uniform(0.5, 5.0)
+        rng, w, h, style = self.rng, self.width, self.height, self.style
+        scale = min(w, h) / 240
+        radius = rng.uniform(*((style.radius[0] * scale, style.radius[1] * scale) if style.radius else
+                               (12, 0.2 * min(w, h) + 12)))
+        speed = rng.uniform(*style.speed)
         if inside:
             x, y = rng.uniform(0, w), rng.uniform(0, h)
             heading = rng.uniform(0, 2 * np.pi)
@@ -198,6 +233,9 @@ class Scene:
             heading = math.atan2(h / 2 - y, w / 2 - x) + rng.uniform(-0.6, 0.6)
         colour = np.array(cv2.cvtColor(np.uint8([[[rng.integers(180), rng.integers(150, 256),
                                                    rng.integers(120, 256)]]]), cv2.COLOR_HSV2RGB)[0, 0], np.float32)
+        if style.one_colour:  # drawn all the same, so that a style changes nothing else of the scene
+            self.colour = colour if self.colour is None else self.colour
+            colour = self.colour
         shape = Shape(int(rng.integers(1, len(SHAPE_CLASSES))), self.next_track, x, y,
                       speed * math.cos(heading), speed * math.sin(heading), rng.uniform(0, 2 * np.pi),
                       rng.uniform(-0.08, 0.08), radius, rng.uniform(-0.015, 0.015), rng.uniform(0.4, 1.0),
@@ -289,9 +327,11 @@ class Scene:
             yield self.render()
 
 
-def random_frame(rng: np.random.Generator, width: int = 320, height: int = 240) -> tuple[np.ndarray, list[Instance]]:
-    """One training frame: a fresh scene advanced a random number of steps."""
-    scene = Scene(int(rng.integers(2**31)), width, height)
+def random_frame(rng: np.random.Generator, width: int = 320, height: int = 240,
+                 style: SceneStyle = SceneStyle()) -> tuple[np.ndarray, list[Instance]]:
+    """One training frame: a fresh training scene (its seed at or above :data:`TRAIN_SEED_FLOOR`)
+    advanced a random number of steps."""
+    scene = Scene(training_seed(rng), width, height, style)
     for _ in range(int(rng.integers(0, 30))):
         scene.step()
     return scene.render()
@@ -304,14 +344,15 @@ def coco_categories() -> list[dict[str, Any]]:
 
 
 def write_video(path: str | Path, gt_path: str | Path | None, seed: int = 0, frames: int = 300,
-                width: int = 320, height: int = 240, fps: Fraction = Fraction(30), crf: int = 16) -> dict[str, Any]:
+                width: int = 320, height: int = 240, fps: Fraction = Fraction(30), crf: int = 16,
+                style: SceneStyle = SceneStyle()) -> dict[str, Any]:
     """Write a synthetic clip (H.264 MP4) and its COCO ground truth; returns the ground truth dict.
 
     ``crf`` 16 keeps the pictures close to the ground truth; 23 (x264's default) makes a clip as
     heavy to decode as a camera's or a web video's."""
     import av
 
-    scene = Scene(seed, width, height)
+    scene = Scene(seed, width, height, style)
     images, annotations = [], []
     with av.open(str(path), "w", options={"movflags": "+faststart"}) as out:
         stream = out.add_stream("libx264", rate=fps)
@@ -337,7 +378,7 @@ def write_video(path: str | Path, gt_path: str | Path | None, seed: int = 0, fra
                 })
         out.mux(stream.encode())
     gt = {"info": {"description": "streamseg synthetic shapes", "seed": seed, "frames": frames,
-                   "width": width, "height": height, "fps": str(fps)},
+                   "width": width, "height": height, "fps": str(fps), "style": dataclasses.asdict(style)},
           "images": images, "annotations": annotations, "categories": coco_categories()}
     if gt_path is not None:
         Path(gt_path).write_text(json.dumps(gt))

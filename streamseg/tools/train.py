@@ -1,9 +1,9 @@
 """Train the shipped model: the small Mask R-CNN with mask and keypoint heads, on synthetic frames.
 
 Frames are generated on the fly (:func:`streamseg.tools.synth.random_frame`), each from a scene seed
-drawn from the training seed, so a run is reproduced by its command line. Training scene seeds are
-drawn at or above :data:`TRAIN_SEED_FLOOR`; held-out clips use seeds below it, so that no
-evaluation clip was ever seen in training.
+drawn from the training seed, so a run is reproduced by its command line. ``random_frame`` draws
+scene seeds at or above :data:`~streamseg.tools.synth.TRAIN_SEED_FLOOR` only; held-out clips use
+seeds below it, so that no evaluation clip was ever seen in training.
 
     streamseg train --out streamseg/weights --iters 3000 --seed 0
 """
@@ -31,7 +31,6 @@ from ..models.registry import (
 
 log = logging.getLogger(__name__)
 
-TRAIN_SEED_FLOOR = 1 << 20
 TRAIN_MIN_AREA_PX = 20
 """Instances smaller than this are left out of training targets (they are ignored in evaluation)."""
 
@@ -87,8 +86,7 @@ def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e
             group["lr"] = lr_at(step)
         images, targets = [], []
         for _ in range(batch):
-            image, instances = random_frame(np.random.default_rng(int(rng.integers(TRAIN_SEED_FLOOR, 2**31))),
-                                            width, height)
+            image, instances = random_frame(np.random.default_rng(int(rng.integers(2**63))), width, height)
             images.append(torch.from_numpy(image).permute(2, 0, 1).float().div_(255))
             targets.append(make_target(instances))
         losses = model(images, targets)
@@ -148,9 +146,9 @@ def evaluate_heldout(weights: str, seed: int = 7, frames: int = 300, width: int 
     from ..models.predictor import Predictor
     from ..runtime.messages import FrameResult
     from .evaluate import evaluate, load_ground_truth
-    from .synth import write_video
+    from .synth import TRAIN_SEED_FLOOR, is_training_seed, write_video
 
-    if seed >= TRAIN_SEED_FLOOR:
+    if is_training_seed(seed):
         raise ValueError(f"held-out seeds must be below {TRAIN_SEED_FLOOR}")
     info = model_info(model)
     with tempfile.TemporaryDirectory() as tmp:
