@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -29,9 +30,11 @@ def test_shipped_model_reaches_an_ap_floor_through_the_pipeline(demo: dict[str, 
                              "--json", "stats.json")
     assert result.returncode == 0, result.stderr
     stats = json.loads((demo["cli"].cwd / "stats.json").read_text())
-    assert stats["segm"]["AP"] >= 0.5, stats["segm"]
-    assert stats["bbox"]["AP"] >= 0.5, stats["bbox"]
-    assert stats["keypoints"]["AP"] >= 0.3, stats["keypoints"]
+    # floors a few points below what this scene measures (2026-12-05: mask 0.820, box 0.819, keypoint 0.641),
+    # so that a model or pipeline that got worse fails here; the suite (benchmarks/accuracy.py) judges the model
+    assert stats["segm"]["AP"] >= 0.78, stats["segm"]
+    assert stats["bbox"]["AP"] >= 0.78, stats["bbox"]
+    assert stats["keypoints"]["AP"] >= 0.60, stats["keypoints"]
     # the demo's own line gives the same figures
     printed = re.search(r"mask AP ([0-9.]+) .* box AP ([0-9.]+)\s+keypoint AP ([0-9.]+)", demo["stdout"])
     assert printed, demo["stdout"]
@@ -49,6 +52,7 @@ def test_demo_prints_ap_and_fps(demo: dict[str, Any]) -> None:
 def test_model_card_matches_the_shipped_weights() -> None:
     card = json.loads(Path(SHIPPED_WEIGHTS).with_suffix(".json").read_text())
     assert card["name"] == "streamseg-small" and card["keypoint_names"] and card["skeleton"]
+    assert hashlib.sha256(Path(SHIPPED_WEIGHTS).read_bytes()).hexdigest() == card["sha256"]  # these very weights
     assert Path(SHIPPED_WEIGHTS).stat().st_size <= 15 * 1024 * 1024
     accuracy = card["accuracy"]
     assert accuracy["frames"] == 300 and accuracy["size"] == [320, 240]

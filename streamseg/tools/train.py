@@ -10,9 +10,11 @@ seeds below it, so that no evaluation clip was ever seen in training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -115,6 +117,7 @@ def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e
     torch.save(model.state_dict(), weights)
     card: dict[str, Any] = {
         "name": "streamseg-small",
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "architecture": "torchvision MaskRCNN, SmallBackbone (5 conv stages) + FPN, box/mask/keypoint heads",
         "parameters": sum(p.numel() for p in model.parameters()),
         "classes": list(SHAPE_CLASSES), "keypoint_names": list(SHAPE_KEYPOINTS),
@@ -124,8 +127,11 @@ def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e
                                 f"--seed {seed}",
                      "iters": iters, "batch": batch, "lr": lr, "optimizer": "AdamW, warm-up + cosine",
                      "seed": seed, "data": "streamseg.synth random frames, generated on the fly",
-                     "minutes": round(minutes, 1), "machine": f"{platform.machine()}, "
-                                                              f"{torch.get_num_threads()} torch threads",
+                     "minutes": round(minutes, 1), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+                                f"threads, torch {torch.__version__}",
+                     "config": {"iters": iters, "batch": batch, "lr": lr, "seed": seed, "width": width,
+                                "height": height},
                      "final_losses": {k: round(v, 4) for k, v in smoothed.items()}},
     }
     card["accuracy"] = evaluate_heldout(str(weights), eval_seed, eval_frames, width, height)
