@@ -151,8 +151,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: all cores")
-    p.add_argument("--eval-frames", type=int, default=300,
-                   help="length of the held-out clip the model card's accuracy is measured on (default 300)")
+    p.add_argument("--eval-frames", type=int, default=300, help="frames of the model card's held-out clip (300)")
+    p.add_argument("--styles", default="trained", help="scene kinds: trained (default), sparse, crowded, small, fast, "
+                   "same-colour; several, comma-separated, are mixed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -160,12 +161,12 @@ def _train(args: argparse.Namespace) -> int:
     import json
 
     from .tools.train import train
-
     logging.getLogger("streamseg").setLevel(logging.INFO)
     if args.iters < 1 or args.batch < 1 or args.eval_frames < 1:
         raise ConfigError("--iters, --batch and --eval-frames must be at least 1")
     card = train(args.out, args.iters, args.batch, args.lr, args.seed, threads=args.threads,
-                 eval_frames=args.eval_frames, progress=not args.quiet and sys.stderr.isatty())
+                 eval_frames=args.eval_frames, progress=not args.quiet and sys.stderr.isatty(),
+                 styles=tuple(args.styles.split(",")))
     print(json.dumps(card["accuracy"], indent=2))
     return 0
 

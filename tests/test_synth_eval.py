@@ -220,7 +220,10 @@ def test_held_out_scenes_are_never_training_scenes(cli) -> None:
 
 
 def test_scene_styles_make_the_scenes_they_name() -> None:
-    from streamseg.tools.suite import CROWDED, SAME_COLOUR, SCENES, SMALL, SPARSE
+    from streamseg.tools.suite import SCENES
+    from streamseg.tools.synth import STYLES
+
+    CROWDED, SAME_COLOUR, SMALL, SPARSE = (STYLES[k] for k in ("crowded", "same-colour", "small", "sparse"))
 
     assert len(SCENES) >= 24 and {s.size for s in SCENES} == {(320, 240), (640, 360), (1280, 720)}
     assert len({s.seed for s in SCENES}) == len(SCENES)
@@ -247,3 +250,9 @@ def test_pooled_scenes_are_scored_as_one_set(tmp_path: Path) -> None:
     found = sum(1 for a in scenes[0]["annotations"] if not a["iscrowd"])
     total = found + sum(1 for a in scenes[1]["annotations"] if not a["iscrowd"])
     assert stats["segm"]["AR100"] == pytest.approx(found / total, abs=0.1) and 0.2 < stats["segm"]["AP"] < 0.8
+
+
+def test_train_names_an_unknown_scene_style(cli) -> None:
+    from conftest import assert_clean_error
+
+    assert_clean_error(cli.run("train", "--out", "w", "--styles", "trained,nope"), "unknown scene style nope")

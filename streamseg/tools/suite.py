@@ -20,15 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .synth import SceneStyle, is_training_seed, write_video
-
-SPARSE = SceneStyle(shapes=(1, 2))
-CROWDED = SceneStyle(shapes=(9, 12))
-SMALL = SceneStyle(shapes=(4, 8), radius=(5.0, 14.0))
-FAST = SceneStyle(speed=(6.0, 14.0))
-SAME_COLOUR = SceneStyle(shapes=(4, 7), one_colour=True)
-KINDS = {"trained": SceneStyle(), "sparse": SPARSE, "crowded": CROWDED, "small": SMALL, "fast": FAST,
-         "same-colour": SAME_COLOUR}
+from .synth import STYLES, is_training_seed, write_video
 
 
 @dataclass(frozen=True)
@@ -72,11 +64,11 @@ def make_clips(folder: Path, frames: int, progress: Callable[[str], None] = lamb
     for scene in SCENES:
         assert not is_training_seed(scene.seed), scene
         clip, gt = folder / f"{scene.name}.mp4", folder / f"{scene.name}.json"
-        want = {"seed": scene.seed, "frames": frames, "style": dataclasses.asdict(KINDS[scene.kind])}
+        want = {"seed": scene.seed, "frames": frames, "style": dataclasses.asdict(STYLES[scene.kind])}
         if clip.exists() and gt.exists() and json.loads(gt.read_text())["info"].items() >= want.items():
             continue  # made before, the same
         progress(f"generating {scene.name} ({frames} frames)")
-        write_video(clip, gt, scene.seed, frames, *scene.size, style=KINDS[scene.kind])
+        write_video(clip, gt, scene.seed, frames, *scene.size, style=STYLES[scene.kind])
 
 
 def run_suite(folder: Path, frames: int = 100, model: str = "streamseg-small", weights: str = "",

@@ -198,6 +198,13 @@ class SceneStyle:
     """Every shape in the first shape's colour (occlusion by same-coloured shapes)."""
 
 
+STYLES = {"trained": SceneStyle(), "sparse": SceneStyle(shapes=(1, 2)), "crowded": SceneStyle(shapes=(9, 12)),
+          "small": SceneStyle(shapes=(4, 8), radius=(5.0, 14.0)), "fast": SceneStyle(speed=(6.0, 14.0)),
+          "same-colour": SceneStyle(shapes=(4, 7), one_colour=True)}
+"""The kinds of scene, by name: the shipped model's training scenes (``trained``), and sparse, crowded,
+small, fast (motion-blurred) and one-colour ones."""
+
+
 class Scene:
     """A moving scene of shapes; :meth:`render` draws the current frame and its exact ground truth."""
 

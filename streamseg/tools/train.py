@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from ..models.registry import (
     SHAPE_CLASSES,
     SHAPE_KEYPOINTS,
@@ -54,11 +55,18 @@ def make_target(instances: list[Any]) -> dict[str, Any]:
 
 def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e-3, seed: int = 0,
           width: int = 320, height: int = 240, threads: int = 0, eval_seed: int = 7, eval_frames: int = 300,
-          progress: bool = True) -> dict[str, Any]:
-    """Train, save ``streamseg_small.pt`` and its model card ``streamseg_small.json`` in ``out_dir``."""
+          progress: bool = True, styles: tuple[str, ...] = ("trained",)) -> dict[str, Any]:
+    """Train, save ``streamseg_small.pt`` and its model card ``streamseg_small.json`` in ``out_dir``.
+
+    ``styles``: the kinds of scene (:data:`~streamseg.tools.synth.STYLES`) frames are drawn from, each
+    frame's at random (a name twice is drawn twice as often)."""
     import torch
 
-    from .synth import random_frame
+    from .synth import STYLES, random_frame
+
+    unknown = [name for name in styles if name not in STYLES]
+    if unknown or not styles:
+        raise ConfigError(f"unknown scene style {', '.join(unknown)}; the styles: {', '.join(STYLES)}")
 
     if threads:
         torch.set_num_threads(threads)
@@ -88,7 +96,8 @@ def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e
             group["lr"] = lr_at(step)
         images, targets = [], []
         for _ in range(batch):
-            image, instances = random_frame(np.random.default_rng(int(rng.integers(2**63))), width, height)
+            style = STYLES[styles[int(rng.integers(len(styles)))] if len(styles) > 1 else styles[0]]
+            image, instances = random_frame(np.random.default_rng(int(rng.integers(2**63))), width, height, style)
             images.append(torch.from_numpy(image).permute(2, 0, 1).float().div_(255))
             targets.append(make_target(instances))
         losses = model(images, targets)
@@ -124,14 +133,14 @@ def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e
         "skeleton": [list(p) for p in SHAPE_SKELETON],
         "input_size": [width, height],
         "training": {"command": f"streamseg train --out {out_dir} --iters {iters} --batch {batch} --lr {lr} "
-                                f"--seed {seed}",
+                                f"--seed {seed}" + (f" --styles {','.join(styles)}" if styles != ("trained",) else ""),
                      "iters": iters, "batch": batch, "lr": lr, "optimizer": "AdamW, warm-up + cosine",
                      "seed": seed, "data": "streamseg.synth random frames, generated on the fly",
                      "minutes": round(minutes, 1), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
                                 f"threads, torch {torch.__version__}",
                      "config": {"iters": iters, "batch": batch, "lr": lr, "seed": seed, "width": width,
-                                "height": height},
+                                "height": height, "styles": list(styles)},
                      "final_losses": {k: round(v, 4) for k, v in smoothed.items()}},
     }
     card["accuracy"] = evaluate_heldout(str(weights), eval_seed, eval_frames, width, height)
