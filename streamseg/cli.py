@@ -166,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--iters, --batch and --eval-frames must be at least 1")
     card = train(args.out, args.iters, args.batch, args.lr, args.seed, threads=args.threads,
                  eval_frames=args.eval_frames, progress=not args.quiet and sys.stderr.isatty(),
-                 styles=tuple(args.styles.split(",")))
+                 styles=tuple(n.strip() for n in args.styles.split(",")))
     print(json.dumps(card["accuracy"], indent=2))
     return 0
 

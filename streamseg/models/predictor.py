@@ -142,5 +142,5 @@ def fuse_conv_bn(module: Any) -> None:
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
             conv, norm = module[i], module[i + 1]
-            if isinstance(conv, nn.Conv2d) and type(norm) is nn.BatchNorm2d and not conv.training:
+            if isinstance(conv, nn.Conv2d) and type(norm) is nn.BatchNorm2d and not (conv.training or norm.training):
                 module[i], module[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()

@@ -62,9 +62,11 @@ class SuiteResult:
 def make_clips(folder: Path, frames: int, progress: Callable[[str], None] = lambda line: None) -> None:
     """Each scene's clip and ground truth in ``folder`` (kept: a second run reuses them)."""
     for scene in SCENES:
-        assert not is_training_seed(scene.seed), scene
+        if is_training_seed(scene.seed):
+            raise ValueError(f"suite scene {scene.name} has a training seed")
         clip, gt = folder / f"{scene.name}.mp4", folder / f"{scene.name}.json"
-        want = {"seed": scene.seed, "frames": frames, "style": dataclasses.asdict(STYLES[scene.kind])}
+        want = json.loads(json.dumps({"seed": scene.seed, "frames": frames,  # as the ground truth's JSON has it
+                                      "style": dataclasses.asdict(STYLES[scene.kind])}))
         if clip.exists() and gt.exists() and json.loads(gt.read_text())["info"].items() >= want.items():
             continue  # made before, the same
         progress(f"generating {scene.name} ({frames} frames)")
@@ -91,8 +93,7 @@ def run_suite(folder: Path, frames: int = 100, model: str = "streamseg-small", w
             records = read_predictions(folder / f"{scene.name}.jsonl")
             gt = load_ground_truth(folder / f"{scene.name}.json")
             result.scenes[scene.name] = evaluate(records, gt, verbose=False)
-            offset = len(gt_all["images"])
-            pool_scene(records, gt.dataset, offset, records_all, gt_all)
+            pool_scene(records, gt.dataset, records_all, gt_all)
     result.frames = len(gt_all["images"])
     progress(f"scoring {len(SCENES)} scenes pooled ({result.frames} frames)")
     pooled = folder / "pooled.json"
@@ -102,14 +103,20 @@ def run_suite(folder: Path, frames: int = 100, model: str = "streamseg-small", w
     return result
 
 
-def pool_scene(records: list[dict[str, Any]], gt: dict[str, Any], offset: int, records_all: list[dict[str, Any]],
-          gt_all: dict[str, Any]) -> None:
-    """Add one scene to the pooled ground truth and predictions, its frames numbered after those before."""
+def pool_scene(records: list[dict[str, Any]], gt: dict[str, Any], records_all: list[dict[str, Any]],
+               gt_all: dict[str, Any]) -> None:
+    """Add one scene to the pooled ground truth and predictions: its images and frames numbered after
+    all those before; a prediction for a frame its ground truth does not have is left out, as it is
+    when the scene is scored alone."""
     gt_all["categories"] = gt["categories"]
-    ids = {image["id"]: offset + n + 1 for n, image in enumerate(sorted(gt["images"], key=lambda im: im["id"]))}
+    image_offset = max((im["id"] for im in gt_all["images"]), default=0)
+    frame_offset = 1 + max((im["frame_index"] for im in gt_all["images"]), default=-1)
     for image in gt["images"]:
-        gt_all["images"].append({**image, "id": ids[image["id"]], "frame_index": offset + image["frame_index"]})
-    first = len(gt_all["annotations"])
+        gt_all["images"].append({**image, "id": image_offset + image["id"],
+                                 "frame_index": frame_offset + image["frame_index"]})
+    first = max((ann["id"] for ann in gt_all["annotations"]), default=0)
     for n, ann in enumerate(gt["annotations"]):
-        gt_all["annotations"].append({**ann, "id": first + n + 1, "image_id": ids[ann["image_id"]]})
-    records_all.extend({**record, "frame": offset + record["frame"]} for record in records)
+        gt_all["annotations"].append({**ann, "id": first + n + 1, "image_id": image_offset + ann["image_id"]})
+    frames = {image["frame_index"] for image in gt["images"]}
+    records_all.extend({**record, "frame": frame_offset + record["frame"]} for record in records
+                       if record["frame"] in frames)

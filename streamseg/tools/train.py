@@ -1,7 +1,8 @@
 """Train the shipped model: the small Mask R-CNN with mask and keypoint heads, on synthetic frames.
 
 Frames are generated on the fly (:func:`streamseg.tools.synth.random_frame`), each from a scene seed
-drawn from the training seed, so a run is reproduced by its command line. ``random_frame`` draws
+drawn from the training seed, so a run is reproduced by its command line (with the same code: the card
+records its version). ``random_frame`` draws
 scene seeds at or above :data:`~streamseg.tools.synth.TRAIN_SEED_FLOOR` only; held-out clips use
 seeds below it, so that no evaluation clip was ever seen in training.
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..models.registry import (
@@ -127,6 +129,7 @@ def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e
     card: dict[str, Any] = {
         "name": "streamseg-small",
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "code": f"streamseg {__version__}",
         "architecture": "torchvision MaskRCNN, SmallBackbone (5 conv stages) + FPN, box/mask/keypoint heads",
         "parameters": sum(p.numel() for p in model.parameters()),
         "classes": list(SHAPE_CLASSES), "keypoint_names": list(SHAPE_KEYPOINTS),
