@@ -101,8 +101,7 @@ class BatchStage(Stage):
     def _hold(self, frame: Frame) -> None:
         queue = self.held[frame.stream_id]
         if len(queue) >= self.caps.get(frame.stream_id, self.live_cap):
-            self.count("dropped")
-            self.dropped[frame.stream_id] += 1
+            self._drop(frame.stream_id)
             if self.live_policy == "drop_newest":
                 return
             queue.popleft()
@@ -152,15 +151,23 @@ class BatchStage(Stage):
         least one)."""
         ahead = self._ahead(clock)
         for stream_id, queue in self.held.items():
-            while len(queue) > 1 and now - queue[0].captured + ahead + self.frame_s > self.budget_s:
+            while len(queue) > 1 and self._late(queue[0], now, ahead, 1):
                 queue.popleft()
-                self.count("dropped")
-                self.dropped[stream_id] += 1
+                self._drop(stream_id)
         oldest = min((q[0].captured for q in self.held.values() if q), default=now)
         room = self.budget_s - (now - oldest) - ahead
         fits = int(room / self.frame_s) if self.frame_s > 0 else self.max_batch
         streams = sum(1 for q in self.held.values() if q)  # each stream's newest goes, late or not
         return max(1, min(self.max_batch, max(fits, streams)))
+
+    def _late(self, frame: Frame, now: float, ahead: float, frames: int) -> bool:
+        """Whether ``frame`` would be done later than the budget after its capture, with ``ahead`` before
+        it and the model's time for ``frames`` frames (itself and those before it in its batch)."""
+        return now - frame.captured + ahead + self.frame_s * frames > self.budget_s
+
+    def _drop(self, stream_id: str, frames: int = 1) -> None:
+        self.count("dropped", frames)
+        self.dropped[stream_id] = self.dropped.get(stream_id, 0) + frames
 
     def _ahead(self, clock: float) -> float:
         """What a held frame's outputs wait for besides its own time in the model: what the model has
@@ -178,11 +185,9 @@ class BatchStage(Stage):
         queue = self.held.pop(eos.stream_id, deque())
         if self.live_policy == "budget" and queue:  # what the model would finish late goes, as while it ran
             now, ahead = time.time(), self._ahead(time.monotonic())
-            kept = deque(f for n, f in enumerate(queue)
-                         if now - f.captured + ahead + self.frame_s * (n + 1) <= self.budget_s or f is queue[-1])
+            kept = deque(f for n, f in enumerate(queue) if not self._late(f, now, ahead, n + 1) or f is queue[-1])
             if len(kept) < len(queue):
-                self.count("dropped", len(queue) - len(kept))
-                self.dropped[eos.stream_id] = self.dropped.get(eos.stream_id, 0) + len(queue) - len(kept)
+                self._drop(eos.stream_id, len(queue) - len(kept))
             queue = kept
         while queue:
             emits += self._batch([queue.popleft() for _ in range(min(self.max_batch, len(queue)))])

@@ -49,7 +49,8 @@ def open_video(url: str, opts: InputConfig) -> tuple[av.container.InputContainer
         options.setdefault("timeout", str(int(opts.read_timeout_s * 1_000_000)))  # socket I/O, microseconds
     if kind == "network":
         # FFmpeg otherwise reads 20 frames to guess the frame rate before the open returns (2 s of a 10 fps
-        # camera), which then reach the decoder at once, already late; the timestamps give the rate
+        # camera), which then reach the decoder at once, already late; the container or the codec gives the
+        # rate (VideoReader.stream_start)
         options.setdefault("fpsprobesize", "0")
     form = "v4l2" if kind == "device" else None
     timeout = (opts.open_timeout_s, opts.read_timeout_s)

@@ -214,14 +214,13 @@ class Scene:
         self.style = style
         self.colour: np.ndarray | None = None
         self.background = Background(self.rng, width, height)
-        min_shapes, max_shapes = style.shapes
-        self.min_shapes, self.max_shapes = min_shapes, max_shapes
+        self.min_shapes, self.max_shapes = style.shapes
         self.noise = self.rng.uniform(2, 8)
         self.blur_speed = self.rng.uniform(2.5, 5)  # shapes faster than this (px/frame) are motion-blurred
         self.shapes: list[Shape] = []
         self.next_track = 1
         self.frame = 0
-        for _ in range(self.rng.integers(min_shapes, max_shapes + 1)):
+        for _ in range(self.rng.integers(self.min_shapes, self.max_shapes + 1)):
             self.shapes.append(self._new_shape(inside=True))
 
     def _new_shape(self, inside: bool) -> Shape:

@@ -2,9 +2,9 @@
 
 Frames are generated on the fly (:func:`streamseg.tools.synth.random_frame`), each from a scene seed
 drawn from the training seed, so a run is reproduced by its command line (with the same code: the card
-records its version). ``random_frame`` draws
-scene seeds at or above :data:`~streamseg.tools.synth.TRAIN_SEED_FLOOR` only; held-out clips use
-seeds below it, so that no evaluation clip was ever seen in training.
+records its version). ``random_frame`` draws scene seeds at or above
+:data:`~streamseg.tools.synth.TRAIN_SEED_FLOOR` only; held-out clips use seeds below it, so that no
+evaluation clip was ever seen in training.
 
     streamseg train --out streamseg/weights --iters 3000 --seed 0
 """
@@ -142,8 +142,7 @@ def train(out_dir: str | Path, iters: int = 3000, batch: int = 4, lr: float = 2e
                      "minutes": round(minutes, 1), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
                                 f"threads, torch {torch.__version__}",
-                     "config": {"iters": iters, "batch": batch, "lr": lr, "seed": seed, "width": width,
-                                "height": height, "styles": list(styles)},
+                     "styles": list(styles),
                      "final_losses": {k: round(v, 4) for k, v in smoothed.items()}},
     }
     card["accuracy"] = evaluate_heldout(str(weights), eval_seed, eval_frames, width, height)
