@@ -144,31 +144,16 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: Any) -> None:
-    p = sub.add_parser("train", help="train the small default model on synthetic frames (CPU, about 35 min)")
-    p.add_argument("--out", metavar="DIR", required=True, help="folder for streamseg_small.pt and its model card")
-    p.add_argument("--iters", type=int, default=4000, help="optimizer steps (default 4000)")
-    p.add_argument("--batch", type=int, default=4, help="frames per step (default 4)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: all cores")
-    p.add_argument("--eval-frames", type=int, default=300, help="frames of the model card's held-out clip (300)")
-    p.add_argument("--styles", default="trained", help="scene kinds: trained (default), sparse, crowded, small, fast, "
-                   "same-colour; several, comma-separated, are mixed")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from .tools import train
+
+    train.add_arguments(sub.add_parser("train", help="train the small default model on synthetic frames (CPU, "
+                                       "about 40 min)"))
 
 
 def _train(args: argparse.Namespace) -> int:
-    import json
+    from .tools import train
 
-    from .tools.train import train
-    logging.getLogger("streamseg").setLevel(logging.INFO)
-    if args.iters < 1 or args.batch < 1 or args.eval_frames < 1:
-        raise ConfigError("--iters, --batch and --eval-frames must be at least 1")
-    card = train(args.out, args.iters, args.batch, args.lr, args.seed, threads=args.threads,
-                 eval_frames=args.eval_frames, progress=not args.quiet and sys.stderr.isatty(),
-                 styles=tuple(n.strip() for n in args.styles.split(",")))
-    print(json.dumps(card["accuracy"], indent=2))
-    return 0
+    return train.main(args)
 
 
 def _add_eval(sub: Any) -> None:

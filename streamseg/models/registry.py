@@ -63,6 +63,8 @@ class ModelEntry:
     build: Callable[[], Any]
     default_weights: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
     description: str = ""
+    build_arch: Callable[[dict[str, Any]], Any] | None = None
+    """Builds the architecture a weights file records (its ``arch``), for models that have variants."""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -102,6 +104,11 @@ def model_info(name: str) -> ModelInfo:
 
 
 def _read_weights(path: str) -> dict[str, Any]:
+    return _read_checkpoint(path)[0]
+
+
+def _read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A weights file's state_dict, and the architecture it records (``arch``) if it does."""
     import torch
 
     if not os.path.isfile(path):
@@ -110,13 +117,14 @@ def _read_weights(path: str) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise ModelError(f"cannot read weights file {path}: {exc}") from None
+    arch = data.get("arch") if isinstance(data, dict) and isinstance(data.get("arch"), dict) else None
     if isinstance(data, dict):
         for key in ("model", "state_dict"):
             if isinstance(data.get(key), dict):
                 data = data[key]
     if not isinstance(data, dict):
         raise ModelError(f"weights file {path} holds no state_dict")
-    return data
+    return data, arch
 
 
 def load_model(name: str, weights: str | None, seed: int) -> tuple[Any, ModelInfo]:
@@ -126,8 +134,8 @@ def load_model(name: str, weights: str | None, seed: int) -> tuple[Any, ModelInf
 
     entry = get_entry(name)
     torch.manual_seed(seed)
-    model = entry.build()
-    state = _read_weights(weights) if weights else entry.default_weights()
+    state, arch = _read_checkpoint(weights) if weights else (entry.default_weights(), None)
+    model = entry.build_arch(arch) if arch is not None and entry.build_arch is not None else entry.build()
     if state is not None:
         try:
             model.load_state_dict(state)
@@ -182,12 +190,24 @@ def _torchvision_weights(weights_enum: Any) -> Callable[[], dict[str, Any]]:
 SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "streamseg_small.pt")
 
 
-def build_streamseg_small() -> Any:
-    """The shipped model's architecture (1.2 M parameters), trained by ``streamseg train``."""
+SMALL_ARCH: dict[str, Any] = {"widths": [16, 32, 48, 64, 96], "fpn_channels": 48, "head_channels": 48,
+                              "roi_pool": "align", "mask_loss": "sigmoid", "input": [320, 240]}
+"""The shipped model's architecture (``input``: the largest frame, long side by short side, that it sees
+at its own size; larger ones are scaled down to fit, smaller ones never enlarged); a weights file
+written by ``streamseg train`` carries its own
+(``arch``, the ablation variants' included), which :func:`load_model` builds."""
+
+
+def build_streamseg_small(arch: dict[str, Any] | None = None) -> Any:
+    """The shipped model's architecture (1.2 M parameters), or ``arch``'s changes to it; trained by
+    ``streamseg train``."""
     from .small import small_maskrcnn
 
-    return small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=(16, 32, 48, 64, 96),
-                          fpn_channels=48, head_channels=48, box_batch_size_per_image=128,
+    arch = {**SMALL_ARCH, **(arch or {})}
+    return small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=tuple(arch["widths"]),
+                          fpn_channels=arch["fpn_channels"], head_channels=arch["head_channels"],
+                          roi_pool=arch["roi_pool"], mask_loss=arch["mask_loss"], max_size=max(arch["input"]),
+                          min_size=min(arch["input"]), box_batch_size_per_image=128,
                           rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300)
 
 
@@ -205,8 +225,8 @@ def _tiny_random() -> Any:
 
     from .small import small_maskrcnn
 
-    model = small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=(8, 16, 16, 24, 32),
-                           fpn_channels=16, head_channels=16)
+    model = small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), min_size=240, max_size=320,
+                           widths=(8, 16, 16, 24, 32), fpn_channels=16, head_channels=16)
     nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=4.0)
     return model
 
@@ -265,7 +285,8 @@ def _register_builtin() -> None:
     register(ModelEntry(
         ModelInfo("streamseg-small", SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON),
         build_streamseg_small, _shipped_weights,
-        "shipped default: small Mask R-CNN + keypoints, trained on streamseg synth shapes (offline)"))
+        "shipped default: small Mask R-CNN + keypoints, trained on streamseg synth shapes (offline)",
+        build_arch=build_streamseg_small))
     register(ModelEntry(
         ModelInfo("tiny-random", SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON),
         _tiny_random,

@@ -1,14 +1,19 @@
 """A small Mask R-CNN with mask and keypoint heads, for CPUs: torchvision's parts, a toy backbone.
 
 The architecture is torchvision's ``MaskRCNN`` (RPN, RoIAlign via ``MultiScaleRoIAlign``, box, mask
-and keypoint heads on one ``RoIHeads``); only the backbone and head widths are small.
+and keypoint heads on one ``RoIHeads``); only the backbone and head widths are small. Two variants
+exist for the Mask R-CNN paper's ablations (``streamseg train --roi-pool pool`` and ``--mask-loss
+softmax``): RoIPool's quantized pooling in place of RoIAlign, and a softmax over classes with a
+multinomial loss in place of per-class sigmoid masks. They are trained and scored, never shipped.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -18,8 +23,19 @@ from torchvision.models.detection.keypoint_rcnn import (
     KeypointRCNNPredictor,
 )
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
+from torchvision.models.detection.transform import (
+    GeneralizedRCNNTransform,
+    _resize_image_and_masks,
+    resize_boxes,
+    resize_keypoints,
+)
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_pool
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.poolers import _setup_scales
+
+ROI_POOLS = ("align", "pool")
+MASK_LOSSES = ("sigmoid", "softmax")
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -56,33 +72,117 @@ class SmallBackbone(nn.Module):
         return self.fpn(features)
 
 
-def small_maskrcnn(num_classes: int, num_keypoints: int = 0, min_size: int = 240, max_size: int = 320,
+class CappedTransform(GeneralizedRCNNTransform):
+    """torchvision's transform, resizing only frames larger than the model's input: a frame is scaled
+    by ``min(1, max_size / long side, min_size / short side)``, so it is never enlarged and at most
+    ``max_size`` by ``min_size``."""
+
+    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        h, w = image.shape[-2:]
+        scale = min(1.0, self.max_size / max(h, w), self.min_size[-1] / min(h, w))
+        if scale == 1.0:
+            return image, target
+        resized, target = _resize_image_and_masks(image, min(h, w) * scale, max(h, w) * scale, target)
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), resized.shape[-2:])
+            if "keypoints" in target:
+                target["keypoints"] = resize_keypoints(target["keypoints"], (h, w), resized.shape[-2:])
+        return resized, target
+
+
+class MultiScaleRoIPool(MultiScaleRoIAlign):
+    """``MultiScaleRoIAlign``'s choice of level per region, pooled by RoIPool (Fast R-CNN's quantized
+    max pooling) instead of RoIAlign: the paper's ablation baseline."""
+
+    def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                image_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        features = [x[name] for name in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+        levels = self.map_levels(boxes)
+        out = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            index = torch.where(levels == level)[0]
+            out[index] = roi_pool(feature, rois[index], self.output_size, scale).to(out.dtype)
+        return out
+
+
+class SoftmaxMaskRoIHeads(RoIHeads):
+    """``RoIHeads`` with the mask branch the paper compares against: a softmax over the classes at each
+    pixel (the background one of them), trained with a multinomial loss, so classes compete for a
+    pixel; the box and keypoint branches are torchvision's."""
+
+    def select_training_samples(self, proposals: Any, targets: Any) -> Any:
+        self._samples = super().select_training_samples(proposals, targets)
+        return self._samples
+
+    def forward(self, features: Any, proposals: Any, image_shapes: Any, targets: Any = None) -> Any:
+        pool = self.mask_roi_pool
+        self.mask_roi_pool = None  # the parent runs the box and keypoint branches alone
+        try:
+            result, losses = super().forward(features, proposals, image_shapes, targets)
+        finally:
+            self.mask_roi_pool = pool
+        if self.training:
+            sampled, matched, labels, _ = self._samples
+            positive = [torch.where(label > 0)[0] for label in labels]
+            boxes = [p[i] for p, i in zip(sampled, positive)]
+            matched = [m[i] for m, i in zip(matched, positive)]
+        else:
+            boxes = [r["boxes"] for r in result]
+        logits = self.mask_predictor(self.mask_head(pool(features, boxes, image_shapes)))
+        if self.training:
+            size = logits.shape[-1]
+            inside = torch.cat([project_masks_on_boxes(t["masks"], b, m, size) for t, b, m in
+                                zip(targets, boxes, matched)]) >= 0.5
+            classes = torch.cat([t["labels"][m] for t, m in zip(targets, matched)])
+            pixel_class = torch.where(inside, classes[:, None, None], torch.zeros_like(classes)[:, None, None])
+            losses["loss_mask"] = F.cross_entropy(logits, pixel_class) if len(classes) else logits.sum() * 0
+        else:
+            labels = torch.cat([r["labels"] for r in result])
+            probs = logits.softmax(dim=1)[torch.arange(len(labels), device=labels.device), labels][:, None]
+            for r, masks in zip(result, probs.split([len(r["labels"]) for r in result])):
+                r["masks"] = masks
+        return result, losses
+
+
+def small_maskrcnn(num_classes: int, num_keypoints: int = 0, min_size: int = 360, max_size: int = 640,
                    widths: tuple[int, ...] = (16, 24, 48, 64, 96), fpn_channels: int = 64,
-                   head_channels: int = 64, **kwargs: object) -> MaskRCNN:
+                   head_channels: int = 64, roi_pool: str = "align", mask_loss: str = "sigmoid",
+                   **kwargs: object) -> MaskRCNN:
     """A ``MaskRCNN`` for small frames; with ``num_keypoints > 0`` it also carries a keypoint head.
 
-    ``num_classes`` counts the background. Images are resized so the short side is ``min_size``
-    (long side at most ``max_size``) inside the model, as torchvision's transform does.
+    ``num_classes`` counts the background. A frame larger than ``max_size`` by ``min_size`` (long side
+    by short side) is scaled down to fit inside the model (:class:`CappedTransform`); smaller ones are
+    seen at their own size. ``roi_pool`` (``align`` or ``pool``) and ``mask_loss`` (``sigmoid`` or
+    ``softmax``) choose the ablation variants.
     """
+    if roi_pool not in ROI_POOLS or mask_loss not in MASK_LOSSES:
+        raise ValueError(f"roi_pool must be one of {ROI_POOLS} and mask_loss one of {MASK_LOSSES}")
     backbone = SmallBackbone(widths, fpn_channels)
     anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     levels = ["0", "1", "2", "3"]
-    box_pool = MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2)
-    mask_pool = MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2)
+    pooler = MultiScaleRoIAlign if roi_pool == "align" else MultiScaleRoIPool
     model = MaskRCNN(
         backbone, num_classes=None, min_size=min_size, max_size=max_size,
-        rpn_anchor_generator=anchors, box_roi_pool=box_pool,
+        rpn_anchor_generator=anchors, box_roi_pool=pooler(levels, output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(fpn_channels * 7 * 7, 256),
         box_predictor=FastRCNNPredictor(256, num_classes),
-        mask_roi_pool=mask_pool,
+        mask_roi_pool=pooler(levels, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(fpn_channels, (head_channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(head_channels, head_channels, num_classes),
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_detections_per_img=50,
         **kwargs,
     )
+    transform = model.transform
+    model.transform = CappedTransform(min_size, max_size, transform.image_mean, transform.image_std)
+    if mask_loss == "softmax":
+        model.roi_heads.__class__ = SoftmaxMaskRoIHeads
     if num_keypoints:
-        model.roi_heads.keypoint_roi_pool = MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2)
+        model.roi_heads.keypoint_roi_pool = pooler(levels, output_size=14, sampling_ratio=2)
         model.roi_heads.keypoint_head = KeypointRCNNHeads(fpn_channels, (head_channels,) * 4)
         model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(head_channels, num_keypoints)
     return model
-
