@@ -50,6 +50,7 @@ class Timed:
     threads and worker processes)."""
     stdout: str
     stderr: str
+    returncode: int = 0
 
 
 def timed(command: Sequence[str], env: dict[str, str] | None = None, check: bool = True) -> Timed:
@@ -64,7 +65,7 @@ def timed(command: Sequence[str], env: dict[str, str] | None = None, check: bool
     if check and proc.returncode != 0:
         sys.exit(f"{' '.join(command)} failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return Timed(wall, cpu, proc.stdout, proc.stderr)
+    return Timed(wall, cpu, proc.stdout, proc.stderr, proc.returncode)
 
 
 SUMMARY_LINE = re.compile(r"frames (?P<frames>\d+) in (?P<wall_s>[\d.]+) s end to end \((?P<fps_end_to_end>[\d.]+) fps\); "

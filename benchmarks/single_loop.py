@@ -13,7 +13,7 @@ weights and thresholds. The sides:
   instances below ``--score-thresh`` dropped afterwards (the same instances as the other sides:
   a lower threshold only adds boxes that score lower); the masks thresholded, COCO RLE with pycocotools one mask at a time,
   each mask blended over the whole frame with OpenCV and outlined, boxes, labels and keypoints
-  drawn with OpenCV; frame by frame;
+  drawn with OpenCV; frame by frame (on a GPU with fp16 autocast, as the pipeline);
 - ``batch1``, the same loop written with streamseg's parts (a baseline, target >= 1.15x):
   :class:`~streamseg.models.predictor.Predictor` (masks pasted region by region), streamseg's
   ``draw`` and its masks records, frame by frame;
@@ -120,8 +120,9 @@ def streamseg_loop(loop: Loop, args: argparse.Namespace, batch: int) -> float:
     from streamseg.runtime.messages import FrameResult
     from streamseg.stages.render import draw
 
-    predictor = Predictor(ModelConfig(name=args.model, score_thresh=args.score_thresh, mask_thresh=args.mask_thresh,
-                                      torch_threads=args.torch_threads))
+    predictor = Predictor(ModelConfig(name=args.model, weights=args.weights, score_thresh=args.score_thresh,
+                                      mask_thresh=args.mask_thresh, torch_threads=args.torch_threads,
+                                      detections_per_img=args.detections_per_img))
     ready = time.monotonic()
     pending: list[tuple[int, int, np.ndarray]] = []
 
@@ -153,27 +154,31 @@ def naive_loop(loop: Loop, args: argparse.Namespace) -> float:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, info = load_model(args.model, None, 0)
-    # as users call it: the model's own box_score_thresh (0.05, torchvision's default), so
-    # torchvision pastes a full-frame mask for every detection above it; the score filter comes after
-    model.roi_heads.score_thresh = 0.05
+    model, info = load_model(args.model, args.weights, 0)
+    # as users call it: the model's own box_score_thresh (0.05, torchvision's default, or a lower
+    # --score-thresh), so torchvision pastes a full-frame mask for every detection above it; the score
+    # filter comes after
+    model.roi_heads.score_thresh = min(0.05, args.score_thresh)
+    if args.detections_per_img:
+        model.roi_heads.detections_per_img = args.detections_per_img
     model.to(device)
+    fp16 = device == "cuda" and ModelConfig().fp16  # fp16 autocast on a GPU, as the pipeline
     ready = time.monotonic()
     rng = np.random.default_rng(0)
     colours = [tuple(int(c) for c in rng.integers(64, 256, 3)) for _ in range(len(info.categories))]
     alpha = 0.45
     for index, pts, image in loop.decoded():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
             out = model([to_tensor(image).to(device)])[0]
         keep = out["scores"] >= args.score_thresh
-        boxes = out["boxes"][keep].cpu().numpy()
-        scores = out["scores"][keep].cpu().numpy()
+        boxes = out["boxes"][keep].float().cpu().numpy()
+        scores = out["scores"][keep].float().cpu().numpy()
         labels = out["labels"][keep].cpu().numpy()
         masks = (out["masks"][keep][:, 0] >= args.mask_thresh).cpu().numpy()  # full-frame masks, N x H x W
         keypoints = None
         if "keypoints" in out:
-            keypoints = out["keypoints"][keep].cpu().numpy()
-            keypoints[..., 2] = out["keypoints_scores"][keep].cpu().numpy()
+            keypoints = out["keypoints"][keep].float().cpu().numpy()
+            keypoints[..., 2] = out["keypoints_scores"][keep].float().cpu().numpy()
         drawn = image.copy()
         instances = []
         for i in range(len(scores)):
@@ -313,7 +318,8 @@ def bench_main(args: argparse.Namespace) -> None:
     width, height = (int(v) for v in args.size.split("x"))
     frames = round(args.seconds * args.fps)
     loop_env = {**LOOP_ENV, **os.environ}
-    common = ["--model", args.model, "--score-thresh", str(args.score_thresh), "--mask-thresh", str(args.mask_thresh)]
+    common = ["--model", args.model, "--score-thresh", str(args.score_thresh), "--mask-thresh", str(args.mask_thresh),
+              *(["--weights", args.weights] if args.weights else [])]
     wall: dict[str, list[float]] = {side: [] for side in SIDES}
     cpu: dict[str, list[float]] = {side: [] for side in SIDES}
     startup: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -331,11 +337,13 @@ def bench_main(args: argparse.Namespace) -> None:
         def command(side: str) -> list[str]:
             video, masks = str(out / f"{side}.mp4"), str(out / f"{side}.jsonl")
             if side == "run":
-                sets = [arg for s in args.sets for arg in ("--set", s)]
+                sets = [arg for s in [*args.sets, *([f"model.detections_per_img={args.detections_per_img}"]
+                                                    if args.detections_per_img else [])] for arg in ("--set", s)]
                 return streamseg_run(str(clip), "-o", video, "--masks", masks, "--max-batch", str(args.batch),
                                      *common, *sets)
-            return [sys.executable, str(Path(__file__).resolve()), "loop", "--mode", side, str(clip), "-o", video, "--masks", masks,
-                    "--batch", str(args.batch), "--torch-threads", str(args.torch_threads), *common]
+            return [sys.executable, str(Path(__file__).resolve()), "loop", "--mode", side, str(clip), "-o", video,
+                    "--masks", masks, "--batch", str(args.batch), "--torch-threads", str(args.torch_threads),
+                    "--detections-per-img", str(args.detections_per_img), *common]
 
         timed([sys.executable, "-c", "import torch, torchvision, cv2, av"])  # files into the page cache
         sides = list(SIDES)
@@ -422,6 +430,9 @@ def main() -> None:
         p.add_argument("--batch", type=int, default=BatchConfig().max_batch,
                        help="frames a model call in the batched loop and in streamseg run")
         p.add_argument("--torch-threads", type=int, default=0, help="the loops' torch threads; 0: torch's default")
+        p.add_argument("--weights", default=None, help="a weights file for the model (default: its own)")
+        p.add_argument("--detections-per-img", type=int, default=ModelConfig().detections_per_img,
+                       help="at most this many instances a frame on every side (0: the model's own limit)")
     bench, loop = sub.choices["bench"], sub.choices["loop"]
     bench.add_argument("--seconds", type=float, default=60.0, help="of the synthetic clip")
     bench.add_argument("--fps", type=int, default=25, help="of the synthetic clip")

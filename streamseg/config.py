@@ -147,6 +147,12 @@ class ModelConfig:
     max_fps: float = 0.0
     """Run inference at most this many frames a second (to share a GPU, or to try live behaviour): a batch
     of n frames takes at least n / max_fps seconds, as a slower model would; 0: no limit."""
+    detections_per_img: int = 0
+    """At most this many instances a frame, the highest scoring; 0: the model's own limit (100 for
+    torchvision's COCO models, 50 for streamseg-small)."""
+    channels_last: bool = True
+    """Lay the images and the model's weights out channels-last, which oneDNN and cuDNN convolve fastest
+    (the same outputs); false: torch's default layout."""
 
     def worker_threads(self, cores: int) -> int:
         """The torch threads of an inference worker on ``cores`` cores: ``torch_threads``, 0 resolved."""
@@ -507,6 +513,7 @@ def validate(config: Config) -> None:
         (config.batch.live_queue >= 1, "batch.live_queue must be at least 1"),
         (config.batch.live_max_wait_ms > 0, "batch.live_max_wait_ms must be positive"),
         (config.model.max_fps >= 0, "model.max_fps must be >= 0 (0: no limit)"),
+        (config.model.detections_per_img >= 0, "model.detections_per_img must be >= 0 (0: the model's own limit)"),
         (config.batch.max_batch >= 1, "batch.max_batch must be at least 1"),
         (config.batch.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0"),
         (0.0 <= config.model.score_thresh <= 1.0, "model.score_thresh must be within [0, 1]"),

@@ -97,3 +97,78 @@ def test_nvdec_decodes_the_same_pictures(clip: Path) -> None:
     # NVDEC's colour conversion may round differently; the pictures are the same
     for a, b in zip(frames, software):
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+
+
+@cuda
+@pytest.mark.cuda
+def test_roi_align_on_cuda_is_the_cpu_s() -> None:
+    """torchvision's CUDA RoIAlign against its CPU kernel, on the same features and boxes (fp32: the
+    same bilinear samples, summed in another order)."""
+    from torchvision.ops import roi_align
+
+    torch.manual_seed(0)
+    features = torch.randn(2, 64, 100, 160)
+    boxes = torch.rand(300, 4) * torch.tensor([600.0, 380.0, 60.0, 40.0])
+    boxes[:, 2:] += boxes[:, :2]
+    rois = torch.cat([torch.randint(0, 2, (300, 1)).float(), boxes], dim=1)
+    for size, ratio, aligned in ((7, 2, False), (14, 2, True), (14, 0, False)):
+        cpu = roi_align(features, rois, size, 0.25, ratio, aligned)
+        gpu = roi_align(features.cuda(), rois.cuda(), size, 0.25, ratio, aligned).cpu()
+        torch.testing.assert_close(gpu, cpu, atol=1e-5, rtol=1e-4)
+
+
+@cuda
+@pytest.mark.cuda
+def test_the_gpu_paste_is_torchvision_s() -> None:
+    """streamseg's paste on the GPU against torchvision's ``paste_masks_in_image`` on the CPU, mask by
+    mask: the CUDA kernels round a sample's weight on their own, which can flip a pixel whose value is
+    the threshold to the last bit; at most one pixel in 10,000 of all masks' pixels may differ."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from streamseg.masks import paste_masks
+
+    rng = np.random.default_rng(1)
+    for n, height, width in ((1, 720, 1280), (40, 720, 1280), (20, 1080, 1920)):
+        x1, y1 = rng.uniform(0, width - 2, n), rng.uniform(0, height - 2, n)
+        w, h = rng.uniform(1, width / 2, n), rng.uniform(1, height / 2, n)
+        boxes = torch.tensor(np.stack([x1, y1, np.minimum(x1 + w, width), np.minimum(y1 + h, height)], 1),
+                             dtype=torch.float32)
+        probs = torch.sigmoid(torch.randn(n, 1, 28, 28) * 4)
+        want = (paste_masks_in_image(probs, boxes, (height, width))[:, 0] >= 0.5).numpy()
+        got = paste_masks(probs.cuda(), boxes.cuda(), height, width, 0.5).full()
+        assert got.shape == want.shape
+        assert np.count_nonzero(got != want) <= max(1, want.sum() // 10_000), (n, height, width)
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@cuda
+@pytest.mark.cuda
+def test_fp16_gives_fp32_s_instances_and_masks() -> None:
+    """The shipped model on held-out synthetic frames, fp16 autocast against fp32 on the GPU: the same
+    instances (class, box within 2 px, score within 0.02) and masks (IoU at least 0.95 each)."""
+    from streamseg.tools.synth import Scene
+
+    scene, frames = Scene(11, 640, 360), []
+    for _ in range(8):
+        frames.append(scene.render()[0])
+        scene.step()
+    fp32 = Predictor(ModelConfig(device="cuda", fp16=False))(frames)
+    fp16 = Predictor(ModelConfig(device="cuda", fp16=True))(frames)
+    assert sum(len(d) for d in fp32) >= 16
+    for a, b in zip(fp32, fp16):
+        matched = 0
+        for i in range(len(a)):
+            same = [j for j in range(len(b)) if b.labels[j] == a.labels[i]
+                    and np.abs(b.boxes[j] - a.boxes[i]).max() <= 2.0]
+            if a.scores[i] < 0.55 and not same:  # at the threshold, fp16 may leave out what fp32 keeps
+                continue
+            assert same, (i, a.boxes[i], b.boxes)
+            j = same[0]
+            assert abs(float(b.scores[j]) - float(a.scores[i])) <= 0.02
+            assert _mask_iou(a.masks.full()[i], b.masks.full()[j]) >= 0.95
+            matched += 1
+        assert matched >= len(a) - 1

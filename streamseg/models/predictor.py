@@ -32,7 +32,8 @@ class Predictor:
 
     This is the same call the infer stage makes, usable in-process (benchmarks, tests, notebooks).
     It runs torchvision's Mask R-CNN step by step (transform, backbone, RPN, RoI heads), with its
-    batch norms folded into the convolutions and its tensors channels-last, and does the last step
+    batch norms folded into the convolutions and its tensors channels-last (``model.channels_last``),
+    and does the last step
     itself: boxes and keypoints are scaled back to the frame as torchvision does,
     and the masks of the instances that passed ``score_thresh`` are pasted and thresholded
     together, on the model's device, by :func:`~streamseg.masks.paste_masks` (the same masks as
@@ -53,6 +54,8 @@ class Predictor:
         self.device = torch.device(resolve_device(config.device))
         self.model, self.info = load_model(config.name, config.weights, config.seed)
         self.model.roi_heads.score_thresh = config.score_thresh
+        if config.detections_per_img:
+            self.model.roi_heads.detections_per_img = config.detections_per_img
         self.mask_thresh = config.mask_thresh
         self.encode_rle = encode_rle
         self.cuda = self.device.type == "cuda"
@@ -62,7 +65,8 @@ class Predictor:
         # the same model, faster: batch norms folded into the convolutions before them, and images and
         # weights laid out channels-last, which oneDNN and cuDNN convolve fastest (the masks stay the same)
         fuse_conv_bn(self.model)
-        self.model.to(self.device, memory_format=torch.channels_last)
+        self.layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.layout)
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
         """Detections for each ``uint8[H, W, 3]`` RGB image, in order."""
@@ -88,7 +92,7 @@ class Predictor:
         images = [transform.normalize(transform.resize(image, None)[0]) for image in images]
         sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
         batch = ImageList(transform.batch_images(images, size_divisible=transform.size_divisible), sizes)
-        features = model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
+        features = model.backbone(batch.tensors.contiguous(memory_format=self.layout))
         if isinstance(features, torch.Tensor):
             features = OrderedDict([("0", features)])
         proposals, _ = model.rpn(batch, features)
