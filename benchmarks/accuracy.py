@@ -35,16 +35,20 @@ def main() -> None:
     wall = time.monotonic() - started
     print(f"# accuracy suite, {args.model}{' ' + args.weights if args.weights else ''}, {len(SCENES)} held-out "
           f"scenes x {args.frames} frames, {machine()}, {wall:.0f} s")
-    print("| scene | mask AP | mask AP50 | box AP | keypoint AP | mask AP small | mask AP medium |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scene | mask AP | mask AP50 | mask AP75 | box AP | keypoint AP | mask AP small | mask AP medium |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = [*result.scenes.items(), ("**pooled**", result.pooled)]
     for name, stats in rows:
         seg, box, kp = (stats.get(task, {}) for task, _ in TASKS)
-        print(f"| {name} | {seg.get('AP', 0):.3f} | {seg.get('AP50', 0):.3f} | {box.get('AP', 0):.3f} "
+        print(f"| {name} | {seg.get('AP', 0):.3f} | {seg.get('AP50', 0):.3f} | {seg.get('AP75', 0):.3f} "
+              f"| {box.get('AP', 0):.3f} "
               f"| {kp.get('AP', 0):.3f} | {_ap(seg.get('APs'))} | {_ap(seg.get('APm'))} |")
     for task, label in TASKS:
         name, ap = result.worst(task)
         print(f"worst scene, {label} AP: {name} {ap:.3f}")
+    for task, label in TASKS:
+        stats = result.pooled.get(task, {})
+        print(f"pooled {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
 
 
 def _ap(value: float | None) -> str:

@@ -193,6 +193,7 @@ def _add_demo(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import os
 
+    from .models.registry import shipped_card
     from .pipeline import run
     from .tools.evaluate import evaluate, load_ground_truth, read_predictions
     from .tools.synth import TRAIN_SEED_FLOOR, is_training_seed, write_video
@@ -217,6 +218,12 @@ def _demo(args: argparse.Namespace) -> int:
           f"box AP {stats['bbox']['AP']:.3f}  keypoint AP {'n/a' if kp is None else f'{kp:.3f}'}  "
           f"{summary.frames / wall_s:.1f} fps end to end ({summary.frames} frames in {wall_s:.1f} s, clip "
           f"generation and start-up included); {summary.fps:.1f} fps after start-up")
+    suite = shipped_card().get("suite") if args.model == "streamseg-small" and not args.weights else None
+    print(f"That is one held-out scene (seed {args.seed}, {args.size[0]}x{args.size[1]}, the kind of scene the model "
+          f"was trained on)" + (f"; over the accuracy suite's {suite['scenes']} held-out scenes (all kinds, up to "
+                                f"1280x720) it scores, pooled, mask AP {suite['mask_AP']:.3f}, box AP "
+                                f"{suite['box_AP']:.3f}, keypoint AP {suite['keypoint_AP']:.3f}; worst scene mask AP "
+                                f"{suite['worst_mask_AP']:.3f} (benchmarks/accuracy.py)" if suite else "."))
     print(f"wrote {video}, {masks}, {clip}, {gt_path}")
     return 0
 

@@ -44,6 +44,12 @@ def test_shipped_model_reaches_an_ap_floor_through_the_pipeline(demo: dict[str, 
 def test_demo_prints_ap_and_fps(demo: dict[str, Any]) -> None:
     out = demo["stdout"]
     assert "mask AP" in out and "keypoint AP" in out and "fps" in out
+    # it says which scene it ran, and quotes the model card's figures over the accuracy suite
+    from streamseg.models.registry import shipped_card
+
+    suite = shipped_card()["suite"]
+    assert "one held-out scene (seed 21, 320x240" in out
+    assert f"{suite['scenes']} held-out scenes" in out and f"mask AP {suite['mask_AP']:.3f}" in out
     for name in ("annotated.mp4", "masks.jsonl", "input.mp4", "ground_truth.json"):
         assert (demo["folder"] / name).is_file()
     assert read_video(demo["folder"] / "annotated.mp4")["frames"] == 60
@@ -54,5 +60,13 @@ def test_model_card_matches_the_shipped_weights() -> None:
     assert card["name"] == "streamseg-small" and card["keypoint_names"] and card["skeleton"]
     assert hashlib.sha256(Path(SHIPPED_WEIGHTS).read_bytes()).hexdigest() == card["sha256"]  # these very weights
     assert Path(SHIPPED_WEIGHTS).stat().st_size <= 15 * 1024 * 1024
+    assert {"scenes", "mask_AP", "box_AP", "keypoint_AP", "worst_mask_AP", "measured"} <= set(card["suite"])
+    # the registry builds SMALL_ARCH for the shipped weights: it must be the architecture they record
+    import torch
+
+    from streamseg.models.registry import SMALL_ARCH
+
+    recorded = torch.load(SHIPPED_WEIGHTS, map_location="cpu", weights_only=True).get("arch", SMALL_ARCH)
+    assert recorded == SMALL_ARCH and card.get("arch", SMALL_ARCH) == SMALL_ARCH
     accuracy = card["accuracy"]
     assert accuracy["frames"] == 300 and accuracy["size"] == [320, 240]

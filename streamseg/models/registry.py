@@ -211,6 +211,15 @@ def build_streamseg_small(arch: dict[str, Any] | None = None) -> Any:
                           rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300)
 
 
+def shipped_card() -> dict[str, Any]:
+    """The shipped weights' model card (``streamseg_small.json``: how they were trained, what they
+    score), or an empty dict where it is missing."""
+    import json
+
+    path = os.path.splitext(SHIPPED_WEIGHTS)[0] + ".json"
+    return json.loads(open(path).read()) if os.path.isfile(path) else {}
+
+
 def _shipped_weights() -> dict[str, Any]:
     if not os.path.isfile(SHIPPED_WEIGHTS):
         raise ModelError(f"the shipped weights are missing ({SHIPPED_WEIGHTS}): reinstall streamseg, "
