@@ -160,6 +160,27 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """How instances are followed from frame to frame (:mod:`streamseg.tracking`): ByteTrack's two-stage
+    association, by mask IoU. Not yet a section of :class:`Config`: it joins with the tracking stage."""
+
+    low_score: float = 0.1
+    """Detections from here up to ``model.score_thresh`` are not written out, but the tracker's second
+    stage matches them to tracks seen in the frame before, so an object whose score dips keeps its id."""
+    match_iou: float = 0.1
+    """Least mask IoU between a track's mask, moved to where its motion puts it, and a detection at or
+    above ``model.score_thresh`` for the two to be the same object (low: an object entering the frame
+    or coming out from behind another grows several times over from one frame to the next)."""
+    low_match_iou: float = 0.5
+    """The same for the low-score detections (stricter: they are more often wrong)."""
+    max_age_s: float = 1.0
+    """A track not seen for longer than this ends; until then a detection that matches it takes its id
+    back (an object hidden for a moment)."""
+    motion: bool = True
+    """Move each track's last mask by its velocity (from its last two sightings) before matching."""
+
+
+@dataclass(frozen=True)
 class RenderConfig:
     """How detections are drawn onto the annotated video."""
 

@@ -1,0 +1,1 @@
+"""Following objects over time: track ids by mask (:mod:`.tracker`)."""

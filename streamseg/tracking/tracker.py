@@ -1,0 +1,222 @@
+"""Following instances over time: track ids by mask, one :class:`StreamTracker` per stream.
+
+The association is ByteTrack's (Zhang et al., 2022) with masks where it has boxes. For each frame:
+
+1. every live track's last mask is moved by the track's velocity to where it should be now (a track
+   seen in the frame before is also compared where it was: motion from clipped or occluded masks can
+   mislead), and cut to the frame;
+2. the detections at or above the model's score threshold (``high``) are matched to all live
+   tracks, lost ones included, by mask IoU (an optimal assignment, at least ``match_iou``);
+3. the tracks seen in the frame before and still unmatched are matched to the low-score detections
+   (from ``low_score`` up to the threshold, never written out) at ``low_match_iou``: an object whose
+   score dips for a frame keeps its id;
+4. a high-score detection left over starts a track with a new id; a track not seen for longer than
+   ``max_age_s`` ends. Time going backwards (a ``--loop`` restart) ends every track.
+
+Every detection written out gets an id in the frame it first appears. A track's class is the one
+it was seen as most often. Ids come from ``new_id``, which the caller makes unique across streams.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..config import TrackConfig
+from ..runtime.messages import Detections, MaskRegions
+
+
+@dataclass
+class Track:
+    """One object followed over time."""
+
+    id: int
+    x: int
+    """The last mask's region's left column and top row, in pixels."""
+    y: int
+    bits: np.ndarray
+    """``bool[w, h]``: the last mask within its region, column by column (as :class:`MaskRegions`)."""
+    box: np.ndarray
+    """``float64[4]``, the last box, ``[x1, y1, x2, y2]``."""
+    first_frame: int
+    first_time: float
+    last_frame: int
+    last_time: float
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    """Pixels a second, ``[x, y]``, of the box's centre."""
+    classes: Counter[int] = field(default_factory=Counter)
+    """How often it was seen as each class."""
+    area: int = 0
+    """Pixels in :attr:`bits`."""
+
+    @property
+    def label(self) -> int:
+        return self.classes.most_common(1)[0][0]
+
+
+@dataclass(frozen=True)
+class TrackEvent:
+    """A track's start (its first frame) or end (its last frame, when it is over)."""
+
+    kind: str
+    """``start`` or ``end``."""
+    track_id: int
+    label: int
+    first_frame: int
+    last_frame: int
+    first_time: float
+    last_time: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.last_time - self.first_time
+
+
+def _event(kind: str, track: Track) -> TrackEvent:
+    return TrackEvent(kind, track.id, track.label, track.first_frame, track.last_frame, track.first_time,
+                      track.last_time)
+
+
+def overlap(ax: int, ay: int, a: np.ndarray, bx: int, by: int, b: np.ndarray) -> int:
+    """Pixels two masks share, given as regions (left column, top row, ``bool[w, h]``)."""
+    x0, x1 = max(ax, bx), min(ax + a.shape[0], bx + b.shape[0])
+    y0, y1 = max(ay, by), min(ay + a.shape[1], by + b.shape[1])
+    if x0 >= x1 or y0 >= y1:
+        return 0
+    return int(np.count_nonzero(a[x0 - ax:x1 - ax, y0 - ay:y1 - ay] & b[x0 - bx:x1 - bx, y0 - by:y1 - by]))
+
+
+def similarity(inter: int, area_a: int, area_b: int) -> float:
+    """The IoU of two masks from the pixels they share and their areas."""
+    return inter / (area_a + area_b - inter) if inter else 0.0
+
+
+class StreamTracker:
+    """The tracks of one stream; :meth:`update` once a frame, in frame order."""
+
+    def __init__(self, config: TrackConfig, new_id: Callable[[], int]) -> None:
+        self.config = config
+        self.new_id = new_id
+        self.tracks: list[Track] = []
+        self.frame = -1
+        self.time = -np.inf
+
+    def update(self, frame: int, time_s: float, detections: Detections, high_score: float
+               ) -> tuple[np.ndarray, list[TrackEvent]]:
+        """The track id of each detection (``int64[N]``; -1 for a low-score one, which is not written
+        out, or one below ``low_score``), and the tracks that started and ended at this frame."""
+        events: list[TrackEvent] = []
+        if time_s < self.time:  # time went backwards: a restart, never the same objects
+            events += self.finish()
+        ids = np.full(len(detections), -1, np.int64)
+        masks = detections.masks
+        if masks is None:
+            raise ValueError("tracking needs masks: the model has no mask head")
+        offsets = masks.offsets
+        regions = [self._region(masks, i, offsets) for i in range(len(detections))]
+        areas = [int(np.count_nonzero(r[2])) for r in regions]
+        scores = detections.scores
+        high = [i for i in range(len(detections)) if scores[i] >= high_score]
+        low = [i for i in range(len(detections)) if self.config.low_score <= scores[i] < high_score]
+        live = list(self.tracks)
+        predicted = [self._predicted(t, time_s, masks.width, masks.height) for t in live]
+        # the first stage: the high-score detections against every live track, lost ones too
+        matched: set[int] = set()
+        for k, i in self._assign(high, list(range(len(live))), live, predicted, regions, areas,
+                                 self.config.match_iou):
+            matched.add(k)
+            ids[i] = live[k].id
+            self._see(live[k], frame, time_s, regions[i], detections.boxes[i], int(detections.labels[i]))
+        # the second: the low-score ones against the tracks seen in the frame before and not yet matched;
+        # a match keeps the track going, but the detection is not written out (its id stays -1)
+        recent = [k for k in range(len(live)) if k not in matched and live[k].last_frame == self.frame]
+        for k, i in self._assign(low, recent, live, predicted, regions, areas, self.config.low_match_iou):
+            self._see(live[k], frame, time_s, regions[i], detections.boxes[i], int(detections.labels[i]))
+        for i in high:
+            if ids[i] < 0:
+                x, y, bits = regions[i]
+                track = Track(self.new_id(), x, y, bits.copy(), detections.boxes[i].astype(np.float64), frame, time_s,
+                              frame, time_s, area=areas[i])
+                track.classes[int(detections.labels[i])] += 1
+                self.tracks.append(track)
+                ids[i] = track.id
+                events.append(_event("start", track))
+        self.frame, self.time = frame, time_s
+        for track in [t for t in self.tracks if time_s - t.last_time > self.config.max_age_s]:
+            self.tracks.remove(track)
+            events.append(_event("end", track))
+        return ids, events
+
+    def finish(self) -> list[TrackEvent]:
+        """End every track (the stream ended, or started over)."""
+        events = [_event("end", t) for t in self.tracks]
+        self.tracks, self.frame, self.time = [], -1, -np.inf
+        return events
+
+    @staticmethod
+    def _region(masks: MaskRegions, i: int, offsets: np.ndarray) -> tuple[int, int, np.ndarray]:
+        x, y, w, h = (int(v) for v in masks.regions[i])
+        start = int(offsets[i])
+        return x, y, masks.bits[start:start + w * h].reshape(w, h)
+
+    def _predicted(self, track: Track, time_s: float, width: int, height: int
+                   ) -> tuple[int, int, np.ndarray, int, int, int]:
+        """The track's mask where its motion puts it now, cut to the frame (left column, top row, bits,
+        area: a shape leaving the frame is compared by what is left of it), and the left column and top
+        row where it was last seen."""
+        dx, dy = (track.velocity * (time_s - track.last_time)) if self.config.motion else (0.0, 0.0)
+        x, y, bits = track.x + round(float(dx)), track.y + round(float(dy)), track.bits
+        if x < 0 or y < 0 or x + bits.shape[0] > width or y + bits.shape[1] > height:
+            bits = bits[max(0, -x):max(0, width - x), max(0, -y):max(0, height - y)]
+            x, y = max(x, 0), max(y, 0)
+            return x, y, bits, int(np.count_nonzero(bits)), track.x, track.y
+        return x, y, bits, track.area, track.x, track.y
+
+    def _assign(self, dets: list[int], candidates: list[int], live: list[Track],
+                predicted: list[tuple[int, int, np.ndarray, int, int, int]], regions: list[tuple[int, int, np.ndarray]],
+                areas: list[int], least: float) -> list[tuple[int, int]]:
+        """Pairs (track index, detection index) of an optimal assignment by mask IoU, each at least
+        ``least``: a track's mask where its motion puts it, or, for a track seen in the frame before,
+        where it was, whichever fits better (a shape cut by the frame's edge or by another shape moves
+        its box's centre, and so its velocity, where the shape does not go; a track lost for longer is
+        only looked for where its motion took it, not where it was lost, which other shapes pass)."""
+        from scipy.optimize import linear_sum_assignment
+
+        if not dets or not candidates:
+            return []
+        # only the pairs whose regions overlap can have an IoU: found for all pairs at once, with each
+        # track's region stretched over both places it is compared at
+        a = np.array([(min(predicted[k][0], live[k].x), min(predicted[k][1], live[k].y),
+                       max(predicted[k][0] + predicted[k][2].shape[0], live[k].x + live[k].bits.shape[0]),
+                       max(predicted[k][1] + predicted[k][2].shape[1], live[k].y + live[k].bits.shape[1]))
+                      for k in candidates])
+        b = np.array([(r[0], r[1], r[0] + r[2].shape[0], r[1] + r[2].shape[1]) for r in (regions[i] for i in dets)])
+        touch = ((np.maximum(a[:, None, 0], b[None, :, 0]) < np.minimum(a[:, None, 2], b[None, :, 2]))
+                 & (np.maximum(a[:, None, 1], b[None, :, 1]) < np.minimum(a[:, None, 3], b[None, :, 3])))
+        sim = np.zeros((len(candidates), len(dets)))
+        for row, col in zip(*np.nonzero(touch)):
+            track, (px, py, bits, area, lx, ly) = live[candidates[row]], predicted[candidates[row]]
+            x, y, det_bits = regions[dets[col]]
+            sim[row, col] = similarity(overlap(px, py, bits, x, y, det_bits), area, areas[dets[col]])
+            if (lx, ly) != (px, py) and track.last_frame == self.frame:
+                sim[row, col] = max(sim[row, col], similarity(overlap(lx, ly, track.bits, x, y, det_bits), track.area,
+                                                              areas[dets[col]]))
+        rows, cols = linear_sum_assignment(-sim)
+        return [(candidates[r], dets[c]) for r, c in zip(rows, cols) if sim[r, c] >= least]
+
+    @staticmethod
+    def _see(track: Track, frame: int, time_s: float, region: tuple[int, int, np.ndarray], box: np.ndarray,
+             label: int) -> None:
+        dt = time_s - track.last_time
+        if dt > 0:
+            centre, before = (box[:2] + box[2:]) / 2, (track.box[:2] + track.box[2:]) / 2
+            seen = (centre - before) / dt
+            track.velocity = seen if track.last_frame == track.first_frame else 0.5 * (seen + track.velocity)
+        track.x, track.y, track.bits = region[0], region[1], region[2].copy()
+        track.area = int(np.count_nonzero(track.bits))
+        track.box = box.astype(np.float64)
+        track.last_frame, track.last_time = frame, time_s
+        track.classes[label] += 1
