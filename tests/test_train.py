@@ -18,7 +18,12 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_pool
 
 from streamseg.models.registry import load_model
-from streamseg.models.small import MultiScaleRoIPool, SoftmaxMaskRoIHeads, small_maskrcnn
+from streamseg.models.small import (
+    MultiScaleRoIPool,
+    SoftmaxMaskRoIHeads,
+    multinomial_mask_targets,
+    small_maskrcnn,
+)
 from streamseg.tools.synth import random_frame
 from streamseg.tools.train import make_target
 
@@ -96,6 +101,18 @@ def test_softmax_masks_are_the_class_s_share_of_each_pixel() -> None:
     assert torch.allclose(out["masks"], expected)
 
 
+def test_the_softmax_loss_s_targets_are_the_class_inside_the_mask_and_background_outside() -> None:
+    masks = torch.zeros(2, 40, 60, dtype=torch.uint8)
+    masks[0, 10:30, 10:20] = 1  # instance 0: the left half of the box below
+    masks[1, 10:30, 20:30] = 1  # instance 1: its right half
+    box = torch.tensor([[10.0, 10.0, 30.0, 30.0]] * 2)
+    targets = multinomial_mask_targets([masks], [box], [torch.tensor([0, 1])], torch.tensor([3, 2]), 28)
+    assert targets.shape == (2, 28, 28) and targets.dtype == torch.int64
+    inner = slice(1, 27)  # the box's outermost samples fall half outside the masks
+    assert (targets[0, inner, :13] == 3).all() and (targets[0, :, 14:] == 0).all()
+    assert (targets[1, :, :13] == 0).all() and (targets[1, inner, 14:27] == 2).all()
+
+
 def test_weights_carry_their_architecture(tmp_path: Path) -> None:
     from streamseg.models.registry import build_streamseg_small
 
@@ -105,13 +122,18 @@ def test_weights_carry_their_architecture(tmp_path: Path) -> None:
     assert isinstance(model.roi_heads, SoftmaxMaskRoIHeads)
     assert isinstance(model.roi_heads.mask_roi_pool, MultiScaleRoIPool)
     assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 32
+    from streamseg.errors import ModelError
+
+    torch.save({"state_dict": {}, "arch": {"roi_pool": "warp"}}, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="bad.pt record an architecture"):
+        load_model("streamseg-small", str(tmp_path / "bad.pt"), 0)
 
 
 def test_a_stopped_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
     """Killed after a checkpoint, then resumed: the weights are those of a run never stopped."""
     args = [sys.executable, "-m", "streamseg", "train", "--iters", "6", "--batch", "1", "--eval-frames", "1",
             "--checkpoint-every", "2", "--threads", "1", "-q", "--widths", "8,16,16,24,32", "--fpn-channels", "16",
-            "--head-channels", "16", "--sizes", "160x120", "--input", "320x240"]
+            "--head-channels", "16", "--sizes", "160x120", "--input", "640x360", "--roi-pool", "align"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, env=env,
                            timeout=300)
@@ -140,5 +162,6 @@ def test_a_stopped_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (stopped / "checkpoint.pt").exists()
     card = json.loads((stopped / "streamseg_small.json").read_text())
-    assert ("--sizes 160x120 --widths 8,16,16,24,32 --fpn-channels 16 --head-channels 16 --input 320x240"
-            in card["training"]["command"])
+    # the command names what differs from the shipped architecture (--roi-pool align is its own)
+    assert card["training"]["command"].endswith("--sizes 160x120 --widths 8,16,16,24,32 --fpn-channels 16 "
+                                                "--head-channels 16 --input 640x360")

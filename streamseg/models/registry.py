@@ -65,6 +65,9 @@ class ModelEntry:
     description: str = ""
     build_arch: Callable[[dict[str, Any]], Any] | None = None
     """Builds the architecture a weights file records (its ``arch``), for models that have variants."""
+    default_path: str | None = None
+    """The default weights as a file (read as ``--weights`` would be, its ``arch`` included), in place of
+    ``default_weights``."""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -134,8 +137,23 @@ def load_model(name: str, weights: str | None, seed: int) -> tuple[Any, ModelInf
 
     entry = get_entry(name)
     torch.manual_seed(seed)
-    state, arch = _read_checkpoint(weights) if weights else (entry.default_weights(), None)
-    model = entry.build_arch(arch) if arch is not None and entry.build_arch is not None else entry.build()
+    if weights:
+        state, arch = _read_checkpoint(weights)
+    elif entry.default_path is not None:  # a file in the package, which may record its architecture
+        if not os.path.isfile(entry.default_path):
+            raise ModelError(f"the shipped weights are missing ({entry.default_path}): reinstall streamseg, or train "
+                             "them with `streamseg train --out DIR` and pass --weights DIR/streamseg_small.pt")
+        state, arch = _read_checkpoint(entry.default_path)
+    else:
+        state, arch = entry.default_weights(), None
+    if arch is not None and entry.build_arch is not None:
+        try:
+            model = entry.build_arch(arch)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"weights {weights or entry.default_path} record an architecture ({arch}) that "
+                             f"{name} cannot build: {exc}") from None
+    else:
+        model = entry.build()
     if state is not None:
         try:
             model.load_state_dict(state)
@@ -217,14 +235,10 @@ def shipped_card() -> dict[str, Any]:
     import json
 
     path = os.path.splitext(SHIPPED_WEIGHTS)[0] + ".json"
-    return json.loads(open(path).read()) if os.path.isfile(path) else {}
-
-
-def _shipped_weights() -> dict[str, Any]:
-    if not os.path.isfile(SHIPPED_WEIGHTS):
-        raise ModelError(f"the shipped weights are missing ({SHIPPED_WEIGHTS}): reinstall streamseg, "
-                         "or train them with `streamseg train --out DIR` and pass --weights DIR/streamseg_small.pt")
-    return _read_weights(SHIPPED_WEIGHTS)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def _tiny_random() -> Any:
@@ -293,9 +307,8 @@ def _register_builtin() -> None:
         register(ModelEntry(info, build, default_weights, description))
     register(ModelEntry(
         ModelInfo("streamseg-small", SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON),
-        build_streamseg_small, _shipped_weights,
-        "shipped default: small Mask R-CNN + keypoints, trained on streamseg synth shapes (offline)",
-        build_arch=build_streamseg_small))
+        build_streamseg_small, description="shipped default: small Mask R-CNN + keypoints, trained on streamseg "
+        "synth shapes (offline)", build_arch=build_streamseg_small, default_path=SHIPPED_WEIGHTS))
     register(ModelEntry(
         ModelInfo("tiny-random", SHAPE_CLASSES, SHAPE_KEYPOINTS, SHAPE_SKELETON),
         _tiny_random,

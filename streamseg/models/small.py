@@ -110,6 +110,15 @@ class MultiScaleRoIPool(MultiScaleRoIAlign):
         return out
 
 
+def multinomial_mask_targets(masks: list[torch.Tensor], boxes: list[torch.Tensor], matched: list[torch.Tensor],
+                             classes: torch.Tensor, size: int) -> torch.Tensor:
+    """``int64[N, size, size]``: each positive RoI's pixel classes for the softmax mask loss, its
+    instance's class where the instance's mask (``masks[image][matched]``, projected on the RoI's box
+    as torchvision's sigmoid loss does) covers the pixel, the background (0) elsewhere."""
+    inside = torch.cat([project_masks_on_boxes(m, b, i, size) for m, b, i in zip(masks, boxes, matched)]) >= 0.5
+    return torch.where(inside, classes[:, None, None], torch.zeros_like(classes)[:, None, None])
+
+
 class SoftmaxMaskRoIHeads(RoIHeads):
     """``RoIHeads`` with the mask branch the paper compares against: a softmax over the classes at each
     pixel (the background one of them), trained with a multinomial loss, so classes compete for a
@@ -135,11 +144,9 @@ class SoftmaxMaskRoIHeads(RoIHeads):
             boxes = [r["boxes"] for r in result]
         logits = self.mask_predictor(self.mask_head(pool(features, boxes, image_shapes)))
         if self.training:
-            size = logits.shape[-1]
-            inside = torch.cat([project_masks_on_boxes(t["masks"], b, m, size) for t, b, m in
-                                zip(targets, boxes, matched)]) >= 0.5
             classes = torch.cat([t["labels"][m] for t, m in zip(targets, matched)])
-            pixel_class = torch.where(inside, classes[:, None, None], torch.zeros_like(classes)[:, None, None])
+            pixel_class = multinomial_mask_targets([t["masks"] for t in targets], boxes, matched, classes,
+                                                   logits.shape[-1])
             losses["loss_mask"] = F.cross_entropy(logits, pixel_class) if len(classes) else logits.sum() * 0
         else:
             labels = torch.cat([r["labels"] for r in result])
@@ -149,7 +156,7 @@ class SoftmaxMaskRoIHeads(RoIHeads):
         return result, losses
 
 
-def small_maskrcnn(num_classes: int, num_keypoints: int = 0, min_size: int = 360, max_size: int = 640,
+def small_maskrcnn(num_classes: int, num_keypoints: int = 0, min_size: int = 240, max_size: int = 320,
                    widths: tuple[int, ...] = (16, 24, 48, 64, 96), fpn_channels: int = 64,
                    head_channels: int = 64, roi_pool: str = "align", mask_loss: str = "sigmoid",
                    **kwargs: object) -> MaskRCNN:
@@ -157,8 +164,9 @@ def small_maskrcnn(num_classes: int, num_keypoints: int = 0, min_size: int = 360
 
     ``num_classes`` counts the background. A frame larger than ``max_size`` by ``min_size`` (long side
     by short side) is scaled down to fit inside the model (:class:`CappedTransform`); smaller ones are
-    seen at their own size. ``roi_pool`` (``align`` or ``pool``) and ``mask_loss`` (``sigmoid`` or
-    ``softmax``) choose the ablation variants.
+    seen at their own size. ``roi_pool`` (``align`` or ``pool``: the box, mask and keypoint heads all
+    pool with it, as the paper's one network does) and ``mask_loss`` (``sigmoid`` or ``softmax``)
+    choose the ablation variants.
     """
     if roi_pool not in ROI_POOLS or mask_loss not in MASK_LOSSES:
         raise ValueError(f"roi_pool must be one of {ROI_POOLS} and mask_loss one of {MASK_LOSSES}")
@@ -178,7 +186,8 @@ def small_maskrcnn(num_classes: int, num_keypoints: int = 0, min_size: int = 360
         **kwargs,
     )
     transform = model.transform
-    model.transform = CappedTransform(min_size, max_size, transform.image_mean, transform.image_std)
+    model.transform = CappedTransform(min_size, max_size, transform.image_mean, transform.image_std,
+                                      size_divisible=transform.size_divisible)
     if mask_loss == "softmax":
         model.roi_heads.__class__ = SoftmaxMaskRoIHeads
     if num_keypoints:

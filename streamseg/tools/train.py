@@ -6,7 +6,7 @@ records its version). ``random_frame`` draws scene seeds at or above
 :data:`~streamseg.tools.synth.TRAIN_SEED_FLOOR` only; held-out clips use seeds below it, so that no
 evaluation clip was ever seen in training.
 
-    streamseg train --out streamseg/weights --iters 3000 --seed 0
+    streamseg train --out streamseg/weights --iters 4000 --seed 0
 """
 
 from __future__ import annotations
@@ -128,11 +128,13 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), threads: 
         return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
     first, minutes_before, smoothed = 0, 0.0, {}
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if resume and not checkpoint.exists():
+        raise ConfigError(f"--resume: there is no {checkpoint} (the run finished, or never began there)")
+    if resume:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state["options"] != dataclasses.asdict(options):
-            raise ConfigError(f"{checkpoint} is from another run ({TrainOptions(**state['options']).command(out)}); "
-                              "run that command with --resume, or remove the checkpoint")
+            raise ConfigError(f"{checkpoint} is from another run (options {state['options']}); run its command "
+                              "with --resume, or remove the checkpoint")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["numpy_rng"]
@@ -188,7 +190,6 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), threads: 
     model.eval()
     arch = {**SMALL_ARCH, **dict(options.arch)}
     torch.save({"state_dict": model.state_dict(), "arch": arch}, weights)
-    checkpoint.unlink(missing_ok=True)
     card: dict[str, Any] = {
         "name": "streamseg-small",
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
@@ -209,6 +210,7 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), threads: 
     }
     card["accuracy"] = evaluate_heldout(str(weights), eval_seed, eval_frames)
     (out / "streamseg_small.json").write_text(json.dumps(card, indent=2) + "\n")
+    checkpoint.unlink(missing_ok=True)  # only now: a run stopped in the evaluation resumes from here
     return card
 
 
@@ -262,8 +264,10 @@ def main(args: Any) -> int:
     arch = {"widths": list(widths) if widths else None, "input": list(size_in) if size_in else None,
             "fpn_channels": args.fpn_channels,
             "head_channels": args.head_channels, "roi_pool": args.roi_pool, "mask_loss": args.mask_loss}
+    # only what differs from the shipped architecture: an option given at its default is the same run
+    changes = tuple((k, v) for k, v in arch.items() if v is not None and v != SMALL_ARCH[k])
     options = TrainOptions(args.iters, args.batch, args.lr, args.seed, tuple(n.strip() for n in args.styles.split(",")),
-                           sizes, tuple((k, v) for k, v in arch.items() if v is not None))
+                           sizes, changes)
     logging.getLogger("streamseg").setLevel(logging.INFO)
     card = train(args.out, options, threads=args.threads, eval_frames=args.eval_frames,
                  progress=not args.quiet and sys.stderr.isatty(), checkpoint_every=args.checkpoint_every,
