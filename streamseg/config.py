@@ -166,7 +166,8 @@ class TrackConfig:
 
     low_score: float = 0.1
     """Detections from here up to ``model.score_thresh`` are not written out, but the tracker's second
-    stage matches them to tracks seen in the frame before, so an object whose score dips keeps its id."""
+    stage matches them to tracks seen in the frame before, so an object whose score dips keeps its id
+    (the tracking stage, when it comes, has the model keep them down to here)."""
     match_iou: float = 0.1
     """Least mask IoU between a track's mask, moved to where its motion puts it, and a detection at or
     above ``model.score_thresh`` for the two to be the same object (low: an object entering the frame

@@ -121,6 +121,18 @@ def test_time_going_backwards_starts_every_track_afresh() -> None:
     assert sorted(e.track_id for e in events if e.kind == "end") == sorted(first.tolist())
 
 
+def test_a_jump_forward_in_time_ends_the_tracks_before_it() -> None:
+    """Past max_age_s without a frame (a stall, a reconnect, a timestamp jump): the same masks get new ids."""
+    scene, tracker = Scene(409, 320, 240), StreamTracker(TrackConfig(), itertools.count(1).__next__)
+    _, instances = scene.render()
+    dets = _detections([i for i in instances if i.area >= 20], 240, 320)
+    first, _ = tracker.update(0, 0.0, dets, 0.5)
+    assert tracker.update(1, 0.5, dets, 0.5)[0].tolist() == first.tolist()  # within max_age_s: the same
+    later, events = tracker.update(2, 0.5 + TrackConfig().max_age_s + 0.1, dets, 0.5)
+    assert set(first.tolist()).isdisjoint(later.tolist())
+    assert sorted(e.track_id for e in events if e.kind == "end") == sorted(first.tolist())
+
+
 def test_a_frame_without_detections() -> None:
     tracker = StreamTracker(TrackConfig(), itertools.count(1).__next__)
     ids, events = tracker.update(0, 0.0, _detections([], 240, 320), 0.5)
@@ -128,9 +140,18 @@ def test_a_frame_without_detections() -> None:
 
 
 def test_the_similarity_of_masks_in_regions() -> None:
-    a = np.zeros((4, 4), bool)
-    a[1:3, 1:3] = True  # 4 pixels
-    b = np.ones((2, 2), bool)  # 4 pixels
-    assert overlap(0, 0, a, 1, 1, b) == 4 and similarity(4, 4, 4) == 1.0
-    assert overlap(0, 0, a, 2, 1, b) == 2 and similarity(2, 4, 4) == pytest.approx(2 / 6)
-    assert overlap(0, 0, a, 10, 10, b) == 0 and similarity(0, 4, 4) == 0.0
+    """Regions are indexed [x, y] (column by column, as MaskRegions keeps them): an L-shaped mask tells
+    x from y."""
+    frame = np.zeros((6, 8), bool)  # rows (y), columns (x)
+    frame[1:4, 2] = True
+    frame[3, 2:5] = True  # an L: down column 2, then along row 3
+    masks = MaskRegions.from_full(frame[None])
+    x, y, w, h = masks.regions[0]
+    assert (x, y, w, h) == (2, 1, 3, 3)
+    bits = masks.bits.reshape(w, h)  # [x, y]
+    assert overlap(x, y, bits, x, y, bits) == 5 and similarity(5, 5, 5) == 1.0
+    row = np.zeros((3, 1), bool)
+    row[:, 0] = True  # three columns of one row: x 2..4 at y 3, the L's foot
+    assert overlap(x, y, bits, 2, 3, row) == 3 and similarity(3, 5, 3) == pytest.approx(3 / 5)
+    assert overlap(x, y, bits, 2, 2, row) == 1  # y 2: only the L's upright
+    assert overlap(x, y, bits, 10, 10, row) == 0 and similarity(0, 5, 3) == 0.0

@@ -11,7 +11,8 @@ The association is ByteTrack's (Zhang et al., 2022) with masks where it has boxe
    (from ``low_score`` up to the threshold, never written out) at ``low_match_iou``: an object whose
    score dips for a frame keeps its id;
 4. a high-score detection left over starts a track with a new id; a track not seen for longer than
-   ``max_age_s`` ends. Time going backwards (a ``--loop`` restart) ends every track.
+   ``max_age_s`` ends (before the frame's matching: after a gap or a jump forward in time, it is
+   not matched again). Time going backwards (a ``--loop`` restart) ends every track.
 
 Every detection written out gets an id in the frame it first appears. A track's class is the one
 it was seen as most often. Ids come from ``new_id``, which the caller makes unique across streams.
@@ -121,6 +122,9 @@ class StreamTracker:
         scores = detections.scores
         high = [i for i in range(len(detections)) if scores[i] >= high_score]
         low = [i for i in range(len(detections)) if self.config.low_score <= scores[i] < high_score]
+        for track in [t for t in self.tracks if time_s - t.last_time > self.config.max_age_s]:
+            self.tracks.remove(track)  # over before this frame (a gap, a jump forward): never matched again
+            events.append(_event("end", track))
         live = list(self.tracks)
         predicted = [self._predicted(t, time_s, masks.width, masks.height) for t in live]
         # the first stage: the high-score detections against every live track, lost ones too
@@ -145,9 +149,6 @@ class StreamTracker:
                 ids[i] = track.id
                 events.append(_event("start", track))
         self.frame, self.time = frame, time_s
-        for track in [t for t in self.tracks if time_s - t.last_time > self.config.max_age_s]:
-            self.tracks.remove(track)
-            events.append(_event("end", track))
         return ids, events
 
     def finish(self) -> list[TrackEvent]:
