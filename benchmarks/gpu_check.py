@@ -10,7 +10,8 @@ would on a busy scene. The steps:
 1. the CUDA tests (RoIAlign on CUDA against the CPU, the GPU paste against torchvision's, fp16
    against fp32 mask by mask, NVDEC and its fallback) and the mask and predictor tests;
 2. the weights: R50-FPN and R50-FPN v2, random-init, written to a temporary folder;
-3. the model alone on decoded frames: 1280x720 fp16 at batch 1, 4 and 8; fp32 against fp16 and
+3. the model alone on the first 48 decoded frames of the clips step 4 runs: 1280x720 fp16 at batch
+   1, 4 and 8; fp32 against fp16 and
    channels-last off against on at batch 8; 1920x1080 fp16 batch 8; v2 at 1280x720 fp16 batch 8;
    peak GPU memory of each;
 4. ``streamseg run`` (batch 8, fp16, annotated video and masks written) against the model alone on
@@ -116,17 +117,17 @@ def write_weights(folder: Path) -> None:
 
 def model_alone(args: argparse.Namespace) -> None:
     """The model-alone rows, one JSON line each, in one process (one CUDA start-up)."""
-    import numpy as np
     import torch
+    from common import decoded_frames
 
     from streamseg.config import ModelConfig
     from streamseg.models.predictor import Predictor
 
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
-    rng = np.random.default_rng(0)
+    clips = {size: decoded_frames(args.clips / f"clip-{size}.mp4")[:args.frames] for size in TINY}
     for name, size, fp16, batch, channels_last in MODEL_ROWS:
-        width, height = (int(v) for v in (TINY[size] if args.dry_run else size).split("x"))
-        frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(args.frames)]
+        frames = clips[size]
+        height, width = frames[0].shape[:2]
         predictor = Predictor(ModelConfig(name=name, weights=str(args.weights / f"{name}.pt"), device=device,
                                           score_thresh=0.0, fp16=fp16, channels_last=channels_last,
                                           detections_per_img=INSTANCES))
@@ -167,13 +168,15 @@ def run_check(args: argparse.Namespace) -> int:
         weights.mkdir()
         if check.step("weights", [sys.executable, str(Path(__file__).resolve()), "weights", str(weights)], 90) is None:
             return finish(check, 1)
+        write_clips(check)
         model_step(check, weights)
         pipeline_steps(check, weights)
     return finish(check, 0 if tests is not None and tests.returncode == 0 else 1)
 
 
 def model_step(check: Check, weights: Path) -> None:
-    command = [sys.executable, str(Path(__file__).resolve()), "model", str(weights), "--frames", str(check.frames)]
+    command = [sys.executable, str(Path(__file__).resolve()), "model", str(weights), "--clips", str(check.work),
+               "--frames", str(check.frames)]
     proc = check.step("model-alone", command + (["--dry-run"] if check.args.dry_run else []), 150)
     if proc is None:
         return
@@ -191,16 +194,19 @@ def model_step(check: Check, weights: Path) -> None:
                            "needs CUDA; R50 ran at the tiny frames' own size, not its 800 pixels")
 
 
-def pipeline_steps(check: Check, weights: Path) -> None:
+def write_clips(check: Check) -> None:
+    """The clips every timed step reads (the model alone their decoded frames): 10 s at 24 fps, of
+    the synthetic scenes, at x264's default quality (as heavy to decode as a camera's stream)."""
     from streamseg.tools.synth import write_video
 
-    seconds, fps = (10, 24) if not check.args.dry_run else (None, 24)
-    clips = {}
-    for size in ("1280x720", "1920x1080"):
+    for size in TINY:
         width, height = (int(v) for v in check.size(size).split("x"))
-        clips[size] = check.work / f"clip-{size}.mp4"
-        write_video(clips[size], None, seed=7, frames=check.frames if seconds is None else seconds * fps,
+        write_video(check.work / f"clip-{size}.mp4", None, seed=7, frames=check.frames if check.args.dry_run else 240,
                     width=width, height=height, crf=23)
+
+
+def pipeline_steps(check: Check, weights: Path) -> None:
+    clips = {size: check.work / f"clip-{size}.mp4" for size in TINY}
     model = ["--model", R50, "--weights", str(weights / f"{R50}.pt"), "--score-thresh", "0"]
     base = [*model, "--max-batch", str(BATCH), "--device", check.device,
             "--set", f"model.detections_per_img={INSTANCES}"]
@@ -240,13 +246,17 @@ def pipeline_steps(check: Check, weights: Path) -> None:
         rows.append((f"`streamseg run` against the naive loop, {check.size('1280x720')}, whole processes",
                      f"{runs['1280x720']['process_s']:.1f} s / {result.wall_s:.1f} s", f"{speedup:.2f}", ">= 2.0",
                      met(speedup >= 2.0)))
+        # fp16 on both sides, but batch 1 against 8 and torchvision's paste in fp16 against streamseg's in fp32:
+        # masks may differ at their outlines, so on a GPU the figures are reported, not judged
+        verdict = ("same" if same.same else "NOT the same") if check.args.dry_run else "(fp16: reported)"
         rows.append(("masks, naive loop against `streamseg run`", f"{same.matched}/{same.instances} matched, min IoU "
-                     f"{same.min_iou:.3f}", "same" if same.same else "NOT the same", "the same", ""))
+                     f"{same.min_iou:.3f}", verdict, "the same (fp32)", ""))
     nvdec = run("nvdec-1920x1080", "1920x1080", "--set", "input.hwaccel=cuda")
     if nvdec and runs["1920x1080"]:
         software = runs["1920x1080"]["fps"]
         rows.append((f"NVDEC against software decoding, {check.size('1920x1080')}",
-                     f"{nvdec['fps']:.1f} / {software:.1f} fps after start-up", f"{nvdec['fps'] / software:.2f}", "", ""))
+                     f"{nvdec['fps']:.1f} / {software:.1f} fps after start-up", f"{nvdec['fps'] / software:.2f}",
+                     "", ""))
         if check.args.dry_run:
             check.notes.append("NVDEC needs CUDA: the dry run's decoder fell back to the CPU")
 
@@ -271,7 +281,8 @@ def finish(check: Check, status: int) -> int:
     if "tests" in check.rows:
         lines += ["| tests | result |", "|---|---|", *(f"| {' | '.join(r)} |" for r in check.rows["tests"]), ""]
     if check.rows.get("model"):
-        lines += [f"Model alone, {INSTANCES} instances a frame (score threshold 0), decoded frames, in-process:", "",
+        lines += [f"Model alone, {INSTANCES} instances a frame (score threshold 0), the clips' decoded frames, "
+                  "in-process:", "",
                   "| model | size | precision | batch | channels-last | fps | peak GPU MiB | instances a frame |",
                   "|---|---|---|---|---|---|---|---|", *(f"| {' | '.join(r)} |" for r in check.rows["model"]), ""]
     if check.rows.get("pipeline"):
@@ -291,6 +302,7 @@ def main() -> None:
     weights.add_argument("folder", type=Path)
     model = sub.add_parser("model", help="(a step) the model-alone rows")
     model.add_argument("weights", type=Path)
+    model.add_argument("--clips", type=Path, required=True, help="folder of clip-WxH.mp4 (the pipeline's clips)")
     model.add_argument("--frames", type=int, default=48)
     model.add_argument("--dry-run", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="here, on the CPU, 2 tiny frames a step")

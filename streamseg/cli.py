@@ -219,11 +219,11 @@ def _demo(args: argparse.Namespace) -> int:
           f"{summary.frames / wall_s:.1f} fps end to end ({summary.frames} frames in {wall_s:.1f} s, clip "
           f"generation and start-up included); {summary.fps:.1f} fps after start-up")
     suite = shipped_card().get("suite") if args.model == "streamseg-small" and not args.weights else None
-    print(f"That is one held-out scene (seed {args.seed}, {args.size[0]}x{args.size[1]}, the kind of scene the model "
-          f"was trained on)" + (f"; over the accuracy suite's {suite['scenes']} held-out scenes (all kinds, up to "
-                                f"1280x720) it scores, pooled, mask AP {suite['mask_AP']:.3f}, box AP "
-                                f"{suite['box_AP']:.3f}, keypoint AP {suite['keypoint_AP']:.3f}; worst scene mask AP "
-                                f"{suite['worst_mask_AP']:.3f} (benchmarks/accuracy.py)" if suite else "."))
+    if suite:  # the shipped model: say what one scene of the kind it was trained on is worth
+        print(f"That is one held-out scene (seed {args.seed}, {args.size[0]}x{args.size[1]}, of the kind the model was "
+              f"trained on); over the accuracy suite's {suite['scenes']} held-out scenes (all kinds, up to 1280x720) "
+              f"it scores, pooled, mask AP {suite['mask_AP']:.3f}, box AP {suite['box_AP']:.3f}, keypoint AP "
+              f"{suite['keypoint_AP']:.3f}; worst scene mask AP {suite['worst_mask_AP']:.3f} (benchmarks/accuracy.py)")
     print(f"wrote {video}, {masks}, {clip}, {gt_path}")
     return 0
 

@@ -122,7 +122,7 @@ def test_roi_align_on_cuda_is_the_cpu_s() -> None:
 def test_the_gpu_paste_is_torchvision_s() -> None:
     """streamseg's paste on the GPU against torchvision's ``paste_masks_in_image`` on the CPU, mask by
     mask: the CUDA kernels round a sample's weight on their own, which can flip a pixel whose value is
-    the threshold to the last bit; at most one pixel in 10,000 of all masks' pixels may differ."""
+    the threshold to the last bit; at most one pixel in 10,000 of the masks' foreground pixels may differ."""
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from streamseg.masks import paste_masks
@@ -149,7 +149,9 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.cuda
 def test_fp16_gives_fp32_s_instances_and_masks() -> None:
     """The shipped model on held-out synthetic frames, fp16 autocast against fp32 on the GPU: the same
-    instances (class, box within 2 px, score within 0.02) and masks (IoU at least 0.95 each)."""
+    instances (class, box within 2 px, score within 0.02) and masks: outlines may move by a pixel, so
+    each mask's pixels that differ are at most two pixels' width of its outline (4 * sqrt(area)), and
+    the masks' mean IoU is at least 0.95."""
     from streamseg.tools.synth import Scene
 
     scene, frames = Scene(11, 640, 360), []
@@ -159,6 +161,7 @@ def test_fp16_gives_fp32_s_instances_and_masks() -> None:
     fp32 = Predictor(ModelConfig(device="cuda", fp16=False))(frames)
     fp16 = Predictor(ModelConfig(device="cuda", fp16=True))(frames)
     assert sum(len(d) for d in fp32) >= 16
+    ious: list[float] = []
     for a, b in zip(fp32, fp16):
         matched = 0
         for i in range(len(a)):
@@ -169,6 +172,9 @@ def test_fp16_gives_fp32_s_instances_and_masks() -> None:
             assert same, (i, a.boxes[i], b.boxes)
             j = same[0]
             assert abs(float(b.scores[j]) - float(a.scores[i])) <= 0.02
-            assert _mask_iou(a.masks.full()[i], b.masks.full()[j]) >= 0.95
+            mask_a, mask_b = a.masks.full()[i], b.masks.full()[j]
+            assert np.count_nonzero(mask_a ^ mask_b) <= 4 * np.sqrt(mask_a.sum()), i
+            ious.append(_mask_iou(mask_a, mask_b))
             matched += 1
         assert matched >= len(a) - 1
+    assert np.mean(ious) >= 0.95
