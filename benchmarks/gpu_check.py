@@ -32,14 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from common import REPO, machine, run_summary, streamseg_run, timed
+from common import REPO, Timed, machine, run_summary, streamseg_run, timed
 
 R50, V2 = "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"
 INSTANCES = 20
@@ -70,27 +68,23 @@ class Check:
     def time_left(self, cap: float) -> float:
         return min(cap, self.deadline - time.monotonic() - 10)
 
-    def step(self, name: str, command: list[str], cap: float, env: dict[str, str] | None = None) -> Any:
-        """Run one step's process within its limit; None (and a note) if it failed or had no time."""
+    def step(self, name: str, command: list[str], cap: float) -> Timed | None:
+        """Run one step's process within its limit, timed from outside; None (and a note) where there was
+        no time left for it; a note too where it failed or met its limit (its ``returncode`` says)."""
         limit = self.time_left(cap)
         if limit < 15:
             self.notes.append(f"{name}: not run, the check's {self.args.budget_s:.0f} s were spent")
             return None
         print(f"## {name} (at most {limit:.0f} s)", file=sys.stderr, flush=True)
-        start = time.monotonic()
-        try:
-            proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=limit,
-                                  env={**os.environ, **(env or {})})
-        except subprocess.TimeoutExpired as exc:
-            self.notes.append(f"{name}: stopped at its limit of {limit:.0f} s")
-            self._save(name, str(exc.stdout or ""), str(exc.stderr or ""))
-            return None
-        self._save(name, proc.stdout, proc.stderr)
-        print(f"   {time.monotonic() - start:.1f} s, exit {proc.returncode}", file=sys.stderr, flush=True)
-        if proc.returncode != 0:
-            self.notes.append(f"{name}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]} "
+        result = timed(["timeout", str(int(limit)), *command], check=False)
+        self._save(name, result.stdout, result.stderr)
+        print(f"   {result.wall_s:.1f} s, exit {result.returncode}", file=sys.stderr, flush=True)
+        if result.returncode == 124:  # timeout(1)'s own
+            self.notes.append(f"{name}: stopped at its limit of {limit:.0f} s (log: {name}.txt)")
+        elif result.returncode != 0:
+            self.notes.append(f"{name}: exit {result.returncode}: {result.stderr.strip().splitlines()[-1:]} "
                               f"(log: {name}.txt)")
-        return proc
+        return result
 
     def _save(self, name: str, stdout: str, stderr: str) -> None:
         (self.args.out / f"{name}.txt").write_text(f"{stdout}\n--- stderr ---\n{stderr}")
@@ -166,7 +160,8 @@ def run_check(args: argparse.Namespace) -> int:
                                    "without a GPU)")
         weights = check.work / "weights"
         weights.mkdir()
-        if check.step("weights", [sys.executable, str(Path(__file__).resolve()), "weights", str(weights)], 90) is None:
+        made = check.step("weights", [sys.executable, str(Path(__file__).resolve()), "weights", str(weights)], 90)
+        if made is None or made.returncode:
             return finish(check, 1)
         write_clips(check)
         model_step(check, weights)
@@ -178,7 +173,7 @@ def model_step(check: Check, weights: Path) -> None:
     command = [sys.executable, str(Path(__file__).resolve()), "model", str(weights), "--clips", str(check.work),
                "--frames", str(check.frames)]
     proc = check.step("model-alone", command + (["--dry-run"] if check.args.dry_run else []), 150)
-    if proc is None:
+    if proc is None:  # a step that failed part way still printed its rows so far
         return
     rows = check.rows.setdefault("model", [])
     for line in proc.stdout.splitlines():
@@ -213,9 +208,11 @@ def pipeline_steps(check: Check, weights: Path) -> None:
 
     def run(name: str, size: str, *extra: str) -> dict[str, float] | None:
         out = check.work / name
-        result = timed_step(check, name, streamseg_run(str(clips[size]), "-o", f"{out}.mp4", "--masks",
-                                                       f"{out}.jsonl", *base, *extra), 90)
-        return None if result is None else {**run_summary(result.stderr), "process_s": result.wall_s}
+        result = check.step(name, streamseg_run(str(clips[size]), "-o", f"{out}.mp4", "--masks", f"{out}.jsonl",
+                                                *base, *extra), 90)
+        if result is None or result.returncode:
+            return None
+        return {**run_summary(result.stderr), "process_s": result.wall_s}
 
     rows = check.rows.setdefault("pipeline", [])
     if check.args.dry_run:
@@ -237,8 +234,8 @@ def pipeline_steps(check: Check, weights: Path) -> None:
     loop_args = [sys.executable, str(REPO / "benchmarks" / "single_loop.py"), "loop", "--mode", "naive",
                  str(clips["1280x720"]), "-o", f"{loop}.mp4", "--masks", f"{loop}.jsonl", *model,
                  "--detections-per-img", str(INSTANCES)]
-    result = timed_step(check, "loop-1280x720", loop_args, 120)
-    if result is not None and runs["1280x720"]:
+    result = check.step("loop-1280x720", loop_args, 120)
+    if result is not None and result.returncode == 0 and runs["1280x720"]:
         from single_loop import compare
 
         speedup = result.wall_s / runs["1280x720"]["process_s"]
@@ -259,20 +256,6 @@ def pipeline_steps(check: Check, weights: Path) -> None:
                      "", ""))
         if check.args.dry_run:
             check.notes.append("NVDEC needs CUDA: the dry run's decoder fell back to the CPU")
-
-
-def timed_step(check: Check, name: str, command: list[str], cap: float) -> Any:
-    limit = check.time_left(cap)
-    if limit < 15:
-        check.notes.append(f"{name}: not run, the check's {check.args.budget_s:.0f} s were spent")
-        return None
-    print(f"## {name} (at most {limit:.0f} s)", file=sys.stderr, flush=True)
-    result = timed(["timeout", str(int(limit)), *command], check=False)
-    check._save(name, result.stdout, result.stderr)
-    if "frames" not in result.stdout + result.stderr or result.returncode:
-        check.notes.append(f"{name}: exit {result.returncode}, see {name}.txt")
-        return None
-    return result
 
 
 def finish(check: Check, status: int) -> int:
