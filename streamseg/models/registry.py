@@ -106,10 +106,6 @@ def model_info(name: str) -> ModelInfo:
     return get_entry(name).info
 
 
-def _read_weights(path: str) -> dict[str, Any]:
-    return _read_checkpoint(path)[0]
-
-
 def _read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """A weights file's state_dict, and the architecture it records (``arch``) if it does."""
     import torch
@@ -212,8 +208,12 @@ SMALL_ARCH: dict[str, Any] = {"widths": [16, 32, 48, 64, 96], "fpn_channels": 48
                               "roi_pool": "align", "mask_loss": "sigmoid", "input": [320, 240]}
 """The shipped model's architecture (``input``: the largest frame, long side by short side, that it sees
 at its own size; larger ones are scaled down to fit, smaller ones never enlarged); a weights file
-written by ``streamseg train`` carries its own
-(``arch``, the ablation variants' included), which :func:`load_model` builds."""
+written by ``streamseg train`` carries its own (``arch``, the ablation variants' included), which
+:func:`load_model` builds."""
+ROI_POOLS = ("align", "pool")
+"""``arch["roi_pool"]``: RoIAlign, or Fast R-CNN's RoIPool (an ablation)."""
+MASK_LOSSES = ("sigmoid", "softmax")
+"""``arch["mask_loss"]``: per-class sigmoid masks, or a softmax over classes (an ablation)."""
 
 
 def build_streamseg_small(arch: dict[str, Any] | None = None) -> Any:

@@ -32,10 +32,9 @@ from torchvision.models.detection.transform import (
 )
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_pool
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.ops.poolers import _setup_scales
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-ROI_POOLS = ("align", "pool")
-MASK_LOSSES = ("sigmoid", "softmax")
+from .registry import MASK_LOSSES, ROI_POOLS
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -97,11 +96,12 @@ class MultiScaleRoIPool(MultiScaleRoIAlign):
 
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]]) -> torch.Tensor:
-        features = [x[name] for name in self.featmap_names]
+        # MultiScaleRoIAlign.forward's own steps, up to the pooling
+        features = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
-        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+        rois = _convert_to_roi_format(boxes)
         levels = self.map_levels(boxes)
         out = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):

@@ -11,6 +11,7 @@ evaluation clip was ever seen in training.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -30,6 +31,8 @@ from .. import __version__
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..models.registry import (
+    MASK_LOSSES,
+    ROI_POOLS,
     SHAPE_CLASSES,
     SHAPE_KEYPOINTS,
     SHAPE_SKELETON,
@@ -224,17 +227,19 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--seed", type=int, default=default.seed, help=f"training seed (default {default.seed})")
     p.add_argument("--styles", default=",".join(default.styles), help="scene kinds: trained (default), sparse, "
                    "crowded, small, fast, same-colour; several, comma-separated, are mixed (repeat one to weight it)")
-    p.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in default.sizes),
-                   help="frame sizes WxH, comma-separated, mixed like --styles (default 320x240)")
-    p.add_argument("--widths", help=f"the backbone's five stage widths (default {_csv(SMALL_ARCH['widths'])})")
+    p.add_argument("--sizes", type=_frame_sizes, default=default.sizes, metavar="WxH[,WxH...]",
+                   help="frame sizes, comma-separated, mixed like --styles (default 320x240)")
+    p.add_argument("--widths", type=_widths, help=f"the backbone's five stage widths (default "
+                   f"{_csv(SMALL_ARCH['widths'])})")
     p.add_argument("--fpn-channels", type=int, help=f"FPN width (default {SMALL_ARCH['fpn_channels']})")
     p.add_argument("--head-channels", type=int, help=f"mask and keypoint heads' width (default "
                    f"{SMALL_ARCH['head_channels']})")
-    p.add_argument("--input", metavar="WxH", help="the largest frame the model sees at its own size; larger ones "
+    p.add_argument("--input", type=_frame_size, metavar="WxH", help="the largest frame the model sees at its own "
+                   "size; larger ones "
                    f"are scaled down to fit (default {'x'.join(map(str, SMALL_ARCH['input']))})")
-    p.add_argument("--roi-pool", choices=("align", "pool"), help="ablation: RoIAlign (default) or Fast R-CNN's "
+    p.add_argument("--roi-pool", choices=ROI_POOLS, help="ablation: RoIAlign (default) or Fast R-CNN's "
                    "RoIPool")
-    p.add_argument("--mask-loss", choices=("sigmoid", "softmax"), help="ablation: per-class sigmoid masks with a "
+    p.add_argument("--mask-loss", choices=MASK_LOSSES, help="ablation: per-class sigmoid masks with a "
                    "binary loss (default) or a softmax over classes with a multinomial loss")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: all cores")
     p.add_argument("--eval-frames", type=int, default=300, help="frames of the model card's held-out clip (300)")
@@ -248,26 +253,42 @@ def _csv(values: Any) -> str:
     return ",".join(map(str, values))
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    """``--input``'s and ``--sizes``' WxH (training frames are never encoded: any size from 32x32)."""
+    try:
+        w, h = (int(v) for v in text.strip().lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a size is WIDTHxHEIGHT, got {text!r}") from None
+    if min(w, h) < 32:
+        raise argparse.ArgumentTypeError(f"a size is at least 32x32, got {text!r}")
+    return w, h
+
+
+def _frame_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple(_frame_size(size) for size in text.split(","))
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(v) for v in text.split(",")]
+    except ValueError:
+        widths = []
+    if len(widths) != 5 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"--widths takes five positive integers, got {text!r}")
+    return widths
+
+
 def main(args: Any) -> int:
     """``streamseg train``: train, print the held-out clip's figures."""
     if args.iters < 1 or args.batch < 1 or args.eval_frames < 1:
         raise ConfigError("--iters, --batch and --eval-frames must be at least 1")
-    try:
-        sizes = tuple(tuple(int(n) for n in size.strip().split("x")) for size in args.sizes.split(","))
-        widths = tuple(int(n) for n in args.widths.split(",")) if args.widths else None
-        size_in = tuple(int(n) for n in args.input.split("x")) if args.input else None
-    except ValueError:
-        raise ConfigError("--sizes takes WxH[,WxH...], --input WxH and --widths five integers") from None
-    if (any(len(size) != 2 or min(size) < 32 for size in (*sizes, size_in or (32, 32)))
-            or (widths is not None and len(widths) != 5)):
-        raise ConfigError("--sizes takes WxH[,WxH...], --input WxH (each at least 32x32) and --widths five integers")
-    arch = {"widths": list(widths) if widths else None, "input": list(size_in) if size_in else None,
-            "fpn_channels": args.fpn_channels,
-            "head_channels": args.head_channels, "roi_pool": args.roi_pool, "mask_loss": args.mask_loss}
+    arch = {"widths": args.widths, "input": list(args.input) if args.input else None,
+            "fpn_channels": args.fpn_channels, "head_channels": args.head_channels, "roi_pool": args.roi_pool,
+            "mask_loss": args.mask_loss}
     # only what differs from the shipped architecture: an option given at its default is the same run
     changes = tuple((k, v) for k, v in arch.items() if v is not None and v != SMALL_ARCH[k])
     options = TrainOptions(args.iters, args.batch, args.lr, args.seed, tuple(n.strip() for n in args.styles.split(",")),
-                           sizes, changes)
+                           args.sizes, changes)
     logging.getLogger("streamseg").setLevel(logging.INFO)
     card = train(args.out, options, threads=args.threads, eval_frames=args.eval_frames,
                  progress=not args.quiet and sys.stderr.isatty(), checkpoint_every=args.checkpoint_every,
