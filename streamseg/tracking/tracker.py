@@ -133,12 +133,12 @@ class StreamTracker:
                                  self.config.match_iou):
             matched.add(k)
             ids[i] = live[k].id
-            self._see(live[k], frame, time_s, regions[i], detections.boxes[i], int(detections.labels[i]))
+            self._see(live[k], frame, time_s, regions[i], areas[i], detections.boxes[i], int(detections.labels[i]))
         # the second: the low-score ones against the tracks seen in the frame before and not yet matched;
         # a match keeps the track going, but the detection is not written out (its id stays -1)
         recent = [k for k in range(len(live)) if k not in matched and live[k].last_frame == self.frame]
         for k, i in self._assign(low, recent, live, predicted, regions, areas, self.config.low_match_iou):
-            self._see(live[k], frame, time_s, regions[i], detections.boxes[i], int(detections.labels[i]))
+            self._see(live[k], frame, time_s, regions[i], areas[i], detections.boxes[i], int(detections.labels[i]))
         for i in high:
             if ids[i] < 0:
                 x, y, bits = regions[i]
@@ -159,9 +159,8 @@ class StreamTracker:
 
     @staticmethod
     def _region(masks: MaskRegions, i: int, offsets: np.ndarray) -> tuple[int, int, np.ndarray]:
-        x, y, w, h = (int(v) for v in masks.regions[i])
-        start = int(offsets[i])
-        return x, y, masks.bits[start:start + w * h].reshape(w, h)
+        x, y, bits = masks.region(i, offsets)
+        return x, y, bits.T  # [x, y]: a view of the region's pixels as they are kept, column by column
 
     def _predicted(self, track: Track, time_s: float, width: int, height: int
                    ) -> tuple[int, int, np.ndarray, int, int, int]:
@@ -209,15 +208,14 @@ class StreamTracker:
         return [(candidates[r], dets[c]) for r, c in zip(rows, cols) if sim[r, c] >= least]
 
     @staticmethod
-    def _see(track: Track, frame: int, time_s: float, region: tuple[int, int, np.ndarray], box: np.ndarray,
-             label: int) -> None:
+    def _see(track: Track, frame: int, time_s: float, region: tuple[int, int, np.ndarray], area: int,
+             box: np.ndarray, label: int) -> None:
         dt = time_s - track.last_time
         if dt > 0:
             centre, before = (box[:2] + box[2:]) / 2, (track.box[:2] + track.box[2:]) / 2
             seen = (centre - before) / dt
             track.velocity = seen if track.last_frame == track.first_frame else 0.5 * (seen + track.velocity)
-        track.x, track.y, track.bits = region[0], region[1], region[2].copy()
-        track.area = int(np.count_nonzero(track.bits))
+        track.x, track.y, track.bits, track.area = region[0], region[1], region[2].copy(), area
         track.box = box.astype(np.float64)
         track.last_frame, track.last_time = frame, time_s
         track.classes[label] += 1
