@@ -60,14 +60,14 @@ def _frames(n: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     return images, targets
 
 
-@pytest.mark.parametrize("variant", [{"mask_loss": "softmax"}, {"roi_pool": "pool"}, {}])
+@pytest.mark.parametrize("variant", [{"mask_loss": "softmax"}, {"roi_pool": "pool"}, {"mask_size": 56}, {}])
 def test_the_variants_train_and_their_mask_loss_falls(variant: dict[str, str]) -> None:
     torch.manual_seed(0)
     model = small_maskrcnn(5, 5, **TINY, **variant)
     images, targets = _frames(2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = last = None
-    for _ in range(25):
+    for _ in range(50):
         losses = model(images, targets)
         last = losses["loss_mask"].item()
         first = last if first is None else first
@@ -116,12 +116,13 @@ def test_the_softmax_loss_s_targets_are_the_class_inside_the_mask_and_background
 def test_weights_carry_their_architecture(tmp_path: Path) -> None:
     from streamseg.models.registry import build_streamseg_small
 
-    arch = {"roi_pool": "pool", "mask_loss": "softmax", "head_channels": 32}
+    arch = {"roi_pool": "pool", "mask_loss": "softmax", "head_channels": 32, "mask_size": 56}
     torch.save({"state_dict": build_streamseg_small(arch).state_dict(), "arch": arch}, tmp_path / "w.pt")
     model, _ = load_model("streamseg-small", str(tmp_path / "w.pt"), 0)
     assert isinstance(model.roi_heads, SoftmaxMaskRoIHeads)
     assert isinstance(model.roi_heads.mask_roi_pool, MultiScaleRoIPool)
     assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 32
+    assert model.roi_heads.mask_predictor.conv6_mask.out_channels == 32  # 56x56 masks
     from streamseg.errors import ModelError
 
     torch.save({"state_dict": {}, "arch": {"roi_pool": "warp"}}, tmp_path / "bad.pt")

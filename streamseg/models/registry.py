@@ -205,7 +205,8 @@ SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weig
 
 
 SMALL_ARCH: dict[str, Any] = {"widths": [16, 32, 48, 64, 96], "fpn_channels": 48, "head_channels": 48,
-                              "roi_pool": "align", "mask_loss": "sigmoid", "input": [320, 240]}
+                              "roi_pool": "align", "mask_loss": "sigmoid", "mask_size": 28,
+                              "input": [320, 240]}
 """The shipped model's architecture (``input``: the largest frame, long side by short side, that it sees
 at its own size; larger ones are scaled down to fit, smaller ones never enlarged); a weights file
 written by ``streamseg train`` carries its own (``arch``, the ablation variants' included), which
@@ -214,6 +215,9 @@ ROI_POOLS = ("align", "pool")
 """``arch["roi_pool"]``: RoIAlign, or Fast R-CNN's RoIPool (an ablation)."""
 MASK_LOSSES = ("sigmoid", "softmax")
 """``arch["mask_loss"]``: per-class sigmoid masks, or a softmax over classes (an ablation)."""
+MASK_SIZES = (28, 56)
+"""``arch["mask_size"]``: the side of the predicted masks (torchvision's 28, or 56 from one more learned
+up-sampling)."""
 
 
 def build_streamseg_small(arch: dict[str, Any] | None = None) -> Any:
@@ -224,7 +228,8 @@ def build_streamseg_small(arch: dict[str, Any] | None = None) -> Any:
     arch = {**SMALL_ARCH, **(arch or {})}
     return small_maskrcnn(len(SHAPE_CLASSES), len(SHAPE_KEYPOINTS), widths=tuple(arch["widths"]),
                           fpn_channels=arch["fpn_channels"], head_channels=arch["head_channels"],
-                          roi_pool=arch["roi_pool"], mask_loss=arch["mask_loss"], max_size=max(arch["input"]),
+                          roi_pool=arch["roi_pool"], mask_loss=arch["mask_loss"],
+                          mask_size=arch["mask_size"], max_size=max(arch["input"]),
                           min_size=min(arch["input"]), box_batch_size_per_image=128,
                           rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300)
 

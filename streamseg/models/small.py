@@ -34,7 +34,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_pool
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-from .registry import MASK_LOSSES, ROI_POOLS
+from .registry import MASK_LOSSES, MASK_SIZES, ROI_POOLS
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -156,20 +156,36 @@ class SoftmaxMaskRoIHeads(RoIHeads):
         return result, losses
 
 
+class FineMaskPredictor(nn.Sequential):
+    """Mask logits at 56x56 from the mask head's 14x14 features: two learned 2x up-samplings where
+    torchvision's ``MaskRCNNPredictor`` has one (28x28), so that a pasted mask's cells are half as wide
+    on a shape's outline."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__(OrderedDict([
+            ("conv5_mask", nn.ConvTranspose2d(channels, channels, 2, 2)), ("relu5", nn.ReLU(inplace=True)),
+            ("conv6_mask", nn.ConvTranspose2d(channels, channels, 2, 2)), ("relu6", nn.ReLU(inplace=True)),
+            ("mask_fcn_logits", nn.Conv2d(channels, num_classes, 1))]))
+        for name, param in self.named_parameters():
+            if "weight" in name:
+                nn.init.kaiming_normal_(param, mode="fan_out", nonlinearity="relu")
+
+
 def small_maskrcnn(num_classes: int, num_keypoints: int = 0, min_size: int = 240, max_size: int = 320,
                    widths: tuple[int, ...] = (16, 24, 48, 64, 96), fpn_channels: int = 64,
                    head_channels: int = 64, roi_pool: str = "align", mask_loss: str = "sigmoid",
-                   **kwargs: object) -> MaskRCNN:
+                   mask_size: int = 28, **kwargs: object) -> MaskRCNN:
     """A ``MaskRCNN`` for small frames; with ``num_keypoints > 0`` it also carries a keypoint head.
 
     ``num_classes`` counts the background. A frame larger than ``max_size`` by ``min_size`` (long side
     by short side) is scaled down to fit inside the model (:class:`CappedTransform`); smaller ones are
     seen at their own size. ``roi_pool`` (``align`` or ``pool``: the box, mask and keypoint heads all
     pool with it, as the paper's one network does) and ``mask_loss`` (``sigmoid`` or ``softmax``)
-    choose the ablation variants.
+    choose the ablation variants; ``mask_size`` (28 or 56) is the side of the predicted masks.
     """
-    if roi_pool not in ROI_POOLS or mask_loss not in MASK_LOSSES:
-        raise ValueError(f"roi_pool must be one of {ROI_POOLS} and mask_loss one of {MASK_LOSSES}")
+    if roi_pool not in ROI_POOLS or mask_loss not in MASK_LOSSES or mask_size not in MASK_SIZES:
+        raise ValueError(f"roi_pool must be one of {ROI_POOLS}, mask_loss one of {MASK_LOSSES} and mask_size one "
+                         f"of {MASK_SIZES}")
     backbone = SmallBackbone(widths, fpn_channels)
     anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     levels = ["0", "1", "2", "3"]
@@ -181,7 +197,8 @@ def small_maskrcnn(num_classes: int, num_keypoints: int = 0, min_size: int = 240
         box_predictor=FastRCNNPredictor(256, num_classes),
         mask_roi_pool=pooler(levels, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(fpn_channels, (head_channels,) * 4, 1),
-        mask_predictor=MaskRCNNPredictor(head_channels, head_channels, num_classes),
+        mask_predictor=(MaskRCNNPredictor(head_channels, head_channels, num_classes) if mask_size == 28
+                        else FineMaskPredictor(head_channels, num_classes)),
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_detections_per_img=50,
         **kwargs,
     )

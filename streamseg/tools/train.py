@@ -32,6 +32,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..models.registry import (
     MASK_LOSSES,
+    MASK_SIZES,
     ROI_POOLS,
     SHAPE_CLASSES,
     SHAPE_KEYPOINTS,
@@ -76,7 +77,7 @@ class TrainOptions:
     """Frame sizes, each frame's at random (repeat one to draw it more often)."""
     arch: tuple[tuple[str, Any], ...] = ()
     """Changes to :data:`~streamseg.models.registry.SMALL_ARCH` (``widths``, ``fpn_channels``,
-    ``head_channels``, ``roi_pool``, ``mask_loss``, ``input``)."""
+    ``head_channels``, ``roi_pool``, ``mask_loss``, ``mask_size``, ``input``)."""
 
     def command(self, out_dir: str | Path) -> str:
         """The ``streamseg train`` command line that makes these options."""
@@ -87,7 +88,7 @@ class TrainOptions:
         if self.sizes != default.sizes:
             words.append(f"--sizes {','.join(f'{w}x{h}' for w, h in self.sizes)}")
         arch = dict(self.arch)
-        for key in ("widths", "fpn_channels", "head_channels", "input"):
+        for key in ("widths", "fpn_channels", "head_channels", "mask_size", "input"):
             if key in arch:
                 value = arch[key]
                 value = _csv(value) if key == "widths" else "x".join(map(str, value)) if key == "input" else value
@@ -234,6 +235,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--fpn-channels", type=int, help=f"FPN width (default {SMALL_ARCH['fpn_channels']})")
     p.add_argument("--head-channels", type=int, help=f"mask and keypoint heads' width (default "
                    f"{SMALL_ARCH['head_channels']})")
+    p.add_argument("--mask-size", type=int, choices=MASK_SIZES, help=f"the predicted masks' side (default "
+                   f"{SMALL_ARCH['mask_size']}; 56: one more learned 2x up-sampling, finer outlines)")
     p.add_argument("--input", type=_frame_size, metavar="WxH", help="the largest frame the model sees at its own "
                    "size; larger ones "
                    f"are scaled down to fit (default {'x'.join(map(str, SMALL_ARCH['input']))})")
@@ -283,8 +286,8 @@ def main(args: Any) -> int:
     if args.iters < 1 or args.batch < 1 or args.eval_frames < 1:
         raise ConfigError("--iters, --batch and --eval-frames must be at least 1")
     arch = {"widths": args.widths, "input": list(args.input) if args.input else None,
-            "fpn_channels": args.fpn_channels, "head_channels": args.head_channels, "roi_pool": args.roi_pool,
-            "mask_loss": args.mask_loss}
+            "fpn_channels": args.fpn_channels, "head_channels": args.head_channels, "mask_size": args.mask_size,
+            "roi_pool": args.roi_pool, "mask_loss": args.mask_loss}
     # only what differs from the shipped architecture: an option given at its default is the same run
     changes = tuple((k, v) for k, v in arch.items() if v is not None and v != SMALL_ARCH[k])
     options = TrainOptions(args.iters, args.batch, args.lr, args.seed, tuple(n.strip() for n in args.styles.split(",")),
