@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# TrackEval, for the tracking figures: its metrics need only numpy and scipy, while its declared
+	# opencv-python would shadow our opencv-python-headless (streamseg.tools.tracking_eval)
+	$(BIN)/python -m pip install --quiet --no-deps trackeval==1.3.0
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -157,7 +157,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: Any) -> None:
-    p = sub.add_parser("eval", help="COCO AP (box, mask, keypoints) of a masks JSONL against COCO ground truth")
+    p = sub.add_parser("eval", help="COCO AP (box, mask, keypoints) of a masks JSONL against COCO ground truth; "
+                       "with track ids on both sides, tracking too (HOTA, IDF1, MOTA, ID switches, track AP)")
     p.add_argument("predictions", metavar="PRED.jsonl", help="masks JSON Lines from `streamseg run --masks`")
     p.add_argument("ground_truth", metavar="GT.json", help="COCO ground truth (streamseg synth, or val2017-style)")
     p.add_argument("--kpt-sigma", type=float, metavar="S",
@@ -169,9 +170,13 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from .tools.evaluate import evaluate, load_ground_truth, read_predictions
+    from .tools.tracking_eval import tracking_report
 
-    stats = evaluate(read_predictions(args.predictions), load_ground_truth(args.ground_truth), args.kpt_sigma)
+    records, gt = read_predictions(args.predictions), load_ground_truth(args.ground_truth)
+    stats = evaluate(records, gt, args.kpt_sigma)
     print(" ".join(f"{task} AP {values['AP']:.3f}" for task, values in stats.items()))
+    text, stats["tracking"] = tracking_report(records, gt)
+    print(text, file=sys.stdout if stats["tracking"] else sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(stats, f, indent=2)

@@ -44,7 +44,8 @@ class Instance:
     keypoints: np.ndarray | None
     """``float32[K, 3]`` of ``[x, y, score]``, or None."""
     track_id: int | None = None
-    """Reserved for tracking, which streamseg does not do yet: None in every message today."""
+    """The object's track (the same in every frame of its stream, unique in the run), or None where
+    the stream is not tracked (``track.enabled``)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ class Subscriber:
         self.rejected = 0
 
     def messages(self) -> Iterator[dict[str, Any]]:
-        """Every valid message (stream_start, frame, end_of_stream, status) as a dict."""
+        """Every valid message (stream_start, frame, track_start, track_end, status, end_of_stream) as
+        a dict."""
         open_streams: set[str] = set()
         while True:
             timeout_ms = None if self.timeout_s is None else int(self.timeout_s * 1000)

@@ -161,13 +161,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrackConfig:
-    """How instances are followed from frame to frame (:mod:`streamseg.tracking`): ByteTrack's two-stage
-    association, by mask IoU. Not yet a section of :class:`Config`: it joins with the tracking stage."""
+    """How instances are followed from frame to frame (:mod:`streamseg.tracking`, the ``track`` stage):
+    ByteTrack's two-stage association, by mask IoU. Each instance written out gets a ``track_id``,
+    unique in the run and never shared between streams."""
 
+    enabled: str = "auto"
+    """``auto``: track the streams of video files, cameras and network streams, not image folders
+    (their pictures need not follow each other); ``true``: image folders too; ``false``: no tracking,
+    no ``track_id``. Tracking needs a model with a mask head."""
     low_score: float = 0.1
     """Detections from here up to ``model.score_thresh`` are not written out, but the tracker's second
     stage matches them to tracks seen in the frame before, so an object whose score dips keeps its id
-    (the tracking stage, when it comes, has the model keep them down to here)."""
+    (with tracking on, the model keeps its detections down to here)."""
     match_iou: float = 0.1
     """Least mask IoU between a track's mask, moved to where its motion puts it, and a detection at or
     above ``model.score_thresh`` for the two to be the same object (low: an object entering the frame
@@ -179,6 +184,14 @@ class TrackConfig:
     back (an object hidden for a moment)."""
     motion: bool = True
     """Move each track's last mask by its velocity (from its last two sightings) before matching."""
+    detections_file: str | None = None
+    """Diagnostic: write every detection the tracker is given (the low-score ones too, without ids) to
+    this masks JSON Lines file (``{stream}`` as in ``--masks``), to compare trackers on the same
+    detections (benchmarks/tracking.py); a replaced tracker worker may repeat lines."""
+    checkpoint_frames: int = 10
+    """Every this many frames of a stream the tracker reports its state to the supervisor, and holds
+    the frames since (they are not acknowledged): a tracker worker that dies is replaced, takes that
+    state back and is sent those frames again, so its ids are those of a run that never failed."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +205,10 @@ class RenderConfig:
     boxes: bool = True
     """Draw bounding boxes."""
     labels: bool = True
-    """Draw the class name and score above each box."""
+    """Draw the class name and score above each box (and the track id, ``#12``, where tracked)."""
+    trail_frames: int = 0
+    """Draw each track's path over its last this many frames (its box's centre); 0: no trails. Needs
+    ``render.workers: 1`` (one renderer sees every frame of a stream)."""
     keypoints: bool = True
     """Draw keypoints and skeleton lines where the model gives them."""
     keypoint_thresh: float = 0.0
@@ -315,6 +331,7 @@ class Config:
     input: InputConfig = field(default_factory=InputConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -367,7 +384,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return {str(k): _coerce(v, str, f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if hint is str and isinstance(value, bool):  # YAML's false for an auto/true/false key (input.live)
+        return "true" if value else "false"
+    if hint is str and isinstance(value, (int, float)):
         return str(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
@@ -540,8 +559,18 @@ def validate(config: Config) -> None:
         (config.batch.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0"),
         (0.0 <= config.model.score_thresh <= 1.0, "model.score_thresh must be within [0, 1]"),
         (0.0 < config.model.mask_thresh < 1.0, "model.mask_thresh must be within (0, 1)"),
+        (config.track.enabled in ("auto", "true", "false"),
+         f"track.enabled must be auto, true or false, got {config.track.enabled!r}"),
+        (0.0 <= config.track.low_score <= 1.0, "track.low_score must be within [0, 1]"),
+        (0.0 < config.track.match_iou <= 1.0 and 0.0 < config.track.low_match_iou <= 1.0,
+         "track.match_iou and track.low_match_iou must be within (0, 1]"),
+        (config.track.max_age_s >= 0, "track.max_age_s must be >= 0"),
+        (config.track.checkpoint_frames >= 1, "track.checkpoint_frames must be at least 1"),
         (0.0 <= config.render.mask_alpha <= 1.0, "render.mask_alpha must be within [0, 1]"),
         (1 <= config.render.workers <= 64, "render.workers must be within [1, 64]"),
+        (config.render.trail_frames >= 0, "render.trail_frames must be >= 0 (0: no trails)"),
+        (not config.render.trail_frames or config.render.workers == 1,
+         "render.trail_frames needs render.workers: 1 (a trail is drawn from every frame of its stream)"),
         (1 <= config.encode.workers <= 64, "encode.workers must be within [1, 64]"),
         (config.transport.hwm_frames >= 1, "transport.hwm_frames must be at least 1"),
         (config.runtime.max_restarts >= 0, "runtime.max_restarts must be >= 0"),

@@ -27,7 +27,7 @@ from .models import model_info
 from .remote import RemoteStages
 from .runtime.spec import WorkerSpec
 from .security import server_from_config, transport_from_config
-from .sources import is_live
+from .sources import is_live, source_kind
 from .stages import STAGES
 
 
@@ -48,6 +48,18 @@ def stream_outputs(config: Config, template: str | None) -> dict[str, str]:
     """Stream id -> its output, for every source (empty without ``template``)."""
     streams = config.input.streams()
     return {sid: stream_output(template, sid, len(streams) > 1) for sid, _ in streams} if template else {}
+
+
+def tracked_streams(config: Config, masks: bool) -> list[str]:
+    """The streams the ``track`` stage follows (``track.enabled``: ``auto``, every stream but image
+    folders; a model without masks, none); empty: the run has no track stage."""
+    enabled = config.track.enabled
+    if enabled == "true" and not masks:
+        raise ConfigError(f"track.enabled is true, but model {config.model.name} has no mask head: tracking "
+                          "follows masks (set track.enabled: false, or auto)")
+    if enabled == "false" or not masks:
+        return []
+    return [sid for sid, url in config.input.streams() if enabled == "true" or source_kind(url) != "images"]
 
 
 def source_stage_names(config: Config) -> list[str]:
@@ -182,7 +194,8 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     # cannot keep up with, so latency stays bounded
     batches = -(-config.transport.hwm_frames // config.batch.max_batch)
     wanted = {"render": out.video, "masks": out.masks, "publish": out.publish}
-    ports = [port for port in STAGES["infer"].outputs if wanted[port]]
+    ports = [port for port in STAGES["track"].outputs if wanted[port]]
+    tracked = tracked_streams(config, info["masks"])
     progress_stage = "encode" if out.video else "masks" if out.masks else "publish"
     decoders = [_spec(name, "decode", config,
                       dict(source=url, stream_id=sid, live=is_live_stream,
@@ -196,10 +209,18 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
               outputs={STAGES["batch"].outputs[0]: "batches"}),
         # the model runs at normal priority, and its idle OpenMP threads sleep instead of spinning, so
         # that the cores it leaves free go to the other stages
-        _spec("infer", "infer", config, dict(ports=ports), common, inputs=("batches",),
-              outputs={p: f"results-{p}" for p in ports}, hwm_frames=1 if any(live) else batches, nice=0,
-              env={"OMP_WAIT_POLICY": "PASSIVE"}),
+        _spec("infer", "infer", config, dict(ports=["track"] if tracked else ports,
+                                             image_ports=["track" if tracked else "render"] if out.video else [],
+                                             keep_from=config.track.low_score if tracked else None),
+              common, inputs=("batches",), outputs={p: f"results-{p}" for p in (["track"] if tracked else ports)},
+              hwm_frames=1 if any(live) else batches, nice=0, env={"OMP_WAIT_POLICY": "PASSIVE"}),
     ]
+    if tracked:
+        given = stream_outputs(config, config.track.detections_file)
+        specs.append(_spec("track", "track", config, dict(streams=[sid for sid, _ in streams], tracked=tracked,
+                                                          high_score=config.model.score_thresh, ports=ports,
+                                                          **(dict(given=given, model_info=info) if given else {})),
+                           common, inputs=("results-track",), outputs={p: f"results-{p}" for p in ports}))
     if out.video:
         specs += _video_specs(config, info, common, progress_stage == "encode")
     if out.masks:

@@ -58,6 +58,10 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     ("model.device=tpu", "model.device"),
     ("batch=3", "batch"),
     ("nokey", "section.key=value"),
+    ("track.enabled=maybe", "track.enabled must be auto, true or false"),
+    ("track.checkpoint_frames=0", "track.checkpoint_frames"),
+    ("track.low_score=2", "track.low_score"),
+    ("render.trail_frames=-1", "render.trail_frames"),
 ])
 def test_bad_values(override: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -67,6 +71,14 @@ def test_bad_values(override: str, needle: str) -> None:
 def test_parse_override_reads_yaml_values() -> None:
     assert parse_override("a.b=true") == {"a": {"b": True}}
     assert parse_override("a=1.5") == {"a": 1.5}
+
+
+def test_auto_true_false_keys_take_yaml_s_booleans() -> None:
+    """``enabled: false`` in YAML (or --set) is the boolean false: an auto/true/false key takes it."""
+    config = load_config(sets=["track.enabled=false", "input.live=true"])
+    assert (config.track.enabled, config.input.live) == ("false", "true")
+    with pytest.raises(ConfigError, match="render.trail_frames needs render.workers: 1"):
+        load_config(sets=["render.trail_frames=8", "render.workers=2"])
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "pipelines").glob("*.yaml")),

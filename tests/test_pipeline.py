@@ -96,8 +96,8 @@ def test_python_api_returns_the_summary(clip: Path, tmp_path: Path) -> None:
                             model__max_fps=15.0)
     assert summary.frames == 48 and summary.fps > 0 and not summary.truncated
     assert summary.dropped == 0 and not summary.interrupted and not summary.lost and not summary.restarts
-    assert set(summary.stages) == {"decode", "batch", "infer", "render", "encode", "masks"}
-    assert summary.stages["infer"]["counters"]["frames"] == 48
+    assert set(summary.stages) == {"decode", "batch", "infer", "track", "render", "encode", "masks"}
+    assert summary.stages["infer"]["counters"]["frames"] == summary.stages["track"]["counters"]["frames"] == 48
     assert "dropped" not in summary.stages["batch"]["counters"]
     assert summary.bottleneck() in summary.stages
     assert summary.latency_at == "encode" and summary.latency["frames"] == 48

@@ -63,12 +63,16 @@ def _links(plan: Plan) -> list[tuple[str, str, str]]:
 def test_one_source_to_every_output(tmp_path: Path) -> None:
     plan = _plan(tmp_path, output={"video": "out.mp4", "masks": "m.jsonl", "publish": "tcp://127.0.0.1:5556"})
     specs = _by_name(plan)
-    assert list(specs) == ["decode", "batch", "infer", "render", "encode", "masks", "publish"]
+    assert list(specs) == ["decode", "batch", "infer", "track", "render", "encode", "masks", "publish"]
     assert [s.stage for s in plan.specs] == list(specs)
     assert sorted(_links(plan)) == sorted([
-        ("decode", "frames", "batch"), ("batch", "batches", "infer"), ("infer", "render", "render"),
-        ("infer", "masks", "masks"), ("infer", "publish", "publish"), ("render", "frames", "encode")])
-    assert specs["infer"].params == {"ports": ["render", "masks", "publish"]}
+        ("decode", "frames", "batch"), ("batch", "batches", "infer"), ("infer", "track", "track"),
+        ("track", "render", "render"), ("track", "masks", "masks"), ("track", "publish", "publish"),
+        ("render", "frames", "encode")])
+    # with tracking (a video file: on by default) the model keeps detections down to track.low_score
+    assert specs["infer"].params == {"ports": ["track"], "image_ports": ["track"], "keep_from": 0.1}
+    assert specs["track"].params == {"streams": ["0"], "tracked": ["0"], "high_score": 0.5,
+                                     "ports": ["render", "masks", "publish"]}
     assert specs["decode"].params == {"source": "in.mp4", "stream_id": "0", "live": False, "drop_when_full": True}
     assert specs["decode"].inputs == () and specs["encode"].outputs == {} and specs["masks"].outputs == {}
     assert specs["encode"].params == {"paths": {"0": "out.mp4"}}
@@ -105,7 +109,8 @@ def test_several_sources_get_a_decoder_each_and_share_the_rest(tmp_path: Path) -
     plan = _plan(tmp_path, input={"sources": ["a.mp4", "rtsp://cam/s"], "stream_ids": ["door", "yard"]},
                  output={"video": "rec.mp4", "masks": "m-{stream}.jsonl"})
     specs = _by_name(plan)
-    assert list(specs) == ["decode-door", "decode-yard", "batch", "infer", "render", "encode", "masks"]
+    assert list(specs) == ["decode-door", "decode-yard", "batch", "infer", "track", "render", "encode", "masks"]
+    assert specs["track"].params["streams"] == specs["track"].params["tracked"] == ["door", "yard"]
     assert (specs["decode-door"].params["source"], specs["decode-door"].params["stream_id"]) == ("a.mp4", "door")
     assert specs["decode-door"].params["live"] is False and specs["decode-yard"].params["live"] is True
     assert specs["batch"].inputs == (specs["decode-door"].outputs["frames"], specs["decode-yard"].outputs["frames"])
@@ -123,9 +128,9 @@ def test_block_policy_keeps_every_live_frame(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("output, names, progress", [
-    ({"masks": "m.jsonl"}, ["decode", "batch", "infer", "masks"], "masks"),
-    ({"publish": "tcp://127.0.0.1:5556"}, ["decode", "batch", "infer", "publish"], "publish"),
-    ({"masks": "m.jsonl", "publish": "tcp://127.0.0.1:5556"}, ["decode", "batch", "infer", "masks", "publish"],
+    ({"masks": "m.jsonl"}, ["decode", "batch", "infer", "track", "masks"], "masks"),
+    ({"publish": "tcp://127.0.0.1:5556"}, ["decode", "batch", "infer", "track", "publish"], "publish"),
+    ({"masks": "m.jsonl", "publish": "tcp://127.0.0.1:5556"}, ["decode", "batch", "infer", "track", "masks", "publish"],
      "masks"),
 ])
 def test_runs_without_video_have_no_render_or_encode_workers(tmp_path: Path, output: dict[str, str],
@@ -133,8 +138,9 @@ def test_runs_without_video_have_no_render_or_encode_workers(tmp_path: Path, out
     plan = _plan(tmp_path, output=output)
     assert [s.name for s in plan.specs] == names
     assert plan.progress_stage == progress and [s.name for s in plan.specs if s.progress] == [progress]
-    assert _by_name(plan)["infer"].params["ports"] == [p for p in ("masks", "publish") if p in names]
-    assert _by_name(plan)["infer"].outputs.keys() == set(_by_name(plan)["infer"].params["ports"])
+    assert _by_name(plan)["track"].params["ports"] == [p for p in ("masks", "publish") if p in names]
+    assert _by_name(plan)["track"].outputs.keys() == set(_by_name(plan)["track"].params["ports"])
+    assert _by_name(plan)["infer"].params["image_ports"] == []  # nothing draws: no pixels go past the model
 
 
 def test_nothing_to_write_is_an_error(tmp_path: Path) -> None:
@@ -150,7 +156,7 @@ def test_no_input_is_an_error() -> None:
 def test_several_render_workers_feed_one_encoder_in_order(tmp_path: Path) -> None:
     plan = _plan(tmp_path, render={"workers": 2})
     specs = _by_name(plan)
-    assert list(specs) == ["decode", "batch", "infer", "render-0", "render-1", "encode", "masks"]
+    assert list(specs) == ["decode", "batch", "infer", "track", "render-0", "render-1", "encode", "masks"]
     for name in ("render-0", "render-1"):
         assert specs[name].parallel and specs[name].inputs == specs["render-0"].inputs  # one port, both read it
         assert specs[name].params["routes"] == {} and list(specs[name].outputs) == ["frames"]
@@ -215,8 +221,10 @@ def test_a_remote_stage_connects_to_the_advertised_host_and_everything_else_bind
     assert specs["batch"].inputs == (">tcp://127.0.0.1:6001",)  # local to local: loopback
     assert specs["batch"].outputs == {"batches": "@tcp://0.0.0.0:6002"}
     assert specs["infer"].inputs == (">tcp://box-a:6002",)  # the remote side always connects
-    assert specs["infer"].outputs == {"render": ">tcp://box-a:6003", "masks": ">tcp://box-a:6004"}
-    assert specs["render"].inputs == ("@tcp://0.0.0.0:6003",) and specs["masks"].inputs == ("@tcp://0.0.0.0:6004",)
+    assert specs["infer"].outputs == {"track": ">tcp://box-a:6003"}
+    assert specs["track"].inputs == ("@tcp://0.0.0.0:6003",)
+    assert specs["track"].outputs == {"render": "@tcp://0.0.0.0:6004", "masks": "@tcp://0.0.0.0:6005"}
+    assert specs["render"].inputs == (">tcp://127.0.0.1:6004",) and specs["masks"].inputs == (">tcp://127.0.0.1:6005",)
     assert plan.remote.join_advertised == "tcp://box-a:7000"  # what the waiting hint tells a worker to join
     import socket
 
@@ -234,7 +242,8 @@ def test_a_remote_stage_connects_to_the_advertised_host_and_everything_else_bind
     ({"transport": {"endpoints": "tcp", "remote": ["decode"]}}, "transport.remote may name"),
     ({"transport": {"endpoints": "tcp", "remote": ["masks"]}, "output": {"video": "o.mp4"}},
      "names masks, which this run does not have"),
-    ({"transport": {"endpoints": "tcp", "remote": ["infer", "render"]}}, "cannot both run on other hosts"),
+    ({"transport": {"endpoints": "tcp", "remote": ["infer", "render"]}, "track": {"enabled": "false"}},
+     "cannot both run on other hosts"),
     ({"transport": {"endpoints": "tcp", "remote": ["render"]}, "render": {"workers": 2}},
      "names render, which this run does not have"),
     ({"transport": {"endpoints": "bus"}}, "transport.endpoints must be ipc or tcp"),
@@ -310,3 +319,22 @@ def test_every_spec_survives_its_json_form_with_its_section_rebuilt(tmp_path: Pa
 def test_a_spec_that_cannot_be_read_is_a_config_error(raw: bytes, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         spec_from_json(raw)
+
+
+def test_tracking_follows_video_streams_and_needs_masks(tmp_path: Path) -> None:
+    """``track.enabled: auto`` tracks video (files, cameras, network streams), not image folders; ``false``
+    plans no track stage and leaves the model's threshold alone; ``true`` with a mask-less model is an error."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    sources = {"sources": ["a.mp4", str(folder), "rtsp://cam/s"]}
+    specs = _by_name(_plan(tmp_path, input=sources))
+    assert specs["track"].params["tracked"] == ["0", "2"] and specs["track"].params["streams"] == ["0", "1", "2"]
+    assert _by_name(_plan(tmp_path, input=sources, track={"enabled": "true"}))["track"].params["tracked"] == \
+        ["0", "1", "2"]
+    untracked = _by_name(_plan(tmp_path, track={"enabled": "false"}))
+    assert "track" not in untracked and untracked["infer"].params == {"ports": ["render", "masks"],
+                                                                     "image_ports": ["render"], "keep_from": None}
+    assert "track" not in _by_name(_plan(tmp_path, input={"path": str(folder)}))
+    assert "track" not in _by_name(_plan(tmp_path, model={"name": "keypointrcnn_resnet50_fpn"}))
+    with pytest.raises(ConfigError, match="track.enabled is true, but model keypointrcnn_resnet50_fpn has no mask"):
+        _plan(tmp_path, model={"name": "keypointrcnn_resnet50_fpn"}, track={"enabled": "true"})

@@ -67,6 +67,19 @@ def test_inference_killed_twice_at_random_frames_gives_the_outputs_of_an_undistu
     assert cli.leftovers() == []
 
 
+def test_a_killed_tracker_gives_the_track_ids_of_an_undisturbed_run(cli, fault_clip: Path,
+                                                                    undisturbed: dict[str, Any]) -> None:
+    """Its replacement takes back the last state it reported and is sent the frames it held since
+    (how: tests/test_track_stage.py); the ids, in the masks and drawn in the video, are the same."""
+    at = sorted(random.Random(os.getpid()).sample(range(15, FAULT_FRAMES - 40), 2))
+    code, stderr, _ = _run_with_faults(cli, fault_clip, [(n, "track", signal.SIGKILL) for n in at])
+    assert code == 0, f"killed at {at}: {stderr}"
+    assert_same_outputs(cli.cwd, undisturbed)
+    assert len({i["track_id"] for r in undisturbed["masks"] for i in r["instances"]}) > 10
+    assert "restarted track 2x: worker process died (SIGKILL); worker process died (SIGKILL)" in stderr
+    assert cli.leftovers() == []
+
+
 def test_a_stopped_render_worker_is_noticed_and_replaced(cli, fault_clip: Path, undisturbed: dict[str, Any]) -> None:
     code, stderr, _ = _run_with_faults(cli, fault_clip, [(40, "render", signal.SIGSTOP)],
                                        "--set", "runtime.heartbeat_timeout_s=2")

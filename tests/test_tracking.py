@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import json
 from collections import defaultdict
 
 import numpy as np
@@ -41,7 +41,7 @@ def _follow(seed: int, frames: int, width: int = 640, height: int = 360, style: 
     changes of an object that was seen whole, more than a sliver, in the frame before).
     ``hide``: frame -> gt track ids left out of that frame's detections."""
     scene = Scene(seed, width, height, STYLES[style])
-    tracker = StreamTracker(TrackConfig(), itertools.count(1).__next__)
+    tracker = StreamTracker(TrackConfig())
     to_ids, to_gt, events, switches = defaultdict(set), defaultdict(set), [], 0
     FRAMES_SEEN.clear()
     last: dict[int, tuple[int, int, int]] = {}  # gt track -> (frame, id, area) when last seen
@@ -93,7 +93,7 @@ def test_a_track_ends_after_max_age_and_a_new_one_starts() -> None:
 
 
 def test_a_low_score_dip_keeps_the_id_but_is_not_written_out() -> None:
-    scene, tracker = Scene(408, 320, 240), StreamTracker(TrackConfig(), itertools.count(1).__next__)
+    scene, tracker = Scene(408, 320, 240), StreamTracker(TrackConfig())
     kept = None
     for frame in range(12):
         _, instances = scene.render()
@@ -112,7 +112,7 @@ def test_a_low_score_dip_keeps_the_id_but_is_not_written_out() -> None:
 
 
 def test_time_going_backwards_starts_every_track_afresh() -> None:
-    scene, tracker = Scene(409, 320, 240), StreamTracker(TrackConfig(), itertools.count(1).__next__)
+    scene, tracker = Scene(409, 320, 240), StreamTracker(TrackConfig())
     _, instances = scene.render()
     dets = _detections([i for i in instances if i.area >= 20], 240, 320)
     first, _ = tracker.update(0, 5.0, dets, 0.5)
@@ -123,7 +123,7 @@ def test_time_going_backwards_starts_every_track_afresh() -> None:
 
 def test_a_jump_forward_in_time_ends_the_tracks_before_it() -> None:
     """Past max_age_s without a frame (a stall, a reconnect, a timestamp jump): the same masks get new ids."""
-    scene, tracker = Scene(409, 320, 240), StreamTracker(TrackConfig(), itertools.count(1).__next__)
+    scene, tracker = Scene(409, 320, 240), StreamTracker(TrackConfig())
     _, instances = scene.render()
     dets = _detections([i for i in instances if i.area >= 20], 240, 320)
     first, _ = tracker.update(0, 0.0, dets, 0.5)
@@ -134,7 +134,7 @@ def test_a_jump_forward_in_time_ends_the_tracks_before_it() -> None:
 
 
 def test_a_frame_without_detections() -> None:
-    tracker = StreamTracker(TrackConfig(), itertools.count(1).__next__)
+    tracker = StreamTracker(TrackConfig())
     ids, events = tracker.update(0, 0.0, _detections([], 240, 320), 0.5)
     assert ids.shape == (0,) and events == []
 
@@ -155,3 +155,49 @@ def test_the_similarity_of_masks_in_regions() -> None:
     assert overlap(x, y, bits, 2, 3, row) == 3 and similarity(3, 5, 3) == pytest.approx(3 / 5)
     assert overlap(x, y, bits, 2, 2, row) == 1  # y 2: only the L's upright
     assert overlap(x, y, bits, 10, 10, row) == 0 and similarity(0, 5, 3) == 0.0
+
+
+def test_a_tracker_restored_from_its_state_goes_on_exactly_as_the_one_it_was_taken_from() -> None:
+    """The state crosses JSON (the supervisor keeps it); the restored tracker and the first, fed the same
+    frames after it, give the same ids and events."""
+    scene = Scene(408, 640, 360, STYLES["crowded"])
+    frames = []
+    for _ in range(40):
+        _, instances = scene.render()
+        frames.append(_detections([i for i in instances if i.area >= 20], 360, 640))
+        scene.step()
+    first = StreamTracker(TrackConfig(), ordinal=1, streams=3)
+    for frame, dets in enumerate(frames[:20]):
+        first.update(frame, frame / FPS, dets, 0.5)
+    restored = StreamTracker(TrackConfig(), ordinal=1, streams=3)
+    restored.restore(json.loads(json.dumps(first.state())))
+    for frame, dets in enumerate(frames[20:], start=20):
+        ids, events = first.update(frame, frame / FPS, dets, 0.5)
+        again, events_again = restored.update(frame, frame / FPS, dets, 0.5)
+        assert again.tolist() == ids.tolist() and events_again == events
+    assert json.dumps(first.state()) == json.dumps(restored.state())
+
+
+def test_each_stream_numbers_its_tracks_in_a_series_of_its_own() -> None:
+    """Stream k of n: k + 1, k + 1 + n, ...: ids never collide across streams, and need no coordination."""
+    scene = Scene(409, 320, 240)
+    _, instances = scene.render()
+    dets = _detections([i for i in instances if i.area >= 20], 240, 320)
+    ids = [StreamTracker(TrackConfig(), ordinal=k, streams=3).update(0, 0.0, dets, 0.5)[0].tolist() for k in range(3)]
+    assert ids[0][:3] == [1, 4, 7] and ids[1][:3] == [2, 5, 8] and ids[2][:3] == [3, 6, 9]
+    assert StreamTracker(TrackConfig()).update(0, 0.0, dets, 0.5)[0].tolist() == list(range(1, len(dets) + 1))
+
+
+def test_an_object_the_model_gives_twice_as_two_classes_keeps_one_track_per_class() -> None:
+    """Two near-equal masks of one shape, one a circle and one a rectangle (per-class NMS keeps both):
+    each track stays with its own class, even when the other's mask fits it a little better."""
+    frame = np.zeros((2, 100, 100), bool)
+    frame[0, 20:60, 20:60] = frame[1, 20:60, 20:61] = True
+    masks = MaskRegions.from_full(frame)
+    boxes = np.array([[20, 20, 60, 60], [20, 20, 61, 60]], np.float32)
+    tracker = StreamTracker(TrackConfig(motion=False))
+    first, _ = tracker.update(0, 0.0, Detections(boxes, np.array([0.9, 0.8], np.float32), np.array([1, 2]), masks), 0.5)
+    swapped = MaskRegions.from_full(frame[::-1].copy())  # the circle's mask is now the rectangle's of before
+    then, _ = tracker.update(1, 0.04, Detections(boxes[::-1].copy(), np.array([0.9, 0.8], np.float32),
+                                                 np.array([1, 2]), swapped), 0.5)
+    assert then.tolist() == first.tolist()

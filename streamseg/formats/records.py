@@ -9,8 +9,8 @@ A record::
                     "keypoints": [[x, y, score], ...]}]}
 
 ``mask`` is absent for models without a mask head and ``keypoints`` for models without a keypoint
-head. ``track_id`` is reserved in the published schema for tracking, which is not there yet: no
-record carries it today.
+head. ``track_id`` (an integer, the same for one object in every frame of its stream, unique in the
+run) is there where the stream is tracked (``track.enabled``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def frame_record(result: FrameResult, info: ModelInfo) -> dict[str, Any]:
         }
         if rles is not None:
             instance["mask"] = {"size": size, "counts": rles[i]}
+        if det.track_ids is not None:
+            instance["track_id"] = int(det.track_ids[i])
         if det.keypoints is not None:
             instance["keypoints"] = [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
                                      for x, y, s in det.keypoints[i]]

@@ -85,6 +85,9 @@ class Frame:
     """Index of the frame of this stream sent before it on the way to this stage, stamped by the
     inference stage that all of a stream's frames pass through; -1 when there was none or it is not
     known. A stage fed by several parallel workers restores the order by it (:mod:`streamseg.runtime.reorder`)."""
+    loop: int = 0
+    """How many times the source started over (``input.loop``) before this frame: the tracker starts
+    fresh tracks when it changes, though the timestamps go on."""
 
     def __post_init__(self) -> None:
         _check(self.index >= 0, f"bad frame index {self.index}")
@@ -183,6 +186,15 @@ class MaskRegions:
     def empty(cls, height: int, width: int) -> MaskRegions:
         return cls(np.zeros(0, bool), np.zeros((0, 4), np.int64), height, width)
 
+    def select(self, keep: np.ndarray) -> MaskRegions:
+        """The instances ``keep`` (indices, in order); a first few of them are a view, no copy."""
+        offsets = self.offsets
+        if np.array_equal(keep, np.arange(len(keep))):
+            bits = self.bits[:offsets[len(keep)]]
+        else:
+            bits = np.concatenate([self.bits[offsets[i]:offsets[i + 1]] for i in keep] or [np.zeros(0, bool)])
+        return MaskRegions(bits, self.regions[keep], self.height, self.width)
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -203,6 +215,9 @@ class Detections:
     """The masks as COCO compressed RLE ``counts`` strings (size ``[H, W]``), when already encoded
     (:class:`~streamseg.models.predictor.Predictor` with ``encode_rle``); the stages that write or
     publish masks encode them otherwise, so that the model's stage does only the model's work."""
+    track_ids: np.ndarray | None = None
+    """``int64[N]``, each instance's track (the ``track`` stage's; unique in the run), or None where the
+    stream is not tracked."""
 
     def __post_init__(self) -> None:
         _check_array(self.boxes, "Detections.boxes", np.float32, 2)
@@ -220,6 +235,9 @@ class Detections:
             _check(len(self.masks) == n, "Detections.masks disagrees on the instance count")
         if self.rles is not None:
             _check(len(self.rles) == n, "Detections.rles disagrees on the instance count")
+        if self.track_ids is not None:
+            _check_array(self.track_ids, "Detections.track_ids", np.int64, 1)
+            _check(self.track_ids.shape[0] == n, "Detections.track_ids disagrees on the instance count")
         if self.keypoints is not None:
             _check_array(self.keypoints, "Detections.keypoints", np.float32, 3)
             _check(self.keypoints.shape[0] == n and self.keypoints.shape[2] == 3,
@@ -229,6 +247,13 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
+    def select(self, keep: np.ndarray, track_ids: np.ndarray | None = None) -> Detections:
+        """The instances ``keep`` (indices, in order), with ``track_ids`` for them."""
+        masks = None if self.masks is None else self.masks.select(keep)
+        keypoints = None if self.keypoints is None else self.keypoints[keep]
+        rles = None if self.rles is None else tuple(self.rles[i] for i in keep)
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks, keypoints, rles, track_ids)
+
     @classmethod
     def empty(cls, height: int, width: int, num_keypoints: int | None = None,
               masks: bool = True) -> Detections:
@@ -236,6 +261,36 @@ class Detections:
         keypoints = None if num_keypoints is None else np.zeros((0, num_keypoints, 3), np.float32)
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64),
                    MaskRegions.empty(height, width) if masks else None, keypoints, () if masks else None)
+
+
+TRACK_EVENTS = ("start", "end")
+
+
+@dataclass(frozen=True)
+class TrackEvent:
+    """A track's start (in the frame it first appears) or end (once it is over: not seen for
+    ``track.max_age_s``, or its stream ended or started over)."""
+
+    kind: str
+    """``start`` or ``end``."""
+    track_id: int
+    label: int
+    """Its class id: the one it was seen as most often (so far, for a start)."""
+    first_frame: int
+    last_frame: int
+    """Index of the last frame it was written out in (the first, for a start); a low-score sighting
+    after it kept the track going but is not in the output."""
+    first_time: float
+    """Seconds: the stream's presentation time, or, for a live source, the wall-clock capture time."""
+    last_time: float
+
+    def __post_init__(self) -> None:
+        _check(self.kind in TRACK_EVENTS, f"bad track event {self.kind!r}")
+        _check(0 <= self.first_frame <= self.last_frame, "a track's last frame cannot come before its first")
+
+    @property
+    def duration_s(self) -> float:
+        return self.last_time - self.first_time
 
 
 @dataclass(frozen=True)
@@ -263,6 +318,10 @@ class FrameResult:
     prev: int = -1
     """Index of the result of this stream the inference stage sent before this one (-1: none, or
     not known); see :attr:`Frame.prev`."""
+    loop: int = 0
+    """:attr:`Frame.loop`, copied."""
+    events: tuple[TrackEvent, ...] = ()
+    """Tracks that started or ended at this frame (the ``track`` stage's)."""
 
     def __post_init__(self) -> None:
         _check(-1 <= self.prev < self.index, f"result {self.index} cannot come after result {self.prev}")
@@ -324,6 +383,8 @@ class EndOfStream:
     last: int = -1
     """Index of the stream's last frame the inference stage sent on (-1: none, or not known): where
     parallel workers join again, the end waits for that frame."""
+    events: tuple[TrackEvent, ...] = ()
+    """The ends of the stream's tracks still open when it ended (the ``track`` stage's)."""
 
     def __post_init__(self) -> None:
         _check(self.reason in END_REASONS, f"bad end-of-stream reason {self.reason!r}")
@@ -332,5 +393,5 @@ class EndOfStream:
 
 
 Message = StreamStart | Frame | Batch | FrameResult | StreamStatus | EndOfStream
-MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, MaskRegions, Detections, FrameResult, StreamStatus,
-                                   EndOfStream)
+MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, MaskRegions, Detections, TrackEvent, FrameResult,
+                                   StreamStatus, EndOfStream)

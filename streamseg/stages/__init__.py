@@ -1,6 +1,6 @@
 """The pipeline's stages, one module each, in data-flow order:
-:mod:`.decode` -> :mod:`.batch` -> :mod:`.infer` -> :mod:`.render` -> :mod:`.encode`, with
-:mod:`.maskwriter` and :mod:`.publish` beside the encoder.
+:mod:`.decode` -> :mod:`.batch` -> :mod:`.infer` -> :mod:`.track` (with tracking on) -> :mod:`.render`
+-> :mod:`.encode`, with :mod:`.maskwriter` and :mod:`.publish` beside the encoder.
 
 :data:`STAGES` is the table the planner builds workers from: a stage's constructor takes its config
 section (the dataclass itself, when it has one) first, then the facts of the plan as keyword
@@ -40,7 +40,8 @@ class StageType:
 STAGES: dict[str, StageType] = {kind.name: kind for kind in (
     StageType("decode", "streamseg.stages.decode:DecodeStage", "input", ("frames",)),
     StageType("batch", "streamseg.stages.batch:BatchStage", "batch", ("batches",)),
-    StageType("infer", "streamseg.stages.infer:InferStage", "model", ("render", "masks", "publish")),
+    StageType("infer", "streamseg.stages.infer:InferStage", "model", ("track", "render", "masks", "publish")),
+    StageType("track", "streamseg.stages.track:TrackStage", "track", ("render", "masks", "publish")),
     StageType("render", "streamseg.stages.render:RenderStage", "render", ("frames",)),
     StageType("encode", "streamseg.stages.encode:EncodeStage", "encode"),
     StageType("masks", "streamseg.stages.maskwriter:MaskWriterStage", None),

@@ -284,7 +284,7 @@ class DecodeStage(Source):
                 yield from self._wait(self.pacer.wait_s(float(pts_out * start.time_base), time.monotonic()))
             yield "frames", Frame(self.stream_id, self.index, int(pts_out), start.time_base,
                                   upright_rgb(picture, rotation, (start.width, start.height)),
-                                  captured=self._captured(pts_out))
+                                  captured=self._captured(pts_out), loop=self.counters.get("loops", 0))
             self.index += 1
             if self.stop_requested or self._enough():
                 return ""

@@ -34,14 +34,20 @@ def _is_device_error(exc: BaseException) -> bool:
 class InferStage(Stage):
     """Runs the model on each Batch and emits one FrameResult per frame, in order.
 
-    Ports: ``render`` gets each result with its image (for drawing); ``masks`` and ``publish`` get
-    it without. Any of them may be absent from the worker's outputs.
+    Ports: ``render`` (or, with tracking, ``track``, which passes it on) gets each result with its
+    image (for drawing) where the run draws; ``masks`` and ``publish`` get it without. Any of them may
+    be absent from the worker's outputs.
     """
 
-    def __init__(self, config: ModelConfig, ports: tuple[str, ...] | list[str] = ("render", "masks")) -> None:
+    def __init__(self, config: ModelConfig, ports: tuple[str, ...] | list[str] = ("render", "masks"),
+                 image_ports: tuple[str, ...] | list[str] = ("render",), keep_from: float | None = None) -> None:
         super().__init__()
         self.config = config
         self.ports = tuple(ports)
+        self.image_ports = frozenset(image_ports)
+        self.keep_from = keep_from
+        """With tracking, the score the model keeps detections from (``track.low_score``), below
+        ``model.score_thresh``: the tracker's second stage matches them, and writes none out."""
         self.predictor: Predictor | None = None
         self.max_fps = config.max_fps
         self.last: dict[str, int] = {}
@@ -56,6 +62,8 @@ class InferStage(Stage):
     def setup(self) -> None:
         cores = len(os.sched_getaffinity(0))
         config = dataclasses.replace(self.config, torch_threads=self.config.worker_threads(cores))
+        if self.keep_from is not None:
+            config = dataclasses.replace(config, score_thresh=min(config.score_thresh, self.keep_from))
         self.predictor = Predictor(config)
         log.info("model %s on %s, %d torch threads", config.name, self.predictor.device, config.torch_threads)
 
@@ -82,9 +90,9 @@ class InferStage(Stage):
             prev = self.last.get(frame.stream_id, -1)
             self.last[frame.stream_id] = frame.index
             for port in self.ports:
-                image = frame.image if port == "render" else None
+                image = frame.image if port in self.image_ports else None
                 emits.append((port, FrameResult(frame.stream_id, frame.index, frame.pts, frame.time_base,
-                                                w, h, detections, image, frame.captured, prev)))
+                                                w, h, detections, image, frame.captured, prev, frame.loop)))
         return emits
 
     def passes_on(self, eos: EndOfStream) -> EndOfStream:

@@ -6,8 +6,10 @@ Wire format (``docs/publishing.md``, JSON Schema ``schemas/detections-v1.schema.
   filters by prefix);
 - part 1, a UTF-8 JSON object with ``schema: "streamseg.detections"``, ``version: 1`` and
   ``type``: ``stream_start``, ``frame`` (the masks JSONL record: instances with class, score,
-  box, COCO RLE mask, keypoints; and ``capture_time``), ``status`` (a live source was lost,
-  is being reconnected, came back or was given up) or ``end_of_stream``.
+  box, COCO RLE mask, keypoints, track id; and ``capture_time``), ``track_start`` and ``track_end``
+  (a track's first frame, and its last once it is over; before the frame they come with),
+  ``status`` (a live source was lost, is being reconnected, came back or was given up) or
+  ``end_of_stream``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Iterable
 
 from ..formats.records import SCHEMA, VERSION, frame_record
 from ..models.registry import ModelInfo
-from ..runtime.messages import EndOfStream, FrameResult, StreamStart, StreamStatus
+from ..runtime.messages import EndOfStream, FrameResult, StreamStart, StreamStatus, TrackEvent
 from ..runtime.stage import Emit, Published, Stage
 
 
@@ -48,7 +50,8 @@ class PublishStage(Stage):
             record["capture_time"] = round(message.captured, 6)
             self.count("frames")
             self.latency.add(message.captured)
-            return [("publish", publish_message(message.stream_id, "frame", record))]
+            return [*self._events(message.stream_id, message.events),
+                    ("publish", publish_message(message.stream_id, "frame", record))]
         if isinstance(message, StreamStatus):
             self.count(f"status_{message.state}")
             body = {"state": message.state, "detail": message.detail, "attempt": message.attempt,
@@ -56,6 +59,19 @@ class PublishStage(Stage):
             return [("publish", publish_message(message.stream_id, "status", body))]
         return []
 
+    def _events(self, stream_id: str, events: tuple[TrackEvent, ...]) -> list[Emit]:
+        """``track_start`` and ``track_end`` messages."""
+        emits: list[Emit] = []
+        for e in events:
+            self.count(f"track_{e.kind}")
+            name = self.info.categories[e.label] if 0 <= e.label < len(self.info.categories) else str(e.label)
+            body = {"track_id": e.track_id, "class_id": e.label, "class": name, "first_frame": e.first_frame,
+                    "last_frame": e.last_frame, "first_time": round(e.first_time, 6),
+                    "last_time": round(e.last_time, 6), "duration_s": round(e.duration_s, 6)}
+            emits.append(("publish", publish_message(stream_id, f"track_{e.kind}", body)))
+        return emits
+
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         body = {"frames": eos.frames, "reason": eos.reason, "detail": eos.detail}
-        return [("publish", publish_message(eos.stream_id, "end_of_stream", body))]
+        return [*self._events(eos.stream_id, eos.events),
+                ("publish", publish_message(eos.stream_id, "end_of_stream", body))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+from collections import deque
 from typing import Any, Iterable
 
 import cv2
@@ -23,10 +24,17 @@ def palette(n: int = 64) -> np.ndarray:
 _PALETTE = palette()
 
 
+def track_colour(track_id: int) -> np.ndarray:
+    """A track's colour: the same in every frame, different for tracks started one after another."""
+    return _PALETTE[(track_id * 7) % len(_PALETTE)]
+
+
 def instance_colours(detections: Detections) -> np.ndarray:
-    """One colour per instance, stable across frames for the same class: the k-th instance of a class
-    counted from the left gets the same colour in every frame (no tracker needed)."""
+    """One colour per instance, stable across frames: its track's, where tracked; otherwise the k-th
+    instance of a class counted from the left gets the same colour in every frame."""
     n = len(detections)
+    if detections.track_ids is not None:
+        return np.array([track_colour(int(t)) for t in detections.track_ids], np.uint8).reshape(n, 3)
     colours = np.zeros((n, 3), np.uint8)
     centres = (detections.boxes[:, 0] + detections.boxes[:, 2]) / 2 if n else np.zeros(0)
     for label in np.unique(detections.labels):
@@ -37,12 +45,13 @@ def instance_colours(detections: Detections) -> np.ndarray:
 
 
 def draw(image: np.ndarray, detections: Detections, info: ModelInfo, config: RenderConfig = RenderConfig(),
-         out: np.ndarray | None = None) -> np.ndarray:
+         out: np.ndarray | None = None, trails: dict[int, Any] | None = None) -> np.ndarray:
     """Draw ``detections`` onto a copy of ``image`` (``uint8[H, W, 3]`` RGB) and return it.
 
     ``config``: what to draw (the ``render`` section; its defaults draw everything). ``out``: where
-    to put the copy (a buffer the caller owns); a new array when None. Work on masks is limited to
-    each instance's region, so it grows with object area, not frame area.
+    to put the copy (a buffer the caller owns); a new array when None. ``trails``: track id -> the
+    points of its path to draw. Work on masks is limited to each instance's region, so it grows with
+    object area, not frame area.
     """
     if out is None:
         out = np.array(image, copy=True)
@@ -54,6 +63,10 @@ def draw(image: np.ndarray, detections: Detections, info: ModelInfo, config: Ren
     if detections.masks is not None:
         _draw_masks(out, detections.masks, order, colours, config.mask_alpha, config.contour_px)
     thickness = max(1, round(min(width, height) / 360))
+    for track_id, points in (trails or {}).items():
+        if len(points) > 1:
+            cv2.polylines(out, [np.round(np.array(points)).astype(np.int32)], False, track_colour(track_id).tolist(),
+                          thickness, cv2.LINE_AA)
     for i in order:
         colour = colours[i].tolist()
         x1, y1, x2, y2 = (int(round(v)) for v in detections.boxes[i])
@@ -64,7 +77,9 @@ def draw(image: np.ndarray, detections: Detections, info: ModelInfo, config: Ren
     if config.labels and len(detections):  # last, over everything else, best-scoring first for room
         scale = text_scale(width, height)
         best_first = order[::-1]
-        texts = [label_text(info, int(detections.labels[i]), float(detections.scores[i])) for i in best_first]
+        ids = detections.track_ids
+        texts = [label_text(info, int(detections.labels[i]), float(detections.scores[i]),
+                            None if ids is None else int(ids[i])) for i in best_first]
         sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1) for t in texts]
         spots = place_labels(detections.boxes[best_first], [(w + 2, h + base + 1) for (w, h), base in sizes],
                              width, height)
@@ -82,9 +97,9 @@ def text_scale(width: int, height: int) -> float:
     return max(0.3, min(width, height) / 900)
 
 
-def label_text(info: ModelInfo, label: int, score: float) -> str:
+def label_text(info: ModelInfo, label: int, score: float, track_id: int | None = None) -> str:
     name = info.categories[label] if 0 <= label < len(info.categories) else str(label)
-    return f"{name} {score:.2f}"
+    return f"{name} {score:.2f}" if track_id is None else f"#{track_id} {name} {score:.2f}"
 
 
 def place_labels(boxes: np.ndarray, sizes: list[tuple[int, int]], width: int, height: int) -> list[tuple[int, ...]]:
@@ -150,6 +165,8 @@ class RenderStage(Stage):
         self.config = config
         self.routes = dict(routes or {})
         self.info = ModelInfo.from_dict(model_info)
+        self.trails: dict[str, dict[int, deque[tuple[float, float]]]] = {}
+        """Stream -> track id -> its box's last centres (``render.trail_frames``)."""
 
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
@@ -157,11 +174,24 @@ class RenderStage(Stage):
         if not isinstance(message, FrameResult) or message.image is None:
             return []
         image = draw(message.image, message.detections, self.info, self.config,
-                     out=self.allocate(message.image.shape, np.uint8))
+                     out=self.allocate(message.image.shape, np.uint8), trails=self._trails(message))
         self.count("frames")
         return [(self.routes.get(message.stream_id, "frames"),
                  Frame(message.stream_id, message.index, message.pts, message.time_base, image, message.captured,
                        message.prev))]
+
+    def _trails(self, result: FrameResult) -> dict[int, deque[tuple[float, float]]] | None:
+        """The paths of the frame's tracks, this frame's point included; tracks not in it are dropped."""
+        det = result.detections
+        if not self.config.trail_frames or det.track_ids is None:
+            return None
+        before = self.trails.get(result.stream_id, {})
+        now = {}
+        for track_id, (x1, y1, x2, y2) in zip(det.track_ids.tolist(), det.boxes.tolist()):
+            now[track_id] = before.get(track_id, deque(maxlen=self.config.trail_frames))
+            now[track_id].append(((x1 + x2) / 2, (y1 + y2) / 2))
+        self.trails[result.stream_id] = now
+        return now
 
     def stream_ports(self, stream_id: str) -> tuple[str, ...] | None:
         return (self.routes[stream_id],) if stream_id in self.routes else None

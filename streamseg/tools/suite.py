@@ -74,8 +74,10 @@ def make_clips(folder: Path, frames: int, progress: Callable[[str], None] = lamb
 
 
 def run_suite(folder: Path, frames: int = 100, model: str = "streamseg-small", weights: str = "",
-              progress: Callable[[str], None] = lambda line: None) -> SuiteResult:
-    """Generate the scenes (or reuse them), run the pipeline over them, one run a size, and score them."""
+              progress: Callable[[str], None] = lambda line: None, **settings: Any) -> SuiteResult:
+    """Generate the scenes (or reuse them), run the pipeline over them, one run a size, and score them.
+    ``settings``: more of :func:`streamseg.run`'s (``track__detections_file=...``); each scene's masks
+    are ``folder/NAME.jsonl``."""
     from ..pipeline import run
     from .evaluate import evaluate, load_ground_truth, read_predictions
 
@@ -88,7 +90,7 @@ def run_suite(folder: Path, frames: int = 100, model: str = "streamseg-small", w
         scenes = [s for s in SCENES if s.size == size]
         progress(f"running the pipeline over {len(scenes)} scenes at {size[0]}x{size[1]}")
         run([str(folder / f"{s.name}.mp4") for s in scenes], masks=str(folder / "{stream}.jsonl"),
-            input__stream_ids=tuple(s.name for s in scenes), model__name=model, model__weights=weights)
+            input__stream_ids=tuple(s.name for s in scenes), model__name=model, model__weights=weights, **settings)
         for scene in scenes:
             records = read_predictions(folder / f"{scene.name}.jsonl")
             gt = load_ground_truth(folder / f"{scene.name}.json")

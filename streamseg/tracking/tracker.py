@@ -15,19 +15,27 @@ The association is ByteTrack's (Zhang et al., 2022) with masks where it has boxe
    not matched again). Time going backwards (a ``--loop`` restart) ends every track.
 
 Every detection written out gets an id in the frame it first appears. A track's class is the one
-it was seen as most often. Ids come from ``new_id``, which the caller makes unique across streams.
+it was seen as most often. Ids are unique across the streams of a run without any coordination:
+stream ``ordinal`` of ``streams`` numbers its tracks ``ordinal + 1``, ``ordinal + 1 + streams``, ...
+(one stream: 1, 2, 3...). :meth:`StreamTracker.state` and :meth:`StreamTracker.restore` carry a
+tracker's whole state as JSON values, so that a replacement goes on exactly where it was.
 """
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
 from ..config import TrackConfig
-from ..runtime.messages import Detections, MaskRegions
+from ..runtime.messages import Detections, MaskRegions, TrackEvent
+
+CLASS_BONUS = 0.05
+"""Added to a track's mask IoU with a detection of its own class when choosing the assignment (not
+when judging whether a pair matches at all)."""
 
 
 @dataclass
@@ -45,7 +53,11 @@ class Track:
     first_frame: int
     first_time: float
     last_frame: int
+    """The last frame it was seen in (a low-score detection included)."""
     last_time: float
+    shown_frame: int
+    """The last frame it was written out in (by a detection at or above the threshold): its end's."""
+    shown_time: float
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
     """Pixels a second, ``[x, y]``, of the box's centre."""
     classes: Counter[int] = field(default_factory=Counter)
@@ -57,28 +69,29 @@ class Track:
     def label(self) -> int:
         return self.classes.most_common(1)[0][0]
 
+    def state(self) -> dict[str, Any]:
+        """The track as JSON values (its mask's bits packed, in base64)."""
+        return {"id": self.id, "x": self.x, "y": self.y, "shape": list(self.bits.shape),
+                "bits": base64.b64encode(np.packbits(self.bits, axis=None).tobytes()).decode(),
+                "box": self.box.tolist(), "first_frame": self.first_frame, "first_time": self.first_time,
+                "last_frame": self.last_frame, "last_time": self.last_time, "shown_frame": self.shown_frame,
+                "shown_time": self.shown_time, "velocity": self.velocity.tolist(),
+                "classes": [[k, n] for k, n in self.classes.items()], "area": self.area}
 
-@dataclass(frozen=True)
-class TrackEvent:
-    """A track's start (its first frame) or end (its last frame, when it is over)."""
-
-    kind: str
-    """``start`` or ``end``."""
-    track_id: int
-    label: int
-    first_frame: int
-    last_frame: int
-    first_time: float
-    last_time: float
-
-    @property
-    def duration_s(self) -> float:
-        return self.last_time - self.first_time
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Track:
+        w, h = state["shape"]
+        packed = np.frombuffer(base64.b64decode(state["bits"]), np.uint8)
+        bits = np.unpackbits(packed, count=w * h).reshape(w, h).astype(bool)
+        return cls(state["id"], state["x"], state["y"], bits, np.array(state["box"], np.float64),
+                   state["first_frame"], state["first_time"], state["last_frame"], state["last_time"],
+                   state["shown_frame"], state["shown_time"], np.array(state["velocity"], np.float64),
+                   Counter({k: n for k, n in state["classes"]}), state["area"])
 
 
 def _event(kind: str, track: Track) -> TrackEvent:
-    return TrackEvent(kind, track.id, track.label, track.first_frame, track.last_frame, track.first_time,
-                      track.last_time)
+    return TrackEvent(kind, track.id, track.label, track.first_frame, track.shown_frame, track.first_time,
+                      track.shown_time)
 
 
 def overlap(ax: int, ay: int, a: np.ndarray, bx: int, by: int, b: np.ndarray) -> int:
@@ -98,12 +111,28 @@ def similarity(inter: int, area_a: int, area_b: int) -> float:
 class StreamTracker:
     """The tracks of one stream; :meth:`update` once a frame, in frame order."""
 
-    def __init__(self, config: TrackConfig, new_id: Callable[[], int]) -> None:
+    def __init__(self, config: TrackConfig, ordinal: int = 0, streams: int = 1) -> None:
         self.config = config
-        self.new_id = new_id
+        self.ordinal, self.streams = ordinal, streams
+        self.started = 0
+        """Tracks started so far (the next id's place in this stream's series)."""
         self.tracks: list[Track] = []
         self.frame = -1
         self.time = -np.inf
+
+    def new_id(self) -> int:
+        self.started += 1
+        return (self.started - 1) * self.streams + self.ordinal + 1
+
+    def state(self) -> dict[str, Any]:
+        """Everything the tracker knows, as JSON values (:meth:`restore` takes it back)."""
+        return {"started": self.started, "frame": self.frame, "time": None if self.time == -np.inf else self.time,
+                "tracks": [t.state() for t in self.tracks]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.started, self.frame = state["started"], state["frame"]
+        self.time = -np.inf if state["time"] is None else state["time"]
+        self.tracks = [Track.from_state(t) for t in state["tracks"]]
 
     def update(self, frame: int, time_s: float, detections: Detections, high_score: float
                ) -> tuple[np.ndarray, list[TrackEvent]]:
@@ -129,21 +158,23 @@ class StreamTracker:
         predicted = [self._predicted(t, time_s, masks.width, masks.height) for t in live]
         # the first stage: the high-score detections against every live track, lost ones too
         matched: set[int] = set()
-        for k, i in self._assign(high, list(range(len(live))), live, predicted, regions, areas,
+        for k, i in self._assign(high, list(range(len(live))), live, predicted, regions, areas, detections.labels,
                                  self.config.match_iou):
             matched.add(k)
             ids[i] = live[k].id
+            live[k].shown_frame, live[k].shown_time = frame, time_s
             self._see(live[k], frame, time_s, regions[i], areas[i], detections.boxes[i], int(detections.labels[i]))
         # the second: the low-score ones against the tracks seen in the frame before and not yet matched;
         # a match keeps the track going, but the detection is not written out (its id stays -1)
         recent = [k for k in range(len(live)) if k not in matched and live[k].last_frame == self.frame]
-        for k, i in self._assign(low, recent, live, predicted, regions, areas, self.config.low_match_iou):
+        for k, i in self._assign(low, recent, live, predicted, regions, areas, detections.labels,
+                                 self.config.low_match_iou):
             self._see(live[k], frame, time_s, regions[i], areas[i], detections.boxes[i], int(detections.labels[i]))
         for i in high:
             if ids[i] < 0:
                 x, y, bits = regions[i]
                 track = Track(self.new_id(), x, y, bits.copy(), detections.boxes[i].astype(np.float64), frame, time_s,
-                              frame, time_s, area=areas[i])
+                              frame, time_s, frame, time_s, area=areas[i])
                 track.classes[int(detections.labels[i])] += 1
                 self.tracks.append(track)
                 ids[i] = track.id
@@ -152,9 +183,9 @@ class StreamTracker:
         return ids, events
 
     def finish(self) -> list[TrackEvent]:
-        """End every track (the stream ended, or started over)."""
+        """End every track (the stream ended, or started over); the next track gets a new id."""
         events = [_event("end", t) for t in self.tracks]
-        self.tracks, self.frame, self.time = [], -1, -np.inf
+        self.tracks, self.time = [], -np.inf
         return events
 
     @staticmethod
@@ -177,7 +208,7 @@ class StreamTracker:
 
     def _assign(self, dets: list[int], candidates: list[int], live: list[Track],
                 predicted: list[tuple[int, int, np.ndarray, int, int, int]], regions: list[tuple[int, int, np.ndarray]],
-                areas: list[int], least: float) -> list[tuple[int, int]]:
+                areas: list[int], labels: np.ndarray, least: float) -> list[tuple[int, int]]:
         """Pairs (track index, detection index) of an optimal assignment by mask IoU, each at least
         ``least``: a track's mask where its motion puts it, or, for a track seen in the frame before,
         where it was, whichever fits better (a shape cut by the frame's edge or by another shape moves
@@ -204,7 +235,10 @@ class StreamTracker:
             if (lx, ly) != (px, py) and track.last_frame == self.frame:
                 sim[row, col] = max(sim[row, col], similarity(overlap(lx, ly, track.bits, x, y, det_bits), track.area,
                                                               areas[dets[col]]))
-        rows, cols = linear_sum_assignment(-sim)
+        # where the model gives one object twice, as two classes, each track keeps the detection of
+        # its own class: two near-equal masks would otherwise swap their ids from frame to frame
+        same = np.array([[live[k].label == labels[i] for i in dets] for k in candidates])
+        rows, cols = linear_sum_assignment(-(sim + CLASS_BONUS * (same & (sim > 0))))
         return [(candidates[r], dets[c]) for r, c in zip(rows, cols) if sim[r, c] >= least]
 
     @staticmethod

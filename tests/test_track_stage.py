@@ -1,0 +1,106 @@
+"""The track stage as an object (no processes): what it sends on, its checkpoints, and a replacement
+that takes one back. The real kill: tests/test_reliability.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from test_tracking import _detections
+
+from streamseg.config import TrackConfig
+from streamseg.runtime.messages import EndOfStream, FrameResult, StreamStart
+from streamseg.stages.track import TrackStage
+from streamseg.tools.synth import STYLES, Scene
+
+PORTS = ("render", "masks")
+
+
+def _results(seed: int, frames: int, stream: str = "0", width: int = 320, height: int = 240) -> list[FrameResult]:
+    """A scene's ground truth as the model's results: every shape at 0.9, and a low-score one (0.3) of
+    the first shape's mask in every frame, which the tracker may match but never writes out."""
+    scene, results = Scene(seed, width, height, STYLES["crowded"]), []
+    for index in range(frames):
+        _, instances = scene.render()
+        shown = [i for i in instances if i.area >= 20]
+        shown += shown[:1]
+        dets = _detections(shown, height, width, [0.9] * (len(shown) - 1) + [0.3] if shown else [])
+        image = np.zeros((height, width, 3), np.uint8)
+        results.append(FrameResult(stream, index, index * 1000, Fraction(1, 25000), width, height, dets, image))
+        scene.step()
+    return results
+
+
+def _start(stream: str = "0") -> StreamStart:
+    return StreamStart(stream, 320, 240, Fraction(25), Fraction(1, 25000), 0, "clip.mp4", False)
+
+
+def _stage(checkpoints: list, **kwargs) -> TrackStage:
+    stage = TrackStage(TrackConfig(**kwargs), ["0", "1"], ["0"], 0.5, PORTS)
+    stage.bind_events(lambda event, **data: checkpoints.append(json.loads(json.dumps(data))))
+    return stage
+
+
+def test_results_go_on_with_track_ids_and_without_the_low_scores() -> None:
+    stage = _stage([])
+    stage.process(_start())
+    first = _results(408, 1)[0]
+    out = list(stage.process(first))
+    assert [port for port, _ in out] == list(PORTS)
+    render, masks = out[0][1], out[1][1]
+    n = len(first.detections) - 1  # all but the low-score one
+    assert render.image is first.image and masks.image is None
+    assert len(masks.detections) == n and masks.detections.track_ids.tolist() == list(range(1, 2 * n, 2))
+    assert (masks.detections.masks.full() == first.detections.masks.full()[:n]).all()
+    assert [e.kind for e in masks.events] == ["start"] * n and [e.track_id for e in masks.events] == \
+        masks.detections.track_ids.tolist()
+
+
+def test_a_stream_not_tracked_goes_on_without_ids_and_without_the_low_scores() -> None:
+    stage = _stage([])
+    result = _results(408, 1, stream="1")[0]
+    (_, out), _ = stage.process(result)
+    assert out.detections.track_ids is None and (out.detections.scores >= 0.5).all()
+    assert len(out.detections) == len(result.detections) - 1 and out.events == ()
+
+
+def test_a_loop_restart_ends_every_track_and_starts_new_ones() -> None:
+    stage = _stage([])
+    first, second = _results(408, 2)
+    before = list(stage.process(first))[1][1]
+    after = list(stage.process(dataclasses.replace(second, loop=1)))[1][1]
+    assert set(before.detections.track_ids.tolist()).isdisjoint(after.detections.track_ids.tolist())
+    assert sorted(e.track_id for e in after.events if e.kind == "end") == sorted(before.detections.track_ids.tolist())
+
+
+@pytest.mark.parametrize("killed_after", [13, 20, 29])
+def test_a_replacement_sends_what_an_undisturbed_tracker_would(killed_after: int) -> None:
+    """The first tracker is lost after frame ``killed_after``: what it held since its last checkpoint
+    comes again (and, before that, what downstream had not finished: here the last 3 frames), and the
+    replacement's outputs from there on are those of a tracker that never failed."""
+    results = _results(408, 40)
+    undisturbed = _stage([])
+    expected = {r.index: list(undisturbed.process(r))[1][1] for r in results}
+    checkpoints: list = []
+    first = _stage(checkpoints)
+    first.process(_start())
+    for result in results[:killed_after + 1]:
+        for port, out in first.process(result):
+            if out.index < killed_after - 2:
+                first.acknowledged(port, out, True)
+    assert len(checkpoints) == (killed_after + 1) // 10
+    held = first.holds()
+    assert held == {("0", i) for i in range(10 * len(checkpoints), killed_after + 1)}
+    replacement = _stage([])
+    replacement.restarted, replacement.previous = True, {**checkpoints[-1], "cause": "SIGKILL"}
+    again = sorted({i for _, i in held} | set(range(killed_after - 2, killed_after + 1)))
+    for result in [results[i] for i in again] + results[killed_after + 1:]:
+        for port, out in replacement.process(result):
+            want = expected[out.index]
+            assert out.detections.track_ids.tolist() == want.detections.track_ids.tolist(), out.index
+            assert out.events == want.events
+    eos = EndOfStream("0", 40)
+    assert replacement.passes_on(eos).events == undisturbed.passes_on(eos).events != ()
