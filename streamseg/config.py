@@ -195,6 +195,45 @@ class TrackConfig:
 
 
 @dataclass(frozen=True)
+class ZoneConfig:
+    """A polygon zone of the ``analytics`` section."""
+
+    name: str = ""
+    points: tuple[tuple[float, float], ...] = ()
+    """Its corners, ``[x, y]`` in the source's pixels, in order around it: at least 3, inside the frame,
+    edges not crossing each other."""
+    stream: str = ""
+    """The stream it watches; empty: every stream."""
+
+
+@dataclass(frozen=True)
+class LineConfig:
+    """A counting line of the ``analytics`` section."""
+
+    name: str = ""
+    points: tuple[tuple[float, float], ...] = ()
+    """Its two ends, ``[x, y]`` in the source's pixels. Looking from the first to the second as the
+    picture shows it, a crossing to the left-hand side is ``in``, to the right-hand side ``out``."""
+    stream: str = ""
+    """The stream it watches; empty: every stream."""
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    """Zones and lines over the tracks (:mod:`streamseg.tracking.analytics`; needs tracking on): who is
+    inside each zone and for how long, who crossed each line which way, per class. In the run summary,
+    in published ``counts`` messages and on the video."""
+
+    zones: tuple[ZoneConfig, ...] = ()
+    lines: tuple[LineConfig, ...] = ()
+    anchor: str = "bottom"
+    """The point of an instance that is in a zone or crosses a line: ``bottom``, its box's bottom
+    centre (where it stands), or ``center``."""
+    counts_every_s: float = 1.0
+    """A stream's ``counts`` message is published every this many seconds of its time (and at its end)."""
+
+
+@dataclass(frozen=True)
 class RenderConfig:
     """How detections are drawn onto the annotated video."""
 
@@ -332,6 +371,7 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -392,6 +432,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint in (int, float, str, bool):
         raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
+    if dataclasses.is_dataclass(hint):  # an item of a list of mappings (analytics.zones)
+        return _merge(hint(), value, f"{key}.")
     return value
 
 
@@ -566,6 +608,9 @@ def validate(config: Config) -> None:
          "track.match_iou and track.low_match_iou must be within (0, 1]"),
         (config.track.max_age_s >= 0, "track.max_age_s must be >= 0"),
         (config.track.checkpoint_frames >= 1, "track.checkpoint_frames must be at least 1"),
+        (config.analytics.anchor in ("bottom", "center"),
+         f"analytics.anchor must be bottom or center, got {config.analytics.anchor!r}"),
+        (config.analytics.counts_every_s > 0, "analytics.counts_every_s must be positive"),
         (0.0 <= config.render.mask_alpha <= 1.0, "render.mask_alpha must be within [0, 1]"),
         (1 <= config.render.workers <= 64, "render.workers must be within [1, 64]"),
         (config.render.trail_frames >= 0, "render.trail_frames must be >= 0 (0: no trails)"),

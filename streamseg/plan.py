@@ -29,6 +29,7 @@ from .runtime.spec import WorkerSpec
 from .security import server_from_config, transport_from_config
 from .sources import is_live, source_kind
 from .stages import STAGES
+from .tracking.analytics import check_analytics
 
 
 def stream_output(template: str, stream_id: str, several: bool) -> str:
@@ -163,7 +164,9 @@ def _video_specs(config: Config, info: dict[str, Any], common: dict[str, Any], p
     ports = [port] if len(encoders) == 1 else [f"{port}-{j}" for j in range(len(encoders))]
     renderers = worker_names("render", config.render.workers)
     routes = {sid: ports[j] for sid, j in shares.items()} if len(encoders) > 1 else {}
-    specs = [_spec(name, "render", config, dict(model_info=info, routes=routes), common,
+    zones = {"analytics": dataclasses.asdict(config.analytics)} if config.analytics.zones or config.analytics.lines \
+        else {}
+    specs = [_spec(name, "render", config, dict(model_info=info, routes=routes, **zones), common,
                    inputs=("results-render",), outputs={port: f"rendered-{i}-{port}" for port in ports},
                    parallel=len(renderers) > 1)
              for i, name in enumerate(renderers)]
@@ -196,6 +199,10 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     wanted = {"render": out.video, "masks": out.masks, "publish": out.publish}
     ports = [port for port in STAGES["track"].outputs if wanted[port]]
     tracked = tracked_streams(config, info["masks"])
+    check_analytics(config.analytics)
+    if (config.analytics.zones or config.analytics.lines) and not tracked:
+        raise ConfigError("analytics zones and lines count tracks: this run tracks no stream (track.enabled, "
+                          "an image folder, or a model without masks)")
     progress_stage = "encode" if out.video else "masks" if out.masks else "publish"
     decoders = [_spec(name, "decode", config,
                       dict(source=url, stream_id=sid, live=is_live_stream,
@@ -217,9 +224,12 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     ]
     if tracked:
         given = stream_outputs(config, config.track.detections_file)
+        zones = config.analytics.zones or config.analytics.lines
         specs.append(_spec("track", "track", config, dict(streams=[sid for sid, _ in streams], tracked=tracked,
-                                                          high_score=config.model.score_thresh, ports=ports,
-                                                          **(dict(given=given, model_info=info) if given else {})),
+                                                          high_score=config.model.score_thresh, model_info=info,
+                                                          ports=ports, **({"given": given} if given else {}),
+                                                          **({"analytics": dataclasses.asdict(config.analytics)}
+                                                             if zones else {})),
                            common, inputs=("results-track",), outputs={p: f"results-{p}" for p in ports}))
     if out.video:
         specs += _video_specs(config, info, common, progress_stage == "encode")

@@ -56,6 +56,9 @@ class Summary:
     inputs: dict[str, str] = field(default_factory=dict)
     """Stream id -> what its input was: container, codec, size stored and shown (rotation), constant
     or variable frame rate, which video stream."""
+    analytics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Stream id -> its ``analytics`` zones and lines at the end (``zones``: name -> occupancy, who is
+    inside, entries, dwell; ``lines``: name -> crossings in and out, in all and per class)."""
 
     @property
     def fps_end_to_end(self) -> float:
@@ -84,6 +87,14 @@ class Summary:
             lines.append(f"{name:<8} {st.get('busy_s', 0):8.2f} {100 * st.get('busy_s', 0) / run_s:6.0f}% "
                          f"{st.get('blocked_s', 0):10.2f} {st.get('cpu_s', 0):7.2f}  {counts}")
         lines.append(f"bottleneck: {self.bottleneck()}")
+        for sid, figures in self.analytics.items():
+            for name, z in figures["zones"].items():
+                lines.append(f"zone {name} (stream {sid}): {z['entered']} entered, {z['occupancy']} inside at the end, "
+                             f"stayed {z['dwell_s']['mean']:.1f} s on average (longest {z['dwell_s']['max']:.1f} s)")
+            for name, ln in figures["lines"].items():
+                by_class = ", ".join(f"{k} {v}" for k, v in ln["in_by_class"].items())
+                lines.append(f"line {name} (stream {sid}): {ln['in']} in, {ln['out']} out"
+                             + (f" (in: {by_class})" if by_class else ""))
         if self.latency.get("frames"):
             lat = self.latency
             lines.append(f"latency capture to {self.latency_at}: p50 {lat['p50_s'] * 1000:.0f} ms  "
@@ -166,4 +177,5 @@ def summarise(config: Config, stats: dict[str, dict[str, Any]], progress_stage: 
                    {name: st["restarts"] for name, st in stats.items() if st.get("restarts")},
                    sum(int(st.get("counters", {}).get("resent", 0)) for st in stats.values()),
                    {sid: f"{info['source']}: {describe_input(info)}" for sid, info in
-                    ((sid, (inputs or {}).get(sid, {})) for sid, _ in streams) if "container" in info})
+                    ((sid, (inputs or {}).get(sid, {})) for sid, _ in streams) if "container" in info},
+                   dict(stats.get("track", {}).get("analytics", {})))

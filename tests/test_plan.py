@@ -71,8 +71,8 @@ def test_one_source_to_every_output(tmp_path: Path) -> None:
         ("render", "frames", "encode")])
     # with tracking (a video file: on by default) the model keeps detections down to track.low_score
     assert specs["infer"].params == {"ports": ["track"], "image_ports": ["track"], "keep_from": 0.1}
-    assert specs["track"].params == {"streams": ["0"], "tracked": ["0"], "high_score": 0.5,
-                                     "ports": ["render", "masks", "publish"]}
+    assert specs["track"].params == {"streams": ["0"], "tracked": ["0"], "high_score": 0.5, "ports": ["render", "masks",
+                                     "publish"], "model_info": model_info("streamseg-small").to_dict()}
     assert specs["decode"].params == {"source": "in.mp4", "stream_id": "0", "live": False, "drop_when_full": True}
     assert specs["decode"].inputs == () and specs["encode"].outputs == {} and specs["masks"].outputs == {}
     assert specs["encode"].params == {"paths": {"0": "out.mp4"}}

@@ -47,7 +47,10 @@ def published(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     reader.start()
     try:
         time.sleep(0.5)  # the subscribe command connects (the pipeline's start-up takes longer still)
-        result = cli.run("run", str(clip), "--masks", "m.jsonl", "--publish", endpoint, *TEST_MODEL)
+        result = cli.run("run", str(clip), "--masks", "m.jsonl", "--publish", endpoint, *TEST_MODEL,
+                         "--set", "analytics.lines=[{name: across, points: [[161, 0], [161, 242]]}]",
+                         "--set", "analytics.zones=[{name: top, points: [[0, 0], [322, 0], [322, 121], [0, 121]]}]",
+                         "--set", "analytics.counts_every_s=0.5")
         assert result.returncode == 0, result.stderr
         collector.join(30)
         reader.join(30)
@@ -64,8 +67,13 @@ def test_a_subscriber_gets_one_valid_message_per_frame(published: dict[str, Any]
     messages = published["messages"]
     for message in messages:
         jsonschema.validate(message, SCHEMA)
-    kinds = [m["type"] for m in messages if not m["type"].startswith("track_")]
+    kinds = [m["type"] for m in messages if m["type"] not in ("track_start", "track_end", "counts")]
     assert kinds == ["stream_start"] + ["frame"] * 48 + ["end_of_stream"]
+    # the zones' and lines' figures: after frames 0, 15 and 30 (every 0.5 s at 30 fps), and at the end
+    counts = [m for m in messages if m["type"] == "counts"]
+    assert [m["frame"] for m in counts] == [0, 15, 30, 45, 47] and counts[-1]["time"] is None
+    assert set(counts[-1]["zones"]) == {"top"} and set(counts[-1]["lines"]) == {"across"}
+    assert counts[-1]["zones"]["top"]["entered"] >= counts[0]["zones"]["top"]["entered"]
     frames = [m for m in messages if m["type"] == "frame"]
     # tracked (a video file): each track starts once, just before the first frame that has it, and
     # ends once, after its last, with the frames and class its instances show

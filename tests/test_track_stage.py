@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from test_tracking import _detections
 
-from streamseg.config import TrackConfig
+from streamseg.config import AnalyticsConfig, LineConfig, TrackConfig, ZoneConfig
+from streamseg.models import model_info
 from streamseg.runtime.messages import EndOfStream, FrameResult, StreamStart
 from streamseg.stages.track import TrackStage
 from streamseg.tools.synth import STYLES, Scene
@@ -38,8 +39,9 @@ def _start(stream: str = "0") -> StreamStart:
     return StreamStart(stream, 320, 240, Fraction(25), Fraction(1, 25000), 0, "clip.mp4", False)
 
 
-def _stage(checkpoints: list, **kwargs) -> TrackStage:
-    stage = TrackStage(TrackConfig(**kwargs), ["0", "1"], ["0"], 0.5, PORTS)
+def _stage(checkpoints: list, analytics: AnalyticsConfig | None = None, **kwargs) -> TrackStage:
+    stage = TrackStage(TrackConfig(**kwargs), ["0", "1"], ["0"], 0.5, model_info("streamseg-small").to_dict(), PORTS,
+                       dataclasses.asdict(analytics) if analytics else None)
     stage.bind_events(lambda event, **data: checkpoints.append(json.loads(json.dumps(data))))
     return stage
 
@@ -76,16 +78,22 @@ def test_a_loop_restart_ends_every_track_and_starts_new_ones() -> None:
     assert sorted(e.track_id for e in after.events if e.kind == "end") == sorted(before.detections.track_ids.tolist())
 
 
+ZONES = AnalyticsConfig(zones=(ZoneConfig("left", ((0, 0), (160, 0), (160, 240), (0, 240))),),
+                        lines=(LineConfig("middle", ((0, 120), (320, 120))),))
+
+
 @pytest.mark.parametrize("killed_after", [13, 20, 29])
 def test_a_replacement_sends_what_an_undisturbed_tracker_would(killed_after: int) -> None:
     """The first tracker is lost after frame ``killed_after``: what it held since its last checkpoint
     comes again (and, before that, what downstream had not finished: here the last 3 frames), and the
-    replacement's outputs from there on are those of a tracker that never failed."""
+    replacement's outputs from there on are those of a tracker that never failed: ids, events, and
+    the zones' and lines' counts."""
     results = _results(408, 40)
-    undisturbed = _stage([])
+    undisturbed = _stage([], ZONES)
+    undisturbed.process(_start())
     expected = {r.index: list(undisturbed.process(r))[1][1] for r in results}
     checkpoints: list = []
-    first = _stage(checkpoints)
+    first = _stage(checkpoints, ZONES)
     first.process(_start())
     for result in results[:killed_after + 1]:
         for port, out in first.process(result):
@@ -94,13 +102,16 @@ def test_a_replacement_sends_what_an_undisturbed_tracker_would(killed_after: int
     assert len(checkpoints) == (killed_after + 1) // 10
     held = first.holds()
     assert held == {("0", i) for i in range(10 * len(checkpoints), killed_after + 1)}
-    replacement = _stage([])
+    replacement = _stage([], ZONES)
     replacement.restarted, replacement.previous = True, {**checkpoints[-1], "cause": "SIGKILL"}
     again = sorted({i for _, i in held} | set(range(killed_after - 2, killed_after + 1)))
     for result in [results[i] for i in again] + results[killed_after + 1:]:
         for port, out in replacement.process(result):
             want = expected[out.index]
             assert out.detections.track_ids.tolist() == want.detections.track_ids.tolist(), out.index
-            assert out.events == want.events
+            assert out.events == want.events and out.counts == want.counts and out.report == want.report
+    assert sum(c.entered + c.out for c in expected[39].counts) > 0 and expected[0].report  # they count
     eos = EndOfStream("0", 40)
-    assert replacement.passes_on(eos).events == undisturbed.passes_on(eos).events != ()
+    ended, again = undisturbed.passes_on(eos), replacement.passes_on(eos)
+    assert again.events == ended.events != () and again.report == ended.report != ""
+    assert replacement.report()["analytics"] == undisturbed.report()["analytics"]

@@ -37,7 +37,7 @@ def frame_record(result: FrameResult, info: ModelInfo) -> dict[str, Any]:
         label = int(det.labels[i])
         instance: dict[str, Any] = {
             "class_id": label,
-            "class": info.categories[label] if 0 <= label < len(info.categories) else str(label),
+            "class": info.category(label),
             "score": round(float(det.scores[i]), 6),
             "box": [round(float(v), 3) for v in det.boxes[i]],
         }

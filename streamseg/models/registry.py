@@ -42,6 +42,10 @@ class ModelInfo:
     masks: bool = True
     """Whether the model has a mask head."""
 
+    def category(self, label: int) -> str:
+        """The name of class id ``label`` (the id itself, as text, where the model has no such class)."""
+        return self.categories[label] if 0 <= label < len(self.categories) else str(label)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stage parameters, the masks JSONL header)."""
         return {"name": self.name, "categories": list(self.categories),

@@ -263,6 +263,21 @@ class Detections:
                    MaskRegions.empty(height, width) if masks else None, keypoints, () if masks else None)
 
 
+@dataclass(frozen=True)
+class AreaCount:
+    """A zone's or a line's figures after a frame (for drawing them)."""
+
+    kind: str
+    """``zone`` or ``line``."""
+    name: str
+    inside: int
+    """A zone: the tracks inside it now."""
+    entered: int
+    """A zone: the tracks that entered it so far; a line: its crossings ``in``."""
+    out: int
+    """A line: its crossings ``out``."""
+
+
 TRACK_EVENTS = ("start", "end")
 
 
@@ -322,6 +337,11 @@ class FrameResult:
     """:attr:`Frame.loop`, copied."""
     events: tuple[TrackEvent, ...] = ()
     """Tracks that started or ended at this frame (the ``track`` stage's)."""
+    counts: tuple[AreaCount, ...] = ()
+    """The stream's zones and lines after this frame (``analytics``)."""
+    report: str = ""
+    """The stream's zones and lines in full (JSON: :meth:`StreamAnalytics.report`), on the frames where
+    a published ``counts`` message is due; empty on the others."""
 
     def __post_init__(self) -> None:
         _check(-1 <= self.prev < self.index, f"result {self.index} cannot come after result {self.prev}")
@@ -385,6 +405,8 @@ class EndOfStream:
     parallel workers join again, the end waits for that frame."""
     events: tuple[TrackEvent, ...] = ()
     """The ends of the stream's tracks still open when it ended (the ``track`` stage's)."""
+    report: str = ""
+    """The stream's zones and lines in full at its end (JSON), where it has any."""
 
     def __post_init__(self) -> None:
         _check(self.reason in END_REASONS, f"bad end-of-stream reason {self.reason!r}")
@@ -393,5 +415,5 @@ class EndOfStream:
 
 
 Message = StreamStart | Frame | Batch | FrameResult | StreamStatus | EndOfStream
-MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, MaskRegions, Detections, TrackEvent, FrameResult,
-                                   StreamStatus, EndOfStream)
+MESSAGE_TYPES: tuple[type, ...] = (StreamStart, Frame, Batch, MaskRegions, Detections, TrackEvent, AreaCount,
+                                   FrameResult, StreamStatus, EndOfStream)

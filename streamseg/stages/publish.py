@@ -7,7 +7,9 @@ Wire format (``docs/publishing.md``, JSON Schema ``schemas/detections-v1.schema.
 - part 1, a UTF-8 JSON object with ``schema: "streamseg.detections"``, ``version: 1`` and
   ``type``: ``stream_start``, ``frame`` (the masks JSONL record: instances with class, score,
   box, COCO RLE mask, keypoints, track id; and ``capture_time``), ``track_start`` and ``track_end``
-  (a track's first frame, and its last once it is over; before the frame they come with),
+  (a track's first frame, and its last once it is over; before the frame they come with), ``counts``
+  (the ``analytics`` zones and lines: occupancy, entries, dwell, crossings per class; every
+  ``analytics.counts_every_s`` and at the stream's end),
   ``status`` (a live source was lost, is being reconnected, came back or was given up) or
   ``end_of_stream``.
 """
@@ -51,7 +53,8 @@ class PublishStage(Stage):
             self.count("frames")
             self.latency.add(message.captured)
             return [*self._events(message.stream_id, message.events),
-                    ("publish", publish_message(message.stream_id, "frame", record))]
+                    ("publish", publish_message(message.stream_id, "frame", record)),
+                    *self._counts(message.stream_id, message.report, message.index, message.time_s)]
         if isinstance(message, StreamStatus):
             self.count(f"status_{message.state}")
             body = {"state": message.state, "detail": message.detail, "attempt": message.attempt,
@@ -64,14 +67,21 @@ class PublishStage(Stage):
         emits: list[Emit] = []
         for e in events:
             self.count(f"track_{e.kind}")
-            name = self.info.categories[e.label] if 0 <= e.label < len(self.info.categories) else str(e.label)
-            body = {"track_id": e.track_id, "class_id": e.label, "class": name, "first_frame": e.first_frame,
-                    "last_frame": e.last_frame, "first_time": round(e.first_time, 6),
+            body = {"track_id": e.track_id, "class_id": e.label, "class": self.info.category(e.label),
+                    "first_frame": e.first_frame, "last_frame": e.last_frame, "first_time": round(e.first_time, 6),
                     "last_time": round(e.last_time, 6), "duration_s": round(e.duration_s, 6)}
             emits.append(("publish", publish_message(stream_id, f"track_{e.kind}", body)))
         return emits
 
+    def _counts(self, stream_id: str, report: str, frame: int, time_s: float | None) -> list[Emit]:
+        """A ``counts`` message, where the track stage gave the zones' and lines' figures in full."""
+        if not report:
+            return []
+        self.count("counts")
+        body = {"frame": frame, "time": None if time_s is None else round(time_s, 6), **json.loads(report)}
+        return [("publish", publish_message(stream_id, "counts", body))]
+
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         body = {"frames": eos.frames, "reason": eos.reason, "detail": eos.detail}
-        return [*self._events(eos.stream_id, eos.events),
+        return [*self._events(eos.stream_id, eos.events), *self._counts(eos.stream_id, eos.report, eos.last, None),
                 ("publish", publish_message(eos.stream_id, "end_of_stream", body))]

@@ -9,9 +9,9 @@ from typing import Any, Iterable
 import cv2
 import numpy as np
 
-from ..config import RenderConfig
+from ..config import AnalyticsConfig, RenderConfig, section_from_dict
 from ..models.registry import ModelInfo
-from ..runtime.messages import Detections, Frame, FrameResult, MaskRegions, StreamStart
+from ..runtime.messages import AreaCount, Detections, Frame, FrameResult, MaskRegions, StreamStart
 from ..runtime.stage import ALL_PORTS, Emit, Stage
 
 
@@ -91,6 +91,40 @@ def draw(image: np.ndarray, detections: Detections, info: ModelInfo, config: Ren
     return out
 
 
+def draw_areas(out: np.ndarray, analytics: AnalyticsConfig, stream_id: str, counts: tuple[AreaCount, ...]) -> None:
+    """Draw the stream's zones (outlined, with how many are inside and have entered) and lines (with
+    their crossings in and out, and an arrow to the side that is ``in``) onto ``out``, in place."""
+    height, width = out.shape[:2]
+    thickness, scale = max(1, round(min(width, height) / 360)), text_scale(width, height)
+    figures = {(c.kind, c.name): c for c in counts}
+    white = (255, 255, 255)
+    for zone in (z for z in analytics.zones if z.stream in ("", stream_id)):
+        corners = np.round(np.asarray(zone.points)).astype(np.int32)
+        cv2.polylines(out, [corners], True, white, thickness, cv2.LINE_AA)
+        c = figures.get(("zone", zone.name))
+        text = zone.name if c is None else f"{zone.name}: {c.inside} in, {c.entered} entered"
+        _caption(out, text, corners.min(0), scale)
+    for line in (ln for ln in analytics.lines if ln.stream in ("", stream_id)):
+        a, b = np.asarray(line.points, np.float64)
+        cv2.line(out, tuple(np.round(a).astype(int).tolist()), tuple(np.round(b).astype(int).tolist()), white,
+                 thickness + 1, cv2.LINE_AA)
+        middle, along = (a + b) / 2, (b - a) / np.linalg.norm(b - a)
+        left = middle + np.array([along[1], -along[0]]) * 12 * thickness  # the "in" side, as drawn
+        cv2.arrowedLine(out, tuple(np.round(middle).astype(int).tolist()), tuple(np.round(left).astype(int).tolist()),
+                        white, thickness, cv2.LINE_AA, tipLength=0.4)
+        c = figures.get(("line", line.name))
+        text = line.name if c is None else f"{line.name}: {c.entered} in, {c.out} out"
+        _caption(out, text, np.round(a).astype(int), scale)
+
+
+def _caption(out: np.ndarray, text: str, at: np.ndarray, scale: float) -> None:
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    height, width = out.shape[:2]
+    x, y = min(max(0, int(at[0])), max(0, width - w - 2)), min(max(h + base + 1, int(at[1]) - 2), height - 1)
+    cv2.rectangle(out, (x, y - h - base - 1), (x + w + 1, y), (0, 0, 0), -1)
+    cv2.putText(out, text, (x + 1, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
 def text_scale(width: int, height: int) -> float:
     """Label text size for a frame: a line about 1/30 of the shorter side high (at least 7 pixels,
     what Hershey's simplex font needs to stay legible)."""
@@ -98,7 +132,7 @@ def text_scale(width: int, height: int) -> float:
 
 
 def label_text(info: ModelInfo, label: int, score: float, track_id: int | None = None) -> str:
-    name = info.categories[label] if 0 <= label < len(info.categories) else str(label)
+    name = info.category(label)
     return f"{name} {score:.2f}" if track_id is None else f"#{track_id} {name} {score:.2f}"
 
 
@@ -160,13 +194,16 @@ class RenderStage(Stage):
     encoder that writes it.
     """
 
-    def __init__(self, config: RenderConfig, model_info: dict[str, Any], routes: dict[str, str] | None = None) -> None:
+    def __init__(self, config: RenderConfig, model_info: dict[str, Any], routes: dict[str, str] | None = None,
+                 analytics: dict[str, Any] | None = None) -> None:
+        """``analytics``: the ``analytics`` section's JSON form, whose zones and lines are drawn."""
         super().__init__()
         self.config = config
         self.routes = dict(routes or {})
         self.info = ModelInfo.from_dict(model_info)
-        self.trails: dict[str, dict[int, deque[tuple[float, float]]]] = {}
-        """Stream -> track id -> its box's last centres (``render.trail_frames``)."""
+        self.analytics = section_from_dict("analytics", analytics) if analytics else None
+        self.trails: dict[str, dict[int, tuple[int, deque[tuple[float, float]]]]] = {}
+        """Stream -> track id -> (the frame it was last seen in, its box's last centres)."""
 
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
@@ -175,23 +212,26 @@ class RenderStage(Stage):
             return []
         image = draw(message.image, message.detections, self.info, self.config,
                      out=self.allocate(message.image.shape, np.uint8), trails=self._trails(message))
+        if self.analytics is not None:
+            draw_areas(image, self.analytics, message.stream_id, message.counts)
         self.count("frames")
         return [(self.routes.get(message.stream_id, "frames"),
                  Frame(message.stream_id, message.index, message.pts, message.time_base, image, message.captured,
                        message.prev))]
 
     def _trails(self, result: FrameResult) -> dict[int, deque[tuple[float, float]]] | None:
-        """The paths of the frame's tracks, this frame's point included; tracks not in it are dropped."""
-        det = result.detections
-        if not self.config.trail_frames or det.track_ids is None:
+        """The paths of the frame's tracks over their last ``render.trail_frames`` sightings, this one
+        included; a track not seen for that many frames is forgotten."""
+        det, length = result.detections, self.config.trail_frames
+        if not length or det.track_ids is None:
             return None
-        before = self.trails.get(result.stream_id, {})
-        now = {}
+        kept = self.trails.setdefault(result.stream_id, {})
         for track_id, (x1, y1, x2, y2) in zip(det.track_ids.tolist(), det.boxes.tolist()):
-            now[track_id] = before.get(track_id, deque(maxlen=self.config.trail_frames))
-            now[track_id].append(((x1 + x2) / 2, (y1 + y2) / 2))
-        self.trails[result.stream_id] = now
-        return now
+            kept.setdefault(track_id, (result.index, deque(maxlen=length)))[1].append(((x1 + x2) / 2, (y1 + y2) / 2))
+            kept[track_id] = (result.index, kept[track_id][1])
+        for track_id in [t for t, (seen, _) in kept.items() if seen <= result.index - length]:
+            del kept[track_id]
+        return {t: kept[t][1] for t in det.track_ids.tolist()}
 
     def stream_ports(self, stream_id: str) -> tuple[str, ...] | None:
         return (self.routes[stream_id],) if stream_id in self.routes else None

@@ -4,62 +4,117 @@ The stage sits between inference and the stages that write (render, mask writer,
 tracking on, the model keeps its detections down to ``track.low_score``; the tracker matches them
 all, and only those at or above ``model.score_thresh`` go on, each with its ``track_id``. The
 frames where tracks start carry the start events, and the stream's end carries the ends of the
-tracks still open.
+tracks still open. The ``analytics`` zones and lines are counted here too, over the tracked
+instances: every frame carries their figures, and every ``analytics.counts_every_s`` one frame (and
+the stream's end) carries them in full, for a published ``counts`` message.
 
 A killed tracker loses nothing: every ``track.checkpoint_frames`` frames of a stream it reports
-the stream's tracker state (``notify("checkpoint")``, kept by the supervisor) and it holds the
-frames processed since (:meth:`TrackStage.holds`), so they are not acknowledged. Its replacement
-restores the state and is sent those frames again: it tracks them as the first one did. Frames
-from before the state that come again (their outputs were not yet done downstream) are sent on
-with the ids the state recorded for them.
+every stream's state (``notify("checkpoint")``, kept by the supervisor) and it holds the frames
+processed since (:meth:`TrackStage.holds`), so they are not acknowledged. Its replacement restores
+the state and is sent those frames again: it tracks them as the first one did. Frames from before
+the state that come again (their outputs were not yet done downstream) are sent on as they were.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
-from ..config import TrackConfig
+from ..config import TrackConfig, section_from_dict
 from ..formats.records import frame_record
 from ..models.registry import ModelInfo
-from ..runtime.messages import EndOfStream, FrameResult, StreamStart, StreamStatus, TrackEvent
+from ..runtime.messages import AreaCount, EndOfStream, FrameResult, StreamStart, StreamStatus, TrackEvent
 from ..runtime.stage import ALL_PORTS, Emit, Stage
+from ..tracking.analytics import StreamAnalytics
 from ..tracking.tracker import StreamTracker
+
+
+@dataclass
+class _Sent:
+    """What was sent for one frame, and the ports whose receivers are not yet done with it."""
+
+    ids: np.ndarray
+    """Its detections' track ids (-1: not written out)."""
+    events: tuple[TrackEvent, ...]
+    counts: tuple[AreaCount, ...]
+    report: str
+    pending: set[str]
+
+    def state(self) -> dict[str, Any]:
+        return {"ids": self.ids.tolist(), "events": [dataclasses.asdict(e) for e in self.events],
+                "counts": [dataclasses.asdict(c) for c in self.counts], "report": self.report}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], ports: tuple[str, ...]) -> _Sent:
+        return cls(np.array(state["ids"], np.int64), tuple(TrackEvent(**e) for e in state["events"]),
+                   tuple(AreaCount(**c) for c in state["counts"]), state["report"], set(ports))
+
+
+@dataclass
+class _Stream:
+    """One tracked stream: its tracker, its zones and lines, and what a replacement needs."""
+
+    tracker: StreamTracker
+    analytics: StreamAnalytics | None
+    size: tuple[int, int]
+    """Its frames' width and height."""
+    live: bool = False
+    loop: int = 0
+    """:attr:`FrameResult.loop` of its last frame."""
+    next_report: float = -np.inf
+    """When (its time) the next frame carries the analytics in full."""
+    held: list[int] = field(default_factory=list)
+    """Frames tracked since the last checkpoint (not acknowledged until the next)."""
+    sent: dict[int, _Sent] = field(default_factory=dict)
+    """Frame -> what was sent for it, until every port is done with it."""
+    ended: tuple[TrackEvent, ...] | None = None
+    """The ends of its tracks, once it ended."""
+    report: str = ""
+    """Its analytics in full at its end."""
+
+    def state(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state(), "size": list(self.size), "live": self.live, "loop": self.loop,
+                "analytics": None if self.analytics is None else self.analytics.state(),
+                "next_report": None if self.next_report == -np.inf else self.next_report,
+                "sent": {str(k): v.state() for k, v in self.sent.items()}, "report": self.report,
+                "ended": None if self.ended is None else [dataclasses.asdict(e) for e in self.ended]}
+
+    def restore(self, state: dict[str, Any], ports: tuple[str, ...]) -> None:
+        self.tracker.restore(state["tracker"])
+        self.live, self.loop, self.report = state["live"], state["loop"], state["report"]
+        if self.analytics is not None:
+            self.analytics.restore(state["analytics"])
+        self.next_report = -np.inf if state["next_report"] is None else state["next_report"]
+        self.sent = {int(k): _Sent.from_state(v, ports) for k, v in state["sent"].items()}
+        self.ended = None if state["ended"] is None else tuple(TrackEvent(**e) for e in state["ended"])
 
 
 class TrackStage(Stage):
     """Tracks the streams ``tracked`` (of ``streams``, all the run's stream ids in order, which make
     the ids unique across streams); the others' results pass through without ids. ``high_score`` is
-    ``model.score_thresh``: what is written out. Ports: ``render`` gets each result with its image,
-    ``masks`` and ``publish`` without."""
+    ``model.score_thresh``: what is written out. ``analytics``: the ``analytics`` section's JSON form
+    (its zones and lines). Ports: ``render`` gets each result with its image, ``masks`` and
+    ``publish`` without."""
 
     def __init__(self, config: TrackConfig, streams: list[str], tracked: list[str], high_score: float,
-                 ports: tuple[str, ...] | list[str] = ("render",), given: dict[str, str] | None = None,
-                 model_info: dict[str, Any] | None = None) -> None:
-        """``given``: stream -> the file of every detection the tracker is given (``track.detections_file``),
-        written as masks JSONL records of ``model_info``'s classes."""
+                 model_info: dict[str, Any], ports: tuple[str, ...] | list[str] = ("render",),
+                 analytics: dict[str, Any] | None = None, given: dict[str, str] | None = None) -> None:
+        """``given``: stream -> the file of every detection the tracker is given (``track.detections_file``)."""
         super().__init__()
-        self.given = {sid: open(path, "w") for sid, path in (given or {}).items()}
-        self.info = ModelInfo.from_dict(model_info) if model_info else None
         self.config = config
         self.ordinals = {sid: i for i, sid in enumerate(streams)}
         self.tracked = set(tracked)
         self.high_score = high_score
+        self.info = ModelInfo.from_dict(model_info)
         self.ports = tuple(ports)
-        self.trackers: dict[str, StreamTracker] = {}
+        self.analytics = section_from_dict("analytics", analytics) if analytics else None
+        self.given = {sid: open(path, "w") for sid, path in (given or {}).items()}
         self.live: dict[str, bool] = {}
-        self.loops: dict[str, int] = {}
-        """Stream -> :attr:`FrameResult.loop` of its last frame."""
-        self.held: dict[str, list[int]] = {}
-        """Stream -> frames tracked since its last checkpoint (not acknowledged until the next)."""
-        self.sent: dict[str, dict[int, _Sent]] = {}
-        """Stream -> frame -> what was sent for it, until every port is done with it: a replacement
-        sends it again, the same, for a frame from before its checkpoint."""
-        self.ended: dict[str, tuple[TrackEvent, ...]] = {}
-        """Stream -> the ends of its tracks, once it ended."""
+        self.streams: dict[str, _Stream] = {}
 
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
@@ -71,103 +126,106 @@ class TrackStage(Stage):
             return []
         sid, detections = message.stream_id, message.detections
         if sid not in self.tracked:  # the model kept low scores for the tracker: none are written out
-            return self._emits(message, detections.select(np.flatnonzero(detections.scores >= self.high_score)), ())
-        tracker = self._tracker(sid)
-        if message.index <= tracker.frame:  # sent again to a replacement, from before its checkpoint
-            sent = self.sent[sid].get(message.index)
-            return [] if sent is None else self._tracked(message, sent.ids, sent.events)
-        events = tracker.finish() if message.loop != self.loops.setdefault(sid, message.loop) else []
-        self.loops[sid] = message.loop  # the file started over: the same objects, but not the same tracks
-        if sid in self.given and self.info is not None:
+            return self._emits(message, detections.select(np.flatnonzero(detections.scores >= self.high_score)),
+                               _Sent(np.zeros(0, np.int64), (), (), "", set()))
+        stream = self._stream(sid, (message.width, message.height))
+        assert stream is not None
+        if message.index <= stream.tracker.frame:  # sent again to a replacement, from before its checkpoint
+            sent = stream.sent.get(message.index)
+            return [] if sent is None else self._tracked(message, sent)
+        events = stream.tracker.finish() if message.loop != stream.loop else []
+        stream.loop = message.loop  # the file started over: the same objects, but not the same tracks
+        if sid in self.given:
             self.given[sid].write(json.dumps(frame_record(message, self.info), separators=(",", ":")) + "\n")
-        time_s = message.captured if self.live.get(sid) else message.time_s
-        ids, seen = tracker.update(message.index, time_s, detections, self.high_score)
+        time_s = message.captured if stream.live else message.time_s
+        ids, seen = stream.tracker.update(message.index, time_s, detections, self.high_score)
         events += seen
+        sent = _Sent(ids, tuple(events), (), "", set(self.ports))
+        if stream.analytics is not None:
+            sent.counts = self._count(stream, detections, ids, events, time_s)
+            if time_s >= stream.next_report:
+                sent.report = json.dumps(stream.analytics.report(), separators=(",", ":"))
+                stream.next_report = time_s + self.analytics.counts_every_s
         self.count("frames")
         self.count("tracks", sum(e.kind == "start" for e in events))
-        self.sent[sid][message.index] = _Sent(ids, tuple(events), set(self.ports))
-        self.held[sid].append(message.index)
-        if len(self.held[sid]) >= self.config.checkpoint_frames:
+        stream.sent[message.index] = sent
+        stream.held.append(message.index)
+        if len(stream.held) >= self.config.checkpoint_frames:
             self._checkpoint()
-        return self._tracked(message, ids, tuple(events))
+        return self._tracked(message, sent)
 
-    def _tracker(self, sid: str) -> StreamTracker:
-        """The stream's tracker; a replacement's first takes back its checkpoint."""
-        tracker = self.trackers.get(sid)
-        if tracker is None:
-            tracker = self.trackers[sid] = StreamTracker(self.config, self.ordinals[sid], len(self.ordinals))
-            self.held[sid], self.sent[sid] = [], {}
-            saved = self.previous.get("streams", {}).get(sid) if self.restarted else None
+    def _stream(self, sid: str, size: tuple[int, int] | None) -> _Stream | None:
+        """The stream's state, made at its first frame (of ``size``); a replacement's takes back its
+        checkpoint. None for a stream without frames yet."""
+        stream = self.streams.get(sid)
+        saved = self.previous.get("streams", {}).get(sid) if self.restarted else None
+        if stream is None and (size or saved):
+            width, height = saved["size"] if saved else size
+            zones = StreamAnalytics(self.analytics, sid, width, height) if self.analytics else None
+            stream = self.streams[sid] = _Stream(StreamTracker(self.config, self.ordinals[sid], len(self.ordinals)),
+                                                 zones if zones and (zones.zones or zones.lines) else None,
+                                                 (width, height), self.live.get(sid, False))
             if saved is not None:
-                tracker.restore(saved["tracker"])
-                self.live.setdefault(sid, saved["live"])
-                self.loops[sid] = saved["loop"]
-                self.sent[sid] = {int(k): _Sent.from_state(v, self.ports) for k, v in saved["sent"].items()}
-                if saved["ended"] is not None:
-                    self.ended[sid] = tuple(TrackEvent(**e) for e in saved["ended"])
-        return tracker
+                stream.restore(saved, self.ports)
+        return stream
 
-    def _tracked(self, result: FrameResult, ids: np.ndarray, events: tuple[TrackEvent, ...]) -> list[Emit]:
+    def _count(self, stream: _Stream, detections: Any, ids: np.ndarray, events: list[TrackEvent],
+               time_s: float) -> tuple[AreaCount, ...]:
+        assert stream.analytics is not None
         keep = np.flatnonzero(ids >= 0)
-        return self._emits(result, result.detections.select(keep, ids[keep]), events)
+        names = [self.info.category(int(label)) for label in detections.labels[keep].tolist()]
+        counts = stream.analytics.update(detections.select(keep, ids[keep]), time_s, names)
+        stream.analytics.end([e.track_id for e in events if e.kind == "end"])
+        return counts
 
-    def _emits(self, result: FrameResult, detections: Any, events: tuple[TrackEvent, ...]) -> list[Emit]:
-        return [(port, dataclasses.replace(result, detections=detections, events=events,
-                                           image=result.image if port == "render" else None))
+    def _tracked(self, result: FrameResult, sent: _Sent) -> list[Emit]:
+        keep = np.flatnonzero(sent.ids >= 0)
+        return self._emits(result, result.detections.select(keep, sent.ids[keep]), sent)
+
+    def _emits(self, result: FrameResult, detections: Any, sent: _Sent) -> list[Emit]:
+        return [(port, dataclasses.replace(result, detections=detections, events=sent.events, counts=sent.counts,
+                                           report=sent.report, image=result.image if port == "render" else None))
                 for port in self.ports]
 
     def _checkpoint(self) -> None:
-        """Report every stream's tracker state (and what was sent and is not yet done downstream), then
-        let the frames it covers go."""
-        streams = {sid: {"tracker": tracker.state(), "live": self.live.get(sid, False), "loop": self.loops.get(sid, 0),
-                         "sent": {str(k): v.state() for k, v in self.sent[sid].items()},
-                         "ended": [dataclasses.asdict(e) for e in self.ended[sid]] if sid in self.ended else None}
-                   for sid, tracker in self.trackers.items()}
-        self.notify("checkpoint", streams=streams)
-        for frames in self.held.values():
-            frames.clear()
+        """Report every stream's state (with what was sent and is not yet done downstream), then let
+        the frames it covers go."""
+        self.notify("checkpoint", streams={sid: stream.state() for sid, stream in self.streams.items()})
+        for stream in self.streams.values():
+            stream.held.clear()
 
     def holds(self) -> frozenset[tuple[str, int]]:
-        return frozenset((sid, index) for sid, frames in self.held.items() for index in frames)
+        return frozenset((sid, index) for sid, stream in self.streams.items() for index in stream.held)
 
     def acknowledged(self, port: str, message: Any, done: bool) -> None:
-        if done and isinstance(message, FrameResult) and message.stream_id in self.sent:
-            sent = self.sent[message.stream_id].get(message.index)
+        stream = self.streams.get(getattr(message, "stream_id", ""))
+        if done and isinstance(message, FrameResult) and stream is not None:
+            sent = stream.sent.get(message.index)
             if sent is not None:
                 sent.pending.discard(port)
                 if not sent.pending:
-                    del self.sent[message.stream_id][message.index]
+                    del stream.sent[message.index]
 
     def passes_on(self, eos: EndOfStream) -> EndOfStream:
         sid = eos.stream_id
-        if sid not in self.tracked:
+        stream = self._stream(sid, None) if sid in self.tracked else None
+        if stream is None:  # not tracked, or no frame of it came
             return eos
-        tracker = self._tracker(sid)
-        if sid not in self.ended:
-            self.ended[sid] = tuple(tracker.finish())
-            self.count("tracks_ended", len(self.ended[sid]))
+        if stream.ended is None:
+            stream.ended = tuple(stream.tracker.finish())
+            self.count("tracks_ended", len(stream.ended))
+            if stream.analytics is not None:
+                stream.analytics.end([e.track_id for e in stream.ended])
+                stream.report = json.dumps(stream.analytics.report(), separators=(",", ":"))
             self._checkpoint()
         if sid in self.given:
             self.given.pop(sid).close()
-        return dataclasses.replace(eos, events=self.ended[sid])
+        return dataclasses.replace(eos, events=stream.ended, report=stream.report)
+
+    def report(self) -> dict[str, Any]:
+        zones = {sid: s.analytics.report() for sid, s in self.streams.items() if s.analytics is not None}
+        return {**super().report(), **({"analytics": zones} if zones else {})}
 
     def close(self) -> None:
         for file in self.given.values():
             file.close()
-
-
-@dataclasses.dataclass
-class _Sent:
-    """What was sent for one frame: its detections' ids (-1: not written out), its events, and the
-    ports whose receivers are not yet done with it."""
-
-    ids: np.ndarray
-    events: tuple[TrackEvent, ...]
-    pending: set[str]
-
-    def state(self) -> dict[str, Any]:
-        return {"ids": self.ids.tolist(), "events": [dataclasses.asdict(e) for e in self.events]}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], ports: tuple[str, ...]) -> _Sent:
-        return cls(np.array(state["ids"], np.int64), tuple(TrackEvent(**e) for e in state["events"]), set(ports))

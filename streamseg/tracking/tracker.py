@@ -33,6 +33,13 @@ import numpy as np
 from ..config import TrackConfig
 from ..runtime.messages import Detections, MaskRegions, TrackEvent
 
+STEADY = 0.7
+"""A sighting whose mask has at least this share of the last one's area (and at most its inverse)
+updates the track's velocity; others keep it."""
+NEWBORN_AREA = 2.0
+NEWBORN_REACH = 3.0
+"""A track seen once is continued by a detection whose area is within a factor of NEWBORN_AREA of its
+own and whose box's centre is at most NEWBORN_REACH widths (square roots of the larger area) away."""
 CLASS_BONUS = 0.05
 """Added to a track's mask IoU with a detection of its own class when choosing the assignment (not
 when judging whether a pair matches at all)."""
@@ -103,6 +110,17 @@ def overlap(ax: int, ay: int, a: np.ndarray, bx: int, by: int, b: np.ndarray) ->
     return int(np.count_nonzero(a[x0 - ax:x1 - ax, y0 - ay:y1 - ay] & b[x0 - bx:x1 - bx, y0 - by:y1 - by]))
 
 
+def _rects(regions: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
+    """``int64[N, 4]``, ``[x0, y0, x1, y1]`` of regions given as (left column, top row, ``bool[w, h]``)."""
+    return np.array([(x, y, x + bits.shape[0], y + bits.shape[1]) for x, y, bits in regions], np.int64).reshape(-1, 4)
+
+
+def _touching(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``bool[len(a), len(b)]``: which rectangles of ``a`` overlap which of ``b``."""
+    return ((np.maximum(a[:, None, 0], b[None, :, 0]) < np.minimum(a[:, None, 2], b[None, :, 2]))
+            & (np.maximum(a[:, None, 1], b[None, :, 1]) < np.minimum(a[:, None, 3], b[None, :, 3])))
+
+
 def similarity(inter: int, area_a: int, area_b: int) -> float:
     """The IoU of two masks from the pixels they share and their areas."""
     return inter / (area_a + area_b - inter) if inter else 0.0
@@ -169,6 +187,15 @@ class StreamTracker:
         recent = [k for k in range(len(live)) if k not in matched and live[k].last_frame == self.frame]
         for k, i in self._assign(low, recent, live, predicted, regions, areas, detections.labels,
                                  self.config.low_match_iou):
+            matched.add(k)
+            self._see(live[k], frame, time_s, regions[i], areas[i], detections.boxes[i], int(detections.labels[i]))
+        # the third: a track seen once, in the frame before, has no motion to predict where it went; a
+        # shape fast for its size leaves its own outline between two frames. Such a track and a
+        # high-score detection nothing took, of its class and size and near it, are the same object
+        newborn = [k for k in recent if k not in matched and live[k].first_frame == self.frame]
+        for k, i in self._nearest([i for i in high if ids[i] < 0], newborn, live, areas, detections):
+            ids[i] = live[k].id
+            live[k].shown_frame, live[k].shown_time = frame, time_s
             self._see(live[k], frame, time_s, regions[i], areas[i], detections.boxes[i], int(detections.labels[i]))
         for i in high:
             if ids[i] < 0:
@@ -218,34 +245,63 @@ class StreamTracker:
 
         if not dets or not candidates:
             return []
-        # only the pairs whose regions overlap can have an IoU: found for all pairs at once, with each
-        # track's region stretched over both places it is compared at
-        a = np.array([(min(predicted[k][0], live[k].x), min(predicted[k][1], live[k].y),
-                       max(predicted[k][0] + predicted[k][2].shape[0], live[k].x + live[k].bits.shape[0]),
-                       max(predicted[k][1] + predicted[k][2].shape[1], live[k].y + live[k].bits.shape[1]))
-                      for k in candidates])
-        b = np.array([(r[0], r[1], r[0] + r[2].shape[0], r[1] + r[2].shape[1]) for r in (regions[i] for i in dets)])
-        touch = ((np.maximum(a[:, None, 0], b[None, :, 0]) < np.minimum(a[:, None, 2], b[None, :, 2]))
-                 & (np.maximum(a[:, None, 1], b[None, :, 1]) < np.minimum(a[:, None, 3], b[None, :, 3])))
+        # only the pairs whose regions overlap can have an IoU: found for all pairs at once, at each
+        # place a track is compared at
+        b = _rects([regions[i] for i in dets])
         sim = np.zeros((len(candidates), len(dets)))
-        for row, col in zip(*np.nonzero(touch)):
-            track, (px, py, bits, area, lx, ly) = live[candidates[row]], predicted[candidates[row]]
-            x, y, det_bits = regions[dets[col]]
-            sim[row, col] = similarity(overlap(px, py, bits, x, y, det_bits), area, areas[dets[col]])
-            if (lx, ly) != (px, py) and track.last_frame == self.frame:
-                sim[row, col] = max(sim[row, col], similarity(overlap(lx, ly, track.bits, x, y, det_bits), track.area,
-                                                              areas[dets[col]]))
+        here = [predicted[k][:3] for k in candidates]
+        for row, col in zip(*np.nonzero(_touching(_rects(here), b))):
+            (px, py, bits), (x, y, det_bits) = here[row], regions[dets[col]]
+            sim[row, col] = similarity(overlap(px, py, bits, x, y, det_bits), predicted[candidates[row]][3],
+                                       areas[dets[col]])
+        back = [row for row, k in enumerate(candidates)
+                if live[k].last_frame == self.frame and predicted[k][:2] != predicted[k][4:]]
+        was = [(live[candidates[row]].x, live[candidates[row]].y, live[candidates[row]].bits) for row in back]
+        for i, col in zip(*np.nonzero(_touching(_rects(was), b))):
+            track, (x, y, det_bits) = live[candidates[back[i]]], regions[dets[col]]
+            sim[back[i], col] = max(sim[back[i], col], similarity(overlap(track.x, track.y, track.bits, x, y, det_bits),
+                                                                  track.area, areas[dets[col]]))
         # where the model gives one object twice, as two classes, each track keeps the detection of
         # its own class: two near-equal masks would otherwise swap their ids from frame to frame
-        same = np.array([[live[k].label == labels[i] for i in dets] for k in candidates])
+        same = np.array([live[k].label for k in candidates])[:, None] == labels[dets][None, :]
         rows, cols = linear_sum_assignment(-(sim + CLASS_BONUS * (same & (sim > 0))))
         return [(candidates[r], dets[c]) for r, c in zip(rows, cols) if sim[r, c] >= least]
+
+    @staticmethod
+    def _nearest(dets: list[int], candidates: list[int], live: list[Track], areas: list[int],
+                 detections: Detections) -> list[tuple[int, int]]:
+        """Pairs (track index, detection index) nearest first, by the distance of their boxes' centres:
+        the same class, areas within a factor of :data:`NEWBORN_AREA`, at most :data:`NEWBORN_REACH`
+        times the larger one's width apart."""
+        from scipy.optimize import linear_sum_assignment
+
+        if not dets or not candidates:
+            return []
+        boxes = detections.boxes[dets].astype(np.float64)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        cost = np.full((len(candidates), len(dets)), np.inf)
+        for row, k in enumerate(candidates):
+            track = live[k]
+            for col, i in enumerate(dets):
+                ratio = areas[i] / max(track.area, 1)
+                reach = NEWBORN_REACH * np.sqrt(max(areas[i], track.area))
+                distance = float(np.hypot(*(centres[col] - (track.box[:2] + track.box[2:]) / 2)))
+                if (track.label == detections.labels[i] and 1 / NEWBORN_AREA <= ratio <= NEWBORN_AREA
+                        and distance <= reach):
+                    cost[row, col] = distance
+        if not np.isfinite(cost).any():
+            return []
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e12))
+        return [(candidates[r], dets[c]) for r, c in zip(rows, cols) if np.isfinite(cost[r, c])]
 
     @staticmethod
     def _see(track: Track, frame: int, time_s: float, region: tuple[int, int, np.ndarray], area: int,
              box: np.ndarray, label: int) -> None:
         dt = time_s - track.last_time
-        if dt > 0:
+        # a mask that shrank or grew much since the last sighting is the shape going behind another, out
+        # of the frame or coming back: its box's centre moves where the shape does not, and the velocity
+        # from before goes on (it is what finds the shape again when it comes out)
+        if dt > 0 and (track.last_frame == track.first_frame or STEADY * track.area <= area <= track.area / STEADY):
             centre, before = (box[:2] + box[2:]) / 2, (track.box[:2] + track.box[2:]) / 2
             seen = (centre - before) / dt
             track.velocity = seen if track.last_frame == track.first_frame else 0.5 * (seen + track.velocity)

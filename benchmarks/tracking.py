@@ -1,0 +1,170 @@
+"""Tracking on the accuracy suite's 26 held-out scenes: streamseg's tracker against ByteTrack, an
+oracle, and the tracker's speed.
+
+1. **Through the pipeline.** ``streamseg run`` over the suite's scenes (as ``benchmarks/accuracy.py``
+   runs them), with ``track.detections_file`` writing every detection the tracker was given, the
+   low-score ones included. Roboflow's ByteTrack (``trackers``) then tracks exactly those detections
+   (``bytetrack_baseline.py``), and both sides are scored the same way, pooled over the scenes
+   (:mod:`streamseg.tools.tracking_eval`: HOTA, IDF1, MOTA, ID switches by TrackEval; track AP).
+2. **Oracle.** The ground truth's own masks fed to each tracker as detections (score 0.9), in
+   process: what the tracker alone loses. Scenes where no shape is hidden (nearly) whole for a while
+   (under 15% visible: it leaves the ground truth's objects, and comes back) are also reported apart.
+3. **Speed.** ``StreamTracker.update`` alone on 640x360 frames with 20 shapes (the ground truth's
+   masks), per frame.
+
+Needs TrackEval and trackers (``make bench-deps``, or the lines in ``bytetrack_baseline.py``).
+
+    python benchmarks/tracking.py [--weights W] [--frames 100] [--clips DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bytetrack_baseline import bytetrack_records
+from common import machine
+from pycocotools import mask as mask_util
+
+from streamseg.config import ModelConfig, TrackConfig
+from streamseg.runtime.messages import Detections, MaskRegions
+from streamseg.tools.evaluate import load_ground_truth, read_predictions
+from streamseg.tools.suite import SCENES, run_suite
+from streamseg.tools.synth import Scene, SceneStyle
+from streamseg.tools.tracking_eval import track_ap, tracking_metrics
+from streamseg.tracking.tracker import StreamTracker
+
+FPS = 25.0
+"""The suite's clips' frame rate (streamseg.tools.synth.write_video)."""
+
+
+def _row(name: str, scenes: list[tuple[list[dict[str, Any]], Any]], names: list[str]) -> dict[str, Any]:
+    metrics, ap = tracking_metrics(scenes, names), track_ap(scenes)
+    worst = min(metrics["scenes"], key=lambda n: metrics["scenes"][n]["HOTA"])
+    return {"tracker": name, **metrics["pooled"], "track_AP": ap["AP"], "worst": worst,
+            "worst_HOTA": metrics["scenes"][worst]["HOTA"], "scenes": metrics["scenes"]}
+
+
+def _print(title: str, rows: list[dict[str, Any]]) -> None:
+    print(f"\n{title}\n")
+    print("| tracker | HOTA | DetA | AssA | IDF1 | MOTA | ID switches | track AP | ids (gt ids) "
+          "| worst scene by HOTA |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['tracker']} | {r['HOTA']:.3f} | {r['DetA']:.3f} | {r['AssA']:.3f} | {r['IDF1']:.3f} | "
+              f"{r['MOTA']:.3f} | {r['IDSW']} | {r['track_AP']:.3f} | {r['pred_ids']} ({r['gt_ids']}) | "
+              f"{r['worst']} {r['worst_HOTA']:.3f} |")
+
+
+def oracle_records(gt: Any, tracker: StreamTracker | None) -> list[dict[str, Any]]:
+    """The ground truth's objects as detections (score 0.9, crowd slivers left out), frame by frame;
+    with ``tracker``, each with the id it gives (else none: ByteTrack's input)."""
+    records = []
+    images = sorted(gt.dataset["images"], key=lambda im: im["frame_index"])
+    for image in images:
+        anns = [a for a in gt.imgToAnns[image["id"]] if not a.get("iscrowd")]
+        rles = [gt.annToRLE(a) for a in anns]
+        x, y, w, h = (np.array([a["bbox"][k] for a in anns], np.float32).reshape(-1) for k in range(4))
+        boxes = np.stack([x, y, x + w, y + h], 1).reshape(-1, 4).astype(np.float32)
+        record = {"frame": image["frame_index"], "time": image["frame_index"] / FPS,
+                  "width": image["width"], "height": image["height"],
+                  "instances": [{"class_id": a["category_id"], "score": 0.9, "box": boxes[k].tolist(),
+                                 "mask": {"size": rles[k]["size"], "counts": rles[k]["counts"].decode()
+                                          if isinstance(rles[k]["counts"], bytes) else rles[k]["counts"]}}
+                                for k, a in enumerate(anns)]}
+        if tracker is not None:
+            full = (mask_util.decode(rles).transpose(2, 0, 1).astype(bool) if rles
+                    else np.zeros((0, image["height"], image["width"]), bool))
+            dets = Detections(boxes, np.full(len(anns), 0.9, np.float32),
+                              np.array([a["category_id"] for a in anns], np.int64), MaskRegions.from_full(full))
+            ids, _ = tracker.update(record["frame"], record["time"], dets, ModelConfig.score_thresh)
+            for inst, track_id in zip(record["instances"], ids.tolist()):
+                inst["track_id"] = track_id
+        records.append(record)
+    return records
+
+
+def hidden_whole(gt: Any) -> bool:
+    """Whether a shape of the scene is hidden (nearly) whole for a while and comes back: its ground
+    truth goes from an object to crowd (under 15% of it visible, or under 40 pixels: what scoring
+    ignores, and what the oracle does not feed the tracker) and back to an object."""
+    frames: dict[int, list[int]] = {}
+    for image in gt.dataset["images"]:
+        for a in gt.imgToAnns[image["id"]]:
+            if not a.get("iscrowd"):
+                frames.setdefault(a["track_id"], []).append(image["frame_index"])
+    return any(max(f) - min(f) + 1 > len(set(f)) for f in frames.values())
+
+
+def tracker_speed(frames: int = 300, shapes: int = 20) -> dict[str, float]:
+    """Milliseconds per frame of ``StreamTracker.update`` alone, 640x360, ``shapes`` shapes' true masks."""
+    scene = Scene(901, 640, 360, SceneStyle(shapes=(shapes, shapes)))
+    tracker, times, counts = StreamTracker(TrackConfig()), [], []
+    for frame in range(frames):
+        _, instances = scene.render()
+        shown = [i for i in instances if i.area >= 20]
+        masks = MaskRegions.from_full(np.stack([i.mask for i in shown]))
+        x, y, w, h = masks.regions.T
+        dets = Detections(np.stack([x, y, x + w, y + h], 1).astype(np.float32), np.full(len(shown), 0.9, np.float32),
+                          np.array([i.label for i in shown], np.int64), masks)
+        start = time.perf_counter()
+        tracker.update(frame, frame / FPS, dets, 0.5)
+        times.append(time.perf_counter() - start)
+        counts.append(len(shown))
+        scene.step()
+    ms = np.array(times[10:]) * 1000  # after the first frames (imports, first allocations)
+    return {"median_ms": float(np.median(ms)), "mean_ms": float(ms.mean()), "p99_ms": float(np.percentile(ms, 99)),
+            "objects": float(np.mean(counts[10:]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="streamseg-small")
+    parser.add_argument("--weights", default="", help="a weights file for the model (default: its own)")
+    parser.add_argument("--frames", type=int, default=100, help="frames a scene")
+    parser.add_argument("--clips", default=str(Path(tempfile.gettempdir()) / "streamseg-suite"))
+    parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    args = parser.parse_args()
+    folder, started = Path(args.clips), time.monotonic()
+    run_suite(folder, args.frames, args.model, args.weights, progress=lambda line: print(line, file=sys.stderr),
+              track__detections_file=str(folder / "{stream}.given.jsonl"))
+    names = [s.name for s in SCENES]
+    gts = [load_ground_truth(folder / f"{n}.json") for n in names]
+    ours = [(read_predictions(folder / f"{n}.jsonl"), gt) for n, gt in zip(names, gts)]
+    given = [read_predictions(folder / f"{n}.given.jsonl") for n in names]
+    high = ModelConfig.score_thresh
+    rows = [_row("streamseg (mask IoU, two stages)", ours, names),
+            _row("ByteTrack (trackers 2.6.1, boxes)", [(bytetrack_records(g, FPS, high), gt)
+                                                       for g, gt in zip(given, gts)], names),
+            _row("ByteTrack, first ids back-filled (not online)",
+                 [(bytetrack_records(g, FPS, high, backfill=True), gt) for g, gt in zip(given, gts)], names)]
+    wall = time.monotonic() - started
+    print(f"# tracking, {args.model}{' ' + args.weights if args.weights else ''}, {len(SCENES)} held-out scenes x "
+          f"{args.frames} frames, {machine()}, {wall:.0f} s")
+    _print("Through the pipeline (the same detections on every row, pooled over the scenes):", rows)
+    whole = [not hidden_whole(gt) for gt in gts]
+    oracle = []
+    for label, keep in (("all scenes", [True] * len(gts)), ("no shape hidden whole", whole)):
+        picked = [(n, gt) for n, gt, k in zip(names, gts, keep) if k]
+        oracle += [_row(f"streamseg, oracle, {label} ({len(picked)})",
+                        [(oracle_records(gt, StreamTracker(TrackConfig())), gt) for _, gt in picked],
+                        [n for n, _ in picked]),
+                   _row(f"ByteTrack, oracle, {label} ({len(picked)})",
+                        [(bytetrack_records(oracle_records(gt, None), FPS, high), gt) for _, gt in picked],
+                        [n for n, _ in picked])]
+    _print("Oracle: the ground truth's masks as detections:", oracle)
+    speed = tracker_speed()
+    print(f"\nStreamTracker.update alone, 640x360, {speed['objects']:.1f} shapes a frame: median "
+          f"{speed['median_ms']:.2f} ms, mean {speed['mean_ms']:.2f} ms, p99 {speed['p99_ms']:.2f} ms a frame")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"pipeline": rows, "oracle": oracle, "speed": speed}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
