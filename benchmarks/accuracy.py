@@ -9,13 +9,11 @@ the system's temporary directory), so a second run only runs the pipeline.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import machine
+from common import machine, suite_parser
 
 from streamseg.tools.suite import SCENES, run_suite
 
@@ -23,11 +21,7 @@ TASKS = (("segm", "mask"), ("bbox", "box"), ("keypoints", "keypoint"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="streamseg-small")
-    parser.add_argument("--weights", default="", help="a weights file for the model (default: its own)")
-    parser.add_argument("--frames", type=int, default=100, help="frames a scene")
-    parser.add_argument("--clips", default=str(Path(tempfile.gettempdir()) / "streamseg-suite"))
+    parser = suite_parser(__doc__)
     args = parser.parse_args()
     started = time.monotonic()
     result = run_suite(Path(args.clips), args.frames, args.model, args.weights,

@@ -53,6 +53,20 @@ class Timed:
     returncode: int = 0
 
 
+def suite_parser(doc: str) -> Any:
+    """The command line of a benchmark over the accuracy suite (``streamseg.tools.suite``): which model,
+    its weights, frames a scene, and where the scenes' clips are kept."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--model", default="streamseg-small")
+    parser.add_argument("--weights", default="", help="a weights file for the model (default: its own)")
+    parser.add_argument("--frames", type=int, default=100, help="frames a scene")
+    parser.add_argument("--clips", default=str(Path(tempfile.gettempdir()) / "streamseg-suite"))
+    return parser
+
+
 def timed(command: Sequence[str], env: dict[str, str] | None = None, check: bool = True) -> Timed:
     """Run ``command`` to its end in the repository's root (relative paths are taken from there); with
     ``check``, exit with its stderr if it fails. Run one at a time: the CPU time is the difference in

@@ -19,17 +19,15 @@ Needs TrackEval and trackers (``make bench-deps``, or the lines in ``bytetrack_b
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from bytetrack_baseline import bytetrack_records
-from common import machine
+from common import machine, suite_parser
 from pycocotools import mask as mask_util
 
 from streamseg.config import ModelConfig, TrackConfig
@@ -124,11 +122,7 @@ def tracker_speed(frames: int = 300, shapes: int = 20) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="streamseg-small")
-    parser.add_argument("--weights", default="", help="a weights file for the model (default: its own)")
-    parser.add_argument("--frames", type=int, default=100, help="frames a scene")
-    parser.add_argument("--clips", default=str(Path(tempfile.gettempdir()) / "streamseg-suite"))
+    parser = suite_parser(__doc__)
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     args = parser.parse_args()
     folder, started = Path(args.clips), time.monotonic()
