@@ -105,8 +105,8 @@ class Subscriber:
         self.rejected = 0
 
     def messages(self) -> Iterator[dict[str, Any]]:
-        """Every valid message (stream_start, frame, track_start, track_end, status, end_of_stream) as
-        a dict."""
+        """Every valid message (stream_start, frame, track_start, track_end, counts, status,
+        end_of_stream) as a dict."""
         open_streams: set[str] = set()
         while True:
             timeout_ms = None if self.timeout_s is None else int(self.timeout_s * 1000)

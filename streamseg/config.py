@@ -247,7 +247,8 @@ class RenderConfig:
     """Draw the class name and score above each box (and the track id, ``#12``, where tracked)."""
     trail_frames: int = 0
     """Draw each track's path over its last this many frames (its box's centre); 0: no trails. Needs
-    ``render.workers: 1`` (one renderer sees every frame of a stream)."""
+    ``render.workers: 1`` (one renderer sees every frame of a stream); a replaced renderer starts its
+    trails afresh."""
     keypoints: bool = True
     """Draw keypoints and skeleton lines where the model gives them."""
     keypoint_thresh: float = 0.0
@@ -398,6 +399,10 @@ def section_from_dict(section: str, data: dict[str, Any]) -> Any:
     return _merge(SECTIONS[section](), data, f"{section}.")
 
 
+AUTO_TRUE_FALSE = frozenset({"input.live", "track.enabled"})
+"""The keys that are ``auto``, ``true`` or ``false``: they take YAML's booleans too."""
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a field's type hint, converting the harmless cases (int -> float)."""
     origin = typing.get_origin(hint)
@@ -424,9 +429,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return {str(k): _coerce(v, str, f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if hint is str and isinstance(value, bool):  # YAML's false for an auto/true/false key (input.live)
+    if hint is str and isinstance(value, bool) and key in AUTO_TRUE_FALSE:  # YAML reads `false` as a boolean
         return "true" if value else "false"
-    if hint is str and isinstance(value, (int, float)):
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value

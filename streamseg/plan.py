@@ -199,7 +199,7 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     wanted = {"render": out.video, "masks": out.masks, "publish": out.publish}
     ports = [port for port in STAGES["track"].outputs if wanted[port]]
     tracked = tracked_streams(config, info["masks"])
-    check_analytics(config.analytics)
+    check_analytics(config.analytics, [sid for sid, _ in streams])
     if (config.analytics.zones or config.analytics.lines) and not tracked:
         raise ConfigError("analytics zones and lines count tracks: this run tracks no stream (track.enabled, "
                           "an image folder, or a model without masks)")

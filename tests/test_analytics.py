@@ -49,10 +49,25 @@ def test_in_is_a_crossing_to_the_left_looking_along_the_line_and_dwell_is_first_
     path = [(50, 70), (50, 45), (50, 30), (50, 20), (50, 45), (50, 60)]
     for frame, (x, y) in enumerate(path):
         zones.update(_one(x, y, 7), frame / 25, ["circle"])
-    report = zones.report()
+    report = zones.report(drain=True)
     assert report["lines"]["gate"] == {"in": 1, "out": 1, "in_by_class": {"circle": 1}, "out_by_class": {"circle": 1}}
     assert report["zones"]["box"]["entered"] == 1 and report["zones"]["box"]["occupancy"] == 0
     assert report["zones"]["box"]["dwell_s"] == {"count": 1, "mean": pytest.approx(0.04), "max": pytest.approx(0.04)}
+    assert report["zones"]["box"]["left"] == [{"track_id": 7, "dwell_s": pytest.approx(0.04)}]
+    assert zones.report()["zones"]["box"]["left"] == []  # each stay is reported once
+
+
+def test_an_anchor_exactly_on_the_line_crosses_when_it_is_off_it_again() -> None:
+    """Box bottoms are often whole pixels: a step onto the line and one off it are one crossing."""
+    zones = StreamAnalytics(AnalyticsConfig(lines=(LineConfig("gate", ((0, 50), (100, 50))),)), "0", 100, 100)
+    for frame, y in enumerate([70, 60, 50, 50, 40, 50, 60]):  # up across it (in), back onto it, down off it (out)
+        zones.update(_one(50, y, 3), frame / 25, ["star"])
+    assert zones.report()["lines"]["gate"]["in"] == 1 and zones.report()["lines"]["gate"]["out"] == 1
+    zones.update(_one(150 - 60, 40, 4), 1.0, ["star"])
+    zones.update(_one(150 - 60, 60, 4), 1.04, ["star"])  # x 90: under the segment, which ends at x 100
+    zones.update(_one(105, 40, 5), 1.0, ["star"])
+    zones.update(_one(105, 60, 5), 1.04, ["star"])  # x 105: past its end, not a crossing
+    assert zones.report()["lines"]["gate"]["out"] == 2
 
 
 def test_counts_from_the_tracker_equal_the_ground_truth_tracks_counts() -> None:
@@ -90,8 +105,12 @@ def test_counts_from_the_tracker_equal_the_ground_truth_tracks_counts() -> None:
      r"analytics.lines\[0\] \(dot\): the line has zero length"),
     ({"lines": [{"points": [[0, 5], [5, 5]]}]}, r"analytics.lines\[0\] needs a name"),
     ({"lines": [{"name": "a", "points": [[0, 5], [5, 5]]}, {"name": "a", "points": [[0, 6], [5, 6]]}]},
-     r"analytics.lines\[1\]: the name 'a' is used twice"),
+     r"analytics.lines\[1\]: the name 'a' is used twice for one stream"),
     ({"zones": [{"name": "z", "points": [[0, 0], [1, 0], [1, 1]], "colour": "red"}]}, "unknown config key"),
+    ({"zones": [{"name": "z", "points": [[0, 0], [10, 0], [10]]}]}, r"analytics.zones\[0\].points\[2\] \(z\): a point"),
+    ({"lines": [{"name": "a", "points": [[0, 5], [5, 5]], "stream": "cam9"}]}, r"no stream 'cam9' in this run"),
+    ({"lines": [{"name": "a", "points": [[0, 5], [5, 5]]}, {"name": "a", "points": [[0, 6], [5, 6]], "stream": "0"}]},
+     r"analytics.lines\[1\]: the name 'a' is used twice for one stream"),
 ])
 def test_bad_analytics_settings_are_one_clear_error_naming_the_key(tmp_path, analytics: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):

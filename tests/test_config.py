@@ -77,6 +77,8 @@ def test_auto_true_false_keys_take_yaml_s_booleans() -> None:
     """``enabled: false`` in YAML (or --set) is the boolean false: an auto/true/false key takes it."""
     config = load_config(sets=["track.enabled=false", "input.live=true"])
     assert (config.track.enabled, config.input.live) == ("false", "true")
+    with pytest.raises(ConfigError, match="'output.video': False is not a str"):
+        load_config(sets=["output.video=false"])  # a name, not a switch
     with pytest.raises(ConfigError, match="render.trail_frames needs render.workers: 1"):
         load_config(sets=["render.trail_frames=8", "render.workers=2"])
 

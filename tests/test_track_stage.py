@@ -39,10 +39,14 @@ def _start(stream: str = "0") -> StreamStart:
     return StreamStart(stream, 320, 240, Fraction(25), Fraction(1, 25000), 0, "clip.mp4", False)
 
 
-def _stage(checkpoints: list, analytics: AnalyticsConfig | None = None, **kwargs) -> TrackStage:
-    stage = TrackStage(TrackConfig(**kwargs), ["0", "1"], ["0"], 0.5, model_info("streamseg-small").to_dict(), PORTS,
+def _stage(checkpoints: list, analytics: AnalyticsConfig | None = None, tracked: tuple[str, ...] = ("0",),
+           previous: dict | None = None) -> TrackStage:
+    """A track stage as its worker makes it (``previous``: a replacement, given the last checkpoint)."""
+    stage = TrackStage(TrackConfig(), ["0", "1"], list(tracked), 0.5, model_info("streamseg-small").to_dict(), PORTS,
                        dataclasses.asdict(analytics) if analytics else None)
     stage.bind_events(lambda event, **data: checkpoints.append(json.loads(json.dumps(data))))
+    stage.restarted, stage.previous = previous is not None, previous or {}
+    stage.setup()
     return stage
 
 
@@ -82,36 +86,51 @@ ZONES = AnalyticsConfig(zones=(ZoneConfig("left", ((0, 0), (160, 0), (160, 240),
                         lines=(LineConfig("middle", ((0, 120), (320, 120))),))
 
 
-@pytest.mark.parametrize("killed_after", [13, 20, 29])
+@pytest.mark.parametrize("killed_after", [27, 40, 59])
 def test_a_replacement_sends_what_an_undisturbed_tracker_would(killed_after: int) -> None:
-    """The first tracker is lost after frame ``killed_after``: what it held since its last checkpoint
-    comes again (and, before that, what downstream had not finished: here the last 3 frames), and the
-    replacement's outputs from there on are those of a tracker that never failed: ids, events, and
-    the zones' and lines' counts."""
-    results = _results(408, 40)
-    undisturbed = _stage([], ZONES)
-    undisturbed.process(_start())
-    expected = {r.index: list(undisturbed.process(r))[1][1] for r in results}
+    """Two tracked streams, their frames interleaved; the first tracker is lost after message
+    ``killed_after``. What it held since its last checkpoint comes again (and, before that, what
+    downstream had not finished: here each stream's last 3 frames; and one that downstream had), and
+    the replacement's outputs from there on are those of a tracker that never failed: ids, events,
+    the zones' and lines' counts, and at each stream's end (stream 1's comes first) the same ends."""
+    results = [r for pair in zip(_results(408, 40), _results(409, 40, stream="1")) for r in pair]
+    undisturbed = _stage([], ZONES, ("0", "1"))
+    expected = {(r.stream_id, r.index): list(undisturbed.process(r))[1][1] for r in results}
     checkpoints: list = []
-    first = _stage(checkpoints, ZONES)
-    first.process(_start())
-    for result in results[:killed_after + 1]:
+    first = _stage(checkpoints, ZONES, ("0", "1"))
+    done = results[:killed_after + 1]
+    for result in done:
         for port, out in first.process(result):
-            if out.index < killed_after - 2:
+            if out.index < done[-1].index - 2:
                 first.acknowledged(port, out, True)
-    assert len(checkpoints) == (killed_after + 1) // 10
+    assert checkpoints and set(checkpoints[-1]["streams"]) == {"0", "1"}
     held = first.holds()
-    assert held == {("0", i) for i in range(10 * len(checkpoints), killed_after + 1)}
-    replacement = _stage([], ZONES)
-    replacement.restarted, replacement.previous = True, {**checkpoints[-1], "cause": "SIGKILL"}
-    again = sorted({i for _, i in held} | set(range(killed_after - 2, killed_after + 1)))
-    for result in [results[i] for i in again] + results[killed_after + 1:]:
+    assert held and all(i >= max(checkpoints[-1]["streams"][sid]["tracker"]["frame"] for sid in "01") - 1
+                        for _, i in held)
+    replacement = _stage([], ZONES, ("0", "1"), previous={**checkpoints[-1], "cause": "SIGKILL"})
+    assert list(replacement.process(results[0])) == []  # finished downstream before the loss: nothing again
+    again = [r for r in done if (r.stream_id, r.index) in held or r.index >= done[-1].index - 2]
+    for result in again + results[killed_after + 1:]:
         for port, out in replacement.process(result):
-            want = expected[out.index]
+            want = expected[(out.stream_id, out.index)]
             assert out.detections.track_ids.tolist() == want.detections.track_ids.tolist(), out.index
             assert out.events == want.events and out.counts == want.counts and out.report == want.report
-    assert sum(c.entered + c.out for c in expected[39].counts) > 0 and expected[0].report  # they count
-    eos = EndOfStream("0", 40)
-    ended, again = undisturbed.passes_on(eos), replacement.passes_on(eos)
-    assert again.events == ended.events != () and again.report == ended.report != ""
+    assert sum(c.entered + c.out for c in expected[("0", 39)].counts) > 0 and expected[("0", 0)].report  # counted
+    for sid in ("1", "0"):
+        eos = EndOfStream(sid, 40)
+        ended, again_ended = undisturbed.passes_on(eos), replacement.passes_on(eos)
+        assert again_ended.events == ended.events != () and again_ended.report == ended.report != ""
     assert replacement.report()["analytics"] == undisturbed.report()["analytics"]
+    assert replacement.counters["frames"] == undisturbed.counters["frames"] == 80
+
+
+def test_a_replacement_whose_first_message_is_a_stream_s_end_ends_its_tracks() -> None:
+    """The first tracker passed the end on and was lost before downstream was done with it: the end
+    comes again, and the replacement sends the same ends of tracks (from the checkpoint at the end)."""
+    checkpoints: list = []
+    first = _stage(checkpoints)
+    for result in _results(408, 12):
+        first.process(result)
+    ended = first.passes_on(EndOfStream("0", 12)).events
+    replacement = _stage([], previous={**checkpoints[-1], "cause": "SIGKILL"})
+    assert replacement.passes_on(EndOfStream("0", 12)).events == ended and len(ended) >= 5

@@ -227,6 +227,8 @@ class DecodeStage(Source):
             yield self._status("reconnected", "", 1)
         elif self.config.loop:
             self._continue_after(0.0)  # where in which pass it was is not known: start the file again
+            self.counters["loops"] = int(self.previous.get("loops", 0)) + 1  # (the tracker starts afresh)
+            self._checkpoint(loops=self.counters["loops"])
         elif self.reader is not None:
             self.resume_pts = pts
             self.reader.seek(pts)
@@ -326,6 +328,7 @@ class DecodeStage(Source):
 
     def _rewind(self) -> None:
         self.count("loops")
+        self._checkpoint(loops=self.counters["loops"])  # a replacement goes on counting (Frame.loop)
         self._continue_after(0.0)
         if self.images is None:
             self._close_container()

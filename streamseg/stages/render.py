@@ -212,7 +212,7 @@ class RenderStage(Stage):
             return []
         image = draw(message.image, message.detections, self.info, self.config,
                      out=self.allocate(message.image.shape, np.uint8), trails=self._trails(message))
-        if self.analytics is not None:
+        if self.analytics is not None and message.detections.track_ids is not None:  # a tracked stream's
             draw_areas(image, self.analytics, message.stream_id, message.counts)
         self.count("frames")
         return [(self.routes.get(message.stream_id, "frames"),
@@ -227,8 +227,9 @@ class RenderStage(Stage):
             return None
         kept = self.trails.setdefault(result.stream_id, {})
         for track_id, (x1, y1, x2, y2) in zip(det.track_ids.tolist(), det.boxes.tolist()):
-            kept.setdefault(track_id, (result.index, deque(maxlen=length)))[1].append(((x1 + x2) / 2, (y1 + y2) / 2))
-            kept[track_id] = (result.index, kept[track_id][1])
+            _, path = kept.get(track_id, (0, deque(maxlen=length)))
+            path.append(((x1 + x2) / 2, (y1 + y2) / 2))
+            kept[track_id] = (result.index, path)
         for track_id in [t for t, (seen, _) in kept.items() if seen <= result.index - length]:
             del kept[track_id]
         return {t: kept[t][1] for t in det.track_ids.tolist()}

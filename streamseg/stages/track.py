@@ -27,7 +27,7 @@ import numpy as np
 from ..config import TrackConfig, section_from_dict
 from ..formats.records import frame_record
 from ..models.registry import ModelInfo
-from ..runtime.messages import AreaCount, EndOfStream, FrameResult, StreamStart, StreamStatus, TrackEvent
+from ..runtime.messages import AreaCount, Detections, EndOfStream, FrameResult, StreamStart, StreamStatus, TrackEvent
 from ..runtime.stage import ALL_PORTS, Emit, Stage
 from ..tracking.analytics import StreamAnalytics
 from ..tracking.tracker import StreamTracker
@@ -112,9 +112,22 @@ class TrackStage(Stage):
         self.info = ModelInfo.from_dict(model_info)
         self.ports = tuple(ports)
         self.analytics = section_from_dict("analytics", analytics) if analytics else None
-        self.given = {sid: open(path, "w") for sid, path in (given or {}).items()}
+        self.given_paths = dict(given or {})
+        self.given: dict[str, Any] = {}
         self.live: dict[str, bool] = {}
         self.streams: dict[str, _Stream] = {}
+
+    totals = ("frames", "tracks", "tracks_ended")
+    """Counted over the run: a replacement takes them back from the checkpoint and counts on."""
+
+    def setup(self) -> None:
+        """Open the detections files; a replacement takes back every stream's checkpoint (also of the
+        streams it may never see a message of again, so that its own checkpoints keep them)."""
+        self.given = {sid: open(path, "a" if self.restarted else "w") for sid, path in self.given_paths.items()}
+        if self.restarted:
+            self.counters.update(self.previous.get("counters", {}))
+            for sid, saved in self.previous.get("streams", {}).items():
+                self._stream(sid, tuple(saved["size"]), saved)
 
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
@@ -129,12 +142,12 @@ class TrackStage(Stage):
             return self._emits(message, detections.select(np.flatnonzero(detections.scores >= self.high_score)),
                                _Sent(np.zeros(0, np.int64), (), (), "", set()))
         stream = self._stream(sid, (message.width, message.height))
-        assert stream is not None
         if message.index <= stream.tracker.frame:  # sent again to a replacement, from before its checkpoint
             sent = stream.sent.get(message.index)
             return [] if sent is None else self._tracked(message, sent)
-        events = stream.tracker.finish() if message.loop != stream.loop else []
-        stream.loop = message.loop  # the file started over: the same objects, but not the same tracks
+        events = []
+        if message.loop != stream.loop:  # the file started over: the same objects, but not the same tracks
+            events, stream.loop, stream.next_report = stream.tracker.finish(), message.loop, -np.inf
         if sid in self.given:
             self.given[sid].write(json.dumps(frame_record(message, self.info), separators=(",", ":")) + "\n")
         time_s = message.captured if stream.live else message.time_s
@@ -144,7 +157,7 @@ class TrackStage(Stage):
         if stream.analytics is not None:
             sent.counts = self._count(stream, detections, ids, events, time_s)
             if time_s >= stream.next_report:
-                sent.report = json.dumps(stream.analytics.report(), separators=(",", ":"))
+                sent.report = json.dumps(stream.analytics.report(drain=True), separators=(",", ":"))
                 stream.next_report = time_s + self.analytics.counts_every_s
         self.count("frames")
         self.count("tracks", sum(e.kind == "start" for e in events))
@@ -154,22 +167,19 @@ class TrackStage(Stage):
             self._checkpoint()
         return self._tracked(message, sent)
 
-    def _stream(self, sid: str, size: tuple[int, int] | None) -> _Stream | None:
-        """The stream's state, made at its first frame (of ``size``); a replacement's takes back its
-        checkpoint. None for a stream without frames yet."""
+    def _stream(self, sid: str, size: tuple[int, int], saved: dict[str, Any] | None = None) -> _Stream:
+        """The stream's state, made at its first frame (of ``size``), or from its checkpoint."""
         stream = self.streams.get(sid)
-        saved = self.previous.get("streams", {}).get(sid) if self.restarted else None
-        if stream is None and (size or saved):
-            width, height = saved["size"] if saved else size
-            zones = StreamAnalytics(self.analytics, sid, width, height) if self.analytics else None
+        if stream is None:
+            areas = StreamAnalytics(self.analytics, sid, *size) if self.analytics else None
             stream = self.streams[sid] = _Stream(StreamTracker(self.config, self.ordinals[sid], len(self.ordinals)),
-                                                 zones if zones and (zones.zones or zones.lines) else None,
-                                                 (width, height), self.live.get(sid, False))
+                                                 areas if areas and (areas.zones or areas.lines) else None,
+                                                 size, self.live.get(sid, False))
             if saved is not None:
                 stream.restore(saved, self.ports)
         return stream
 
-    def _count(self, stream: _Stream, detections: Any, ids: np.ndarray, events: list[TrackEvent],
+    def _count(self, stream: _Stream, detections: Detections, ids: np.ndarray, events: list[TrackEvent],
                time_s: float) -> tuple[AreaCount, ...]:
         assert stream.analytics is not None
         keep = np.flatnonzero(ids >= 0)
@@ -182,7 +192,7 @@ class TrackStage(Stage):
         keep = np.flatnonzero(sent.ids >= 0)
         return self._emits(result, result.detections.select(keep, sent.ids[keep]), sent)
 
-    def _emits(self, result: FrameResult, detections: Any, sent: _Sent) -> list[Emit]:
+    def _emits(self, result: FrameResult, detections: Detections, sent: _Sent) -> list[Emit]:
         return [(port, dataclasses.replace(result, detections=detections, events=sent.events, counts=sent.counts,
                                            report=sent.report, image=result.image if port == "render" else None))
                 for port in self.ports]
@@ -190,7 +200,10 @@ class TrackStage(Stage):
     def _checkpoint(self) -> None:
         """Report every stream's state (with what was sent and is not yet done downstream), then let
         the frames it covers go."""
-        self.notify("checkpoint", streams={sid: stream.state() for sid, stream in self.streams.items()})
+        # (the frames go once the checkpoint is handed to the events socket: a process killed in the
+        # instant before ZeroMQ sends it would lose it with them; the window is that instant)
+        self.notify("checkpoint", streams={sid: stream.state() for sid, stream in self.streams.items()},
+                    counters=dict(self.counters))
         for stream in self.streams.values():
             stream.held.clear()
 
@@ -208,7 +221,7 @@ class TrackStage(Stage):
 
     def passes_on(self, eos: EndOfStream) -> EndOfStream:
         sid = eos.stream_id
-        stream = self._stream(sid, None) if sid in self.tracked else None
+        stream = self.streams.get(sid)
         if stream is None:  # not tracked, or no frame of it came
             return eos
         if stream.ended is None:
@@ -216,7 +229,7 @@ class TrackStage(Stage):
             self.count("tracks_ended", len(stream.ended))
             if stream.analytics is not None:
                 stream.analytics.end([e.track_id for e in stream.ended])
-                stream.report = json.dumps(stream.analytics.report(), separators=(",", ":"))
+                stream.report = json.dumps(stream.analytics.report(drain=True), separators=(",", ":"))
             self._checkpoint()
         if sid in self.given:
             self.given.pop(sid).close()

@@ -57,12 +57,19 @@ def inside(polygon: np.ndarray, points: np.ndarray) -> np.ndarray:
     return on | ((straddle & (x < at)).sum(1) % 2 == 1)
 
 
+def _points(item: ZoneConfig | LineConfig, key: str) -> np.ndarray:
+    if not item.name:
+        raise ConfigError(f"{key} needs a name")
+    for j, point in enumerate(item.points):
+        if len(point) != 2:
+            raise ConfigError(f"{key}.points[{j}] ({item.name}): a point is [x, y], got {list(point)}")
+    return np.asarray(item.points, np.float64).reshape(-1, 2)
+
+
 def check_zone(zone: ZoneConfig, key: str) -> None:
     """A ConfigError naming ``key`` for a zone that is no polygon: fewer than 3 corners, no area, or
     edges that cross each other."""
-    points = np.asarray(zone.points, np.float64).reshape(-1, 2)
-    if not zone.name:
-        raise ConfigError(f"{key} needs a name")
+    points = _points(zone, key)
     if len(points) < 3:
         raise ConfigError(f"{key} ({zone.name}): a zone needs at least 3 points, got {len(points)}")
     edges = [(points[i], points[(i + 1) % len(points)]) for i in range(len(points))]
@@ -75,24 +82,26 @@ def check_zone(zone: ZoneConfig, key: str) -> None:
 
 
 def check_line(line: LineConfig, key: str) -> None:
-    points = np.asarray(line.points, np.float64).reshape(-1, 2)
-    if not line.name:
-        raise ConfigError(f"{key} needs a name")
+    points = _points(line, key)
     if len(points) != 2:
         raise ConfigError(f"{key} ({line.name}): a line is 2 points, got {len(points)}")
     if np.allclose(points[0], points[1]):
         raise ConfigError(f"{key} ({line.name}): the line has zero length")
 
 
-def check_analytics(config: AnalyticsConfig) -> None:
-    """Every zone and line of the ``analytics`` section well formed, names unique per stream."""
-    seen: set[tuple[str, str]] = set()
+def check_analytics(config: AnalyticsConfig, streams: list[str]) -> None:
+    """Every zone and line of the ``analytics`` section well formed, of one of the run's ``streams``,
+    and named apart from the others of its kind that watch the same stream."""
     for kind, items, check in (("zones", config.zones, check_zone), ("lines", config.lines, check_line)):
         for i, item in enumerate(items):
-            check(item, f"analytics.{kind}[{i}]")
-            if (item.stream, item.name) in seen:
-                raise ConfigError(f"analytics.{kind}[{i}]: the name {item.name!r} is used twice")
-            seen.add((item.stream, item.name))
+            key = f"analytics.{kind}[{i}]"
+            check(item, key)
+            if item.stream and item.stream not in streams:
+                raise ConfigError(f"{key} ({item.name}): no stream {item.stream!r} in this run "
+                                  f"(its streams: {', '.join(streams)})")
+            if any(other.name == item.name and (other.stream == item.stream or "" in (other.stream, item.stream))
+                   for other in items[:i]):
+                raise ConfigError(f"{key}: the name {item.name!r} is used twice for one stream")
 
 
 def anchors(detections: Detections, anchor: str) -> np.ndarray:
@@ -118,16 +127,19 @@ class StreamAnalytics:
                                   f"{width}x{height} frame")
         self.polygons = [np.asarray(z.points, np.float64) for z in self.zones]
         self.segments = [np.asarray(ln.points, np.float64) for ln in self.lines]
-        self.last: dict[int, list[float]] = {}
-        """Track -> its anchor when last seen."""
+        self.sides: list[dict[int, list[float]]] = [{} for _ in self.lines]
+        """Per line: track -> [the side it was last seen on (-1 left, 1 right), that anchor's x, y]
+        (an anchor on the line itself changes nothing: the crossing counts when it is off it again)."""
         self.present: list[dict[int, list[float]]] = [{} for _ in self.zones]
         """Per zone: track inside -> [time it was first inside, time last inside]; a track hidden
         for a moment stays inside until it is seen outside or ends."""
         self.now: list[set[int]] = [set() for _ in self.zones]
         """Per zone: the tracks seen inside it in the last frame (its occupancy)."""
         self.entered = [0] * len(self.zones)
-        self.dwell: list[list[float]] = [[] for _ in self.zones]
-        """Per zone: the seconds each track that left it stayed."""
+        self.dwell: list[list[float]] = [[0, 0.0, 0.0] for _ in self.zones]
+        """Per zone: [stays over, their seconds in all, the longest]."""
+        self.left: list[list[list[float]]] = [[] for _ in self.zones]
+        """Per zone: [track, seconds] of each stay over since the report before (:meth:`report`)."""
         self.crossed: list[dict[str, Counter[str]]] = [{"in": Counter(), "out": Counter()} for _ in self.lines]
         """Per line: direction -> class name -> crossings."""
 
@@ -135,37 +147,43 @@ class StreamAnalytics:
         """Take one frame's tracked instances (``names``: their class names); the figures after it."""
         ids = [] if detections.track_ids is None else detections.track_ids.tolist()
         points = anchors(detections, self.anchor) if ids else np.zeros((0, 2))
-        for line, crossed in zip(self.segments, self.crossed):
-            for track, point, name in zip(ids, points, names):
-                before = self.last.get(track)
-                if before is not None and segments_cross(np.asarray(before), point, line[0], line[1]):
-                    side = _cross(line[0], line[1], point)  # < 0: now on the left, looking along the line
-                    crossed["in" if side < 0 else "out"][name] += 1
+        for (a, b), sides, crossed in zip(self.segments, self.sides, self.crossed):
+            side = np.sign(_cross(a, b, points))  # -1: on the left, looking along the line
+            for track, point, now, name in zip(ids, points, side.tolist(), names):
+                before = sides.get(track)
+                if now and before is not None and before[0] != now and _cross(np.asarray(before[1:]), point, a) \
+                        * _cross(np.asarray(before[1:]), point, b) <= 0:  # the step meets the segment itself
+                    crossed["in" if now < 0 else "out"][name] += 1
+                if now:
+                    sides[track] = [now, *point.tolist()]
         self.now = []
         for k, (polygon, present) in enumerate(zip(self.polygons, self.present)):
-            now = {track for track, is_in in zip(ids, inside(polygon, points)) if is_in}
-            self.now.append(now)
-            for track in now:
+            now_in = {track for track, is_in in zip(ids, inside(polygon, points)) if is_in}
+            self.now.append(now_in)
+            for track in now_in:
                 if track not in present:
                     present[track] = [time_s, time_s]
                     self.entered[k] += 1
                 present[track][1] = time_s
-            for track in [t for t in present if t not in now and t in ids]:  # seen, outside: it left
+            for track in [t for t in present if t not in now_in and t in ids]:  # seen, outside: it left
                 self._leave(k, track)
-        self.last.update((track, point.tolist()) for track, point in zip(ids, points))
         return self.counts()
 
     def _leave(self, zone: int, track: int) -> None:
         first, last = self.present[zone].pop(track)
-        self.dwell[zone].append(last - first)
+        dwell = self.dwell[zone]
+        dwell[0], dwell[1], dwell[2] = dwell[0] + 1, dwell[1] + last - first, max(dwell[2], last - first)
+        self.left[zone].append([track, last - first])
 
     def end(self, tracks: list[int]) -> None:
-        """Tracks that are over: out of every zone (their dwell counted), forgotten."""
+        """Tracks that are over: out of every zone (their stay counted), forgotten."""
         for k, present in enumerate(self.present):
             for track in [t for t in tracks if t in present]:
                 self._leave(k, track)
-        for track in tracks:
-            self.last.pop(track, None)
+                self.now[k].discard(track)
+        for sides in self.sides:
+            for track in tracks:
+                sides.pop(track, None)
 
     def counts(self) -> tuple[AreaCount, ...]:
         """Each zone's occupancy and entries, each line's crossings, for drawing."""
@@ -173,26 +191,36 @@ class StreamAnalytics:
                 *(AreaCount("line", ln.name, 0, sum(c["in"].values()), sum(c["out"].values()))
                   for ln, c in zip(self.lines, self.crossed)))
 
-    def report(self) -> dict[str, Any]:
-        """The figures as JSON values: per zone its occupancy, who is inside, entries and dwell times;
-        per line its crossings in and out, per class and in all."""
-        zones = {z.name: {"occupancy": len(n), "inside": sorted(n), "entered": e,
-                          "dwell_s": {"count": len(d), "mean": round(float(np.mean(d)), 3) if d else 0.0,
-                                      "max": round(max(d), 3) if d else 0.0}}
-                 for z, n, e, d in zip(self.zones, self.now, self.entered, self.dwell)}
+    def report(self, drain: bool = False) -> dict[str, Any]:
+        """The figures as JSON values. Per zone: ``occupancy`` and ``inside`` (who is seen inside now,
+        each with its stay so far), ``entered``, ``dwell_s`` (the stays over: count, mean, longest) and
+        ``left`` (each stay over since the report before, by track; ``drain`` starts the next). Per
+        line: its crossings ``in`` and ``out``, in all and per class."""
+        zones = {}
+        for z, now, present, entered, (count, total, longest), left in zip(
+                self.zones, self.now, self.present, self.entered, self.dwell, self.left):
+            zones[z.name] = {
+                "occupancy": len(now), "entered": entered,
+                "inside": [{"track_id": t, "dwell_s": round(present[t][1] - present[t][0], 3)} for t in sorted(now)],
+                "dwell_s": {"count": count, "mean": round(total / count, 3) if count else 0.0,
+                            "max": round(longest, 3)},
+                "left": [{"track_id": int(t), "dwell_s": round(d, 3)} for t, d in left]}
+            if drain:
+                left.clear()
         lines = {ln.name: {"in": sum(c["in"].values()), "out": sum(c["out"].values()),
                            "in_by_class": dict(sorted(c["in"].items())), "out_by_class": dict(sorted(c["out"].items()))}
                  for ln, c in zip(self.lines, self.crossed)}
         return {"zones": zones, "lines": lines}
 
     def state(self) -> dict[str, Any]:
-        return {"last": {str(k): v for k, v in self.last.items()}, "now": [sorted(n) for n in self.now],
-                "present": [{str(k): v for k, v in p.items()} for p in self.present], "entered": self.entered,
-                "dwell": self.dwell, "crossed": [{d: dict(c[d]) for d in c} for c in self.crossed]}
+        return {"sides": [{str(k): v for k, v in sides.items()} for sides in self.sides],
+                "now": [sorted(n) for n in self.now], "entered": self.entered, "dwell": self.dwell, "left": self.left,
+                "present": [{str(k): v for k, v in p.items()} for p in self.present],
+                "crossed": [{d: dict(c[d]) for d in c} for c in self.crossed]}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.last = {int(k): v for k, v in state["last"].items()}
+        self.sides = [{int(k): v for k, v in sides.items()} for sides in state["sides"]]
         self.now = [set(n) for n in state["now"]]
         self.present = [{int(k): v for k, v in p.items()} for p in state["present"]]
-        self.entered, self.dwell = state["entered"], state["dwell"]
+        self.entered, self.dwell, self.left = state["entered"], state["dwell"], state["left"]
         self.crossed = [{d: Counter(c[d]) for d in c} for c in state["crossed"]]

@@ -12,7 +12,8 @@ The association is ByteTrack's (Zhang et al., 2022) with masks where it has boxe
    score dips for a frame keeps its id;
 4. a high-score detection left over starts a track with a new id; a track not seen for longer than
    ``max_age_s`` ends (before the frame's matching: after a gap or a jump forward in time, it is
-   not matched again). Time going backwards (a ``--loop`` restart) ends every track.
+   not matched again). Time going backwards ends every track (the caller ends them at a ``--loop``
+   restart, whose timestamps go on).
 
 Every detection written out gets an id in the frame it first appears. A track's class is the one
 it was seen as most often. Ids are unique across the streams of a run without any coordination:
