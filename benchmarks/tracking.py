@@ -9,7 +9,11 @@ oracle, and the tracker's speed.
 2. **Oracle.** The ground truth's own masks fed to each tracker as detections (score 0.9), in
    process: what the tracker alone loses. Scenes where no shape is hidden (nearly) whole for a while
    (under 15% visible: it leaves the ground truth's objects, and comes back) are also reported apart.
-3. **Speed.** ``StreamTracker.update`` alone on 640x360 frames with 20 shapes (the ground truth's
+3. **Zones and lines.** Four of each kind a scene (lines through the middle, the left half, a
+   box in the middle): entries and crossings counted by the pipeline (the model's detections), and
+   by the same code over the ground truth's masks tracked by our tracker, against those counted
+   over the ground truth's own track ids.
+4. **Speed.** ``StreamTracker.update`` alone on 640x360 frames with 20 shapes (the ground truth's
    masks), per frame.
 
 Needs TrackEval and trackers (``make bench-deps``, or the lines in ``bytetrack_baseline.py``).
@@ -30,16 +34,17 @@ from bytetrack_baseline import bytetrack_records
 from common import machine, suite_parser
 from pycocotools import mask as mask_util
 
-from streamseg.config import ModelConfig, TrackConfig
+from streamseg.config import ModelConfig, TrackConfig, section_from_dict
 from streamseg.runtime.messages import Detections, MaskRegions
 from streamseg.tools.evaluate import load_ground_truth, read_predictions
 from streamseg.tools.suite import SCENES, run_suite
 from streamseg.tools.synth import Scene, SceneStyle
 from streamseg.tools.tracking_eval import track_ap, tracking_metrics
+from streamseg.tracking.analytics import StreamAnalytics
 from streamseg.tracking.tracker import StreamTracker
 
-FPS = 25.0
-"""The suite's clips' frame rate (streamseg.tools.synth.write_video)."""
+FPS = 30.0
+"""The suite's clips' frame rate (streamseg.tools.synth.write_video's default, which the suite uses)."""
 
 
 def _row(name: str, scenes: list[tuple[list[dict[str, Any]], Any]], names: list[str]) -> dict[str, Any]:
@@ -60,9 +65,10 @@ def _print(title: str, rows: list[dict[str, Any]]) -> None:
               f"{r['worst']} {r['worst_HOTA']:.3f} |")
 
 
-def oracle_records(gt: Any, tracker: StreamTracker | None) -> list[dict[str, Any]]:
+def oracle_records(gt: Any, tracker: StreamTracker | None, truth_ids: bool = False) -> list[dict[str, Any]]:
     """The ground truth's objects as detections (score 0.9, crowd slivers left out), frame by frame;
-    with ``tracker``, each with the id it gives (else none: ByteTrack's input)."""
+    with ``tracker``, each with the id it gives; with ``truth_ids``, with the ground truth's own track
+    id; else with none (ByteTrack's input)."""
     records = []
     images = sorted(gt.dataset["images"], key=lambda im: im["frame_index"])
     for image in images:
@@ -76,6 +82,9 @@ def oracle_records(gt: Any, tracker: StreamTracker | None) -> list[dict[str, Any
                                  "mask": {"size": rles[k]["size"], "counts": rles[k]["counts"].decode()
                                           if isinstance(rles[k]["counts"], bytes) else rles[k]["counts"]}}
                                 for k, a in enumerate(anns)]}
+        if truth_ids:
+            for inst, a in zip(record["instances"], anns):
+                inst["track_id"] = a["track_id"]
         if tracker is not None:
             full = (mask_util.decode(rles).transpose(2, 0, 1).astype(bool) if rles
                     else np.zeros((0, image["height"], image["width"]), bool))
@@ -98,6 +107,70 @@ def hidden_whole(gt: Any) -> bool:
             if not a.get("iscrowd"):
                 frames.setdefault(a["track_id"], []).append(image["frame_index"])
     return any(max(f) - min(f) + 1 > len(set(f)) for f in frames.values())
+
+
+def suite_areas() -> dict[str, list[dict[str, Any]]]:
+    """The zones and lines counted on every scene, each scene's own (its stream): a vertical and a
+    horizontal line through the middle, the left half, and a box in the middle (a quarter of the frame)."""
+    zones, lines = [], []
+    for scene in SCENES:
+        w, h = scene.size
+        lines += [{"name": "vertical", "points": [[w / 2, 0], [w / 2, h]], "stream": scene.name},
+                  {"name": "horizontal", "points": [[0, h / 2], [w, h / 2]], "stream": scene.name}]
+        zones += [{"name": "left", "points": [[0, 0], [w / 2, 0], [w / 2, h], [0, h]], "stream": scene.name},
+                  {"name": "middle", "points": [[w / 4, h / 4], [3 * w / 4, h / 4], [3 * w / 4, 3 * h / 4],
+                                                [w / 4, 3 * h / 4]], "stream": scene.name}]
+    return {"zones": zones, "lines": lines}
+
+
+def counted(records: list[dict[str, Any]], name: str, width: int, height: int,
+            tracker: StreamTracker | None = None) -> dict[str, int]:
+    """Entries per zone and crossings per line and direction of a scene's records (with their own
+    ``track_id``, or with ``tracker``'s ids), by the track stage's counting code."""
+    areas = suite_areas()
+    config = section_from_dict("analytics", {k: [a for a in v if a["stream"] == name] for k, v in areas.items()})
+    counter, figures = StreamAnalytics(config, name, width, height), {}
+    for record in records:
+        instances = record["instances"]
+        boxes = np.array([i["box"] for i in instances], np.float32).reshape(-1, 4)
+        ids = np.array([i["track_id"] for i in instances], np.int64)
+        dets = Detections(boxes, np.array([i["score"] for i in instances], np.float32),
+                          np.array([i["class_id"] for i in instances], np.int64), None, track_ids=ids)
+        counter.update(dets, record["time"], [str(i["class_id"]) for i in instances])
+    report = counter.report()
+    for zone, z in report["zones"].items():
+        figures[f"{zone} entered"] = z["entered"]
+    for line, ln in report["lines"].items():
+        figures[f"{line} in"], figures[f"{line} out"] = ln["in"], ln["out"]
+    return figures
+
+
+def count_rows(scenes: Any, gts: list[Any], ours: list[tuple[list[dict[str, Any]], Any]],
+               pipeline: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """How the model's counts (the pipeline's summary; checked equal to the same code over its masks
+    file) and the oracle's (the truth's masks, our tracker's ids) compare with the truth's own ids."""
+    rows = {"model, through the pipeline": [], "oracle: the truth's masks, our tracker": []}
+    truths = []
+    for scene, gt, (records, _) in zip(scenes, gts, ours):
+        w, h = scene.size
+        truth = counted(oracle_records(gt, None, truth_ids=True), scene.name, w, h)
+        model = counted(records, scene.name, w, h)
+        report = pipeline[scene.name]
+        said = {**{f"{z} entered": v["entered"] for z, v in report["zones"].items()},
+                **{f"{ln} {d}": v[d] for ln, v in report["lines"].items() for d in ("in", "out")}}
+        if said != model:
+            raise SystemExit(f"{scene.name}: the pipeline's counts {said} are not its masks' {model}")
+        rows["model, through the pipeline"].append(model)
+        rows["oracle: the truth's masks, our tracker"].append(
+            counted(oracle_records(gt, StreamTracker(TrackConfig())), scene.name, w, h))
+        truths.append(truth)
+    out = []
+    for what, counts in rows.items():
+        pairs = [(c[k], t[k]) for c, t in zip(counts, truths) for k in t]
+        out.append({"what": what, "figures": len(pairs), "equal": sum(a == b for a, b in pairs),
+                    "close": sum(abs(a - b) <= max(1, 0.05 * b) for a, b in pairs),
+                    "off": sum(abs(a - b) for a, b in pairs), "truth": sum(b for _, b in pairs)})
+    return out
 
 
 def tracker_speed(frames: int = 300, shapes: int = 20) -> dict[str, float]:
@@ -126,8 +199,10 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     args = parser.parse_args()
     folder, started = Path(args.clips), time.monotonic()
-    run_suite(folder, args.frames, args.model, args.weights, progress=lambda line: print(line, file=sys.stderr),
-              track__detections_file=str(folder / "{stream}.given.jsonl"))
+    suite = run_suite(folder, args.frames, args.model, args.weights,
+                      progress=lambda line: print(line, file=sys.stderr),
+                      track__detections_file=str(folder / "{stream}.given.jsonl"), **{
+                          f"analytics__{kind}": areas for kind, areas in suite_areas().items()})
     names = [s.name for s in SCENES]
     gts = [load_ground_truth(folder / f"{n}.json") for n in names]
     ours = [(read_predictions(folder / f"{n}.jsonl"), gt) for n, gt in zip(names, gts)]
@@ -153,11 +228,20 @@ def main() -> None:
                         [(bytetrack_records(oracle_records(gt, None), FPS, high), gt) for _, gt in picked],
                         [n for n, _ in picked])]
     _print("Oracle: the ground truth's masks as detections:", oracle)
+    areas = count_rows(SCENES, gts, ours, suite.analytics)
+    print("\nZones and lines (entries per zone, crossings per line and direction; 4 of each kind a scene): "
+          "the model's through the pipeline, and the ground truth's masks through the same tracker, against "
+          "the ground truth's own tracks\n")
+    print("| counts | figures | equal to the truth's | within 5% or 1 | total abs. difference | truth's total |")
+    print("|---|---|---|---|---|---|")
+    for row in areas:
+        print(f"| {row['what']} | {row['figures']} | {row['equal']} | {row['close']} | {row['off']} | {row['truth']} |")
     speed = tracker_speed()
     print(f"\nStreamTracker.update alone, 640x360, {speed['objects']:.1f} shapes a frame: median "
           f"{speed['median_ms']:.2f} ms, mean {speed['mean_ms']:.2f} ms, p99 {speed['p99_ms']:.2f} ms a frame")
     if args.json:
-        Path(args.json).write_text(json.dumps({"pipeline": rows, "oracle": oracle, "speed": speed}, indent=1))
+        Path(args.json).write_text(json.dumps({"pipeline": rows, "oracle": oracle, "areas": areas, "speed": speed},
+                                              indent=1))
 
 
 if __name__ == "__main__":

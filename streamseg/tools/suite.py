@@ -53,6 +53,8 @@ class SuiteResult:
     """Scene name -> task (``segm``, ``bbox``, ``keypoints``) -> COCO stats."""
     pooled: dict[str, dict[str, float]] = field(default_factory=dict)
     frames: int = 0
+    analytics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Scene name -> its zones' and lines' figures, where the run had any (``settings``' analytics)."""
 
     def worst(self, task: str = "segm") -> tuple[str, float]:
         name = min(self.scenes, key=lambda n: self.scenes[n].get(task, {}).get("AP", 0.0))
@@ -89,8 +91,10 @@ def run_suite(folder: Path, frames: int = 100, model: str = "streamseg-small", w
     for size in sorted({s.size for s in SCENES}):
         scenes = [s for s in SCENES if s.size == size]
         progress(f"running the pipeline over {len(scenes)} scenes at {size[0]}x{size[1]}")
-        run([str(folder / f"{s.name}.mp4") for s in scenes], masks=str(folder / "{stream}.jsonl"),
-            input__stream_ids=tuple(s.name for s in scenes), model__name=model, model__weights=weights, **settings)
+        summary = run([str(folder / f"{s.name}.mp4") for s in scenes], masks=str(folder / "{stream}.jsonl"),
+                      input__stream_ids=tuple(s.name for s in scenes), model__name=model, model__weights=weights,
+                      **settings)
+        result.analytics.update(summary.analytics)
         for scene in scenes:
             records = read_predictions(folder / f"{scene.name}.jsonl")
             gt = load_ground_truth(folder / f"{scene.name}.json")
