@@ -13,8 +13,9 @@ oracle, and the tracker's speed.
    box in the middle): entries and crossings counted by the pipeline (the model's detections), and
    by the same code over the ground truth's masks tracked by our tracker, against those counted
    over the ground truth's own track ids.
-4. **Speed.** ``StreamTracker.update`` alone on 640x360 frames with 20 shapes (the ground truth's
-   masks), per frame.
+4. **Speed.** ``StreamTracker.update`` alone on 640x360 frames with about 20 shapes (the ground
+   truth's masks), per frame; and ``streamseg run`` with tracking on and off, in turns (what the stage costs
+   the pipeline, and that the instances written are the same).
 
 Needs TrackEval and trackers (``make bench-deps``, or the lines in ``bytetrack_baseline.py``).
 
@@ -24,6 +25,7 @@ Needs TrackEval and trackers (``make bench-deps``, or the lines in ``bytetrack_b
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,14 +33,14 @@ from typing import Any
 
 import numpy as np
 from bytetrack_baseline import bytetrack_records
-from common import machine, suite_parser
+from common import machine, runs, streamseg_run, suite_parser, timed
 from pycocotools import mask as mask_util
 
 from streamseg.config import ModelConfig, TrackConfig, section_from_dict
 from streamseg.runtime.messages import Detections, MaskRegions
 from streamseg.tools.evaluate import load_ground_truth, read_predictions
 from streamseg.tools.suite import SCENES, run_suite
-from streamseg.tools.synth import Scene, SceneStyle
+from streamseg.tools.synth import Scene, SceneStyle, write_video
 from streamseg.tools.tracking_eval import track_ap, tracking_metrics
 from streamseg.tracking.analytics import StreamAnalytics
 from streamseg.tracking.tracker import StreamTracker
@@ -109,11 +111,11 @@ def hidden_whole(gt: Any) -> bool:
     return any(max(f) - min(f) + 1 > len(set(f)) for f in frames.values())
 
 
-def suite_areas() -> dict[str, list[dict[str, Any]]]:
+def suite_areas(scenes: Any = SCENES) -> dict[str, list[dict[str, Any]]]:
     """The zones and lines counted on every scene, each scene's own (its stream): a vertical and a
     horizontal line through the middle, the left half, and a box in the middle (a quarter of the frame)."""
     zones, lines = [], []
-    for scene in SCENES:
+    for scene in scenes:
         w, h = scene.size
         lines += [{"name": "vertical", "points": [[w / 2, 0], [w / 2, h]], "stream": scene.name},
                   {"name": "horizontal", "points": [[0, h / 2], [w, h / 2]], "stream": scene.name}]
@@ -127,8 +129,7 @@ def counted(records: list[dict[str, Any]], name: str, width: int, height: int,
             tracker: StreamTracker | None = None) -> dict[str, int]:
     """Entries per zone and crossings per line and direction of a scene's records (with their own
     ``track_id``, or with ``tracker``'s ids), by the track stage's counting code."""
-    areas = suite_areas()
-    config = section_from_dict("analytics", {k: [a for a in v if a["stream"] == name] for k, v in areas.items()})
+    config = section_from_dict("analytics", suite_areas([s for s in SCENES if s.name == name]))
     counter, figures = StreamAnalytics(config, name, width, height), {}
     for record in records:
         instances = record["instances"]
@@ -173,8 +174,9 @@ def count_rows(scenes: Any, gts: list[Any], ours: list[tuple[list[dict[str, Any]
     return out
 
 
-def tracker_speed(frames: int = 300, shapes: int = 20) -> dict[str, float]:
-    """Milliseconds per frame of ``StreamTracker.update`` alone, 640x360, ``shapes`` shapes' true masks."""
+def tracker_speed(frames: int = 300, shapes: int = 25) -> dict[str, float]:
+    """Milliseconds per frame of ``StreamTracker.update`` alone, 640x360, ``shapes`` shapes' true masks
+    (25: about 20 in the frame at a time, the others coming in or gone)."""
     scene = Scene(901, 640, 360, SceneStyle(shapes=(shapes, shapes)))
     tracker, times, counts = StreamTracker(TrackConfig()), [], []
     for frame in range(frames):
@@ -194,6 +196,32 @@ def tracker_speed(frames: int = 300, shapes: int = 20) -> dict[str, float]:
             "objects": float(np.mean(counts[10:]))}
 
 
+STAGE_ROW = re.compile(r"^track\s+(?P<busy_s>[\d.]+)\s+(?P<busy_pct>\d+)%\s+(?P<blocked_s>[\d.]+)\s+(?P<cpu_s>[\d.]+)",
+                       re.MULTILINE)
+
+
+def pipeline_cost(folder: Path, rounds: int = 3) -> dict[str, Any]:
+    """``streamseg run`` over a held-out 640x360 clip (300 frames) with tracking on and off, in turns,
+    whole processes timed from outside: wall seconds each round, the outputs' instances the same,
+    and the track stage's busy and CPU seconds from the summary."""
+    clip = folder / "cost-640x360.mp4"
+    if not clip.exists():
+        write_video(clip, None, seed=7, frames=300, width=640, height=360, crf=23)
+    wall: dict[str, list[float]] = {"on": [], "off": []}
+    stage: list[dict[str, float]] = []
+    boxes: dict[str, list[Any]] = {}
+    for r in range(rounds):
+        for side in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            masks = folder / f"cost-{side}.jsonl"
+            result = timed(streamseg_run(str(clip), "--masks", str(masks), "--set", f"track.enabled={side == 'on'}"))
+            wall[side].append(result.wall_s)
+            if side == "on":
+                row = STAGE_ROW.search(result.stderr)
+                stage.append({k: float(v) for k, v in row.groupdict().items()} if row else {})
+            boxes[side] = [[i["box"] for i in rec["instances"]] for rec in read_predictions(masks)]
+    return {"wall_s": wall, "track_stage": stage, "same_instances": boxes["on"] == boxes["off"], "frames": 300}
+
+
 def main() -> None:
     parser = suite_parser(__doc__)
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
@@ -201,8 +229,9 @@ def main() -> None:
     folder, started = Path(args.clips), time.monotonic()
     suite = run_suite(folder, args.frames, args.model, args.weights,
                       progress=lambda line: print(line, file=sys.stderr),
-                      track__detections_file=str(folder / "{stream}.given.jsonl"), **{
-                          f"analytics__{kind}": areas for kind, areas in suite_areas().items()})
+                      track__detections_file=str(folder / "{stream}.given.jsonl"),
+                      analytics__zones=lambda scenes: suite_areas(scenes)["zones"],
+                      analytics__lines=lambda scenes: suite_areas(scenes)["lines"])
     names = [s.name for s in SCENES]
     gts = [load_ground_truth(folder / f"{n}.json") for n in names]
     ours = [(read_predictions(folder / f"{n}.jsonl"), gt) for n, gt in zip(names, gts)]
@@ -239,9 +268,18 @@ def main() -> None:
     speed = tracker_speed()
     print(f"\nStreamTracker.update alone, 640x360, {speed['objects']:.1f} shapes a frame: median "
           f"{speed['median_ms']:.2f} ms, mean {speed['mean_ms']:.2f} ms, p99 {speed['p99_ms']:.2f} ms a frame")
+    cost = pipeline_cost(folder)
+    on, off = (float(np.median(cost["wall_s"][k])) for k in ("on", "off"))
+    cpu = float(np.median([r.get("cpu_s", np.nan) for r in cost["track_stage"]]))
+    busy = float(np.median([r.get("busy_pct", np.nan) for r in cost["track_stage"]]))
+    print(f"\nstreamseg run, 640x360, 300 frames, whole processes: {on:.1f} s with tracking, {off:.1f} s without "
+          f"(median of {len(cost['wall_s']['on'])} each, in turns: {runs(cost['wall_s']['on'])} / "
+          f"{runs(cost['wall_s']['off'])}); the track stage {cpu / cost['frames'] * 1000:.2f} ms of CPU a frame "
+          f"(its process, messages included), busy {busy:.0f}% of the run; the same instances written: "
+          f"{cost['same_instances']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"pipeline": rows, "oracle": oracle, "areas": areas, "speed": speed},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"pipeline": rows, "oracle": oracle, "areas": areas, "speed": speed,
+                                               "cost": cost}, indent=1))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from test_tracking import _detections
 
 from streamseg.config import AnalyticsConfig, LineConfig, TrackConfig, ZoneConfig
 from streamseg.models import model_info
-from streamseg.runtime.messages import EndOfStream, FrameResult, StreamStart
+from streamseg.runtime.messages import EndOfStream, FrameResult, StreamStart, StreamStatus
 from streamseg.stages.track import TrackStage
 from streamseg.tools.synth import STYLES, Scene
 
@@ -134,3 +134,18 @@ def test_a_replacement_whose_first_message_is_a_stream_s_end_ends_its_tracks() -
     ended = first.passes_on(EndOfStream("0", 12)).events
     replacement = _stage([], previous={**checkpoints[-1], "cause": "SIGKILL"})
     assert replacement.passes_on(EndOfStream("0", 12)).events == ended and len(ended) >= 5
+
+
+@pytest.mark.parametrize("away_s, same", [(0.5, True), (1.5, False)])
+def test_a_live_source_s_tracks_survive_a_reconnection_shorter_than_max_age(away_s: float, same: bool) -> None:
+    """A live stream is tracked on its capture clock: the same objects, after the source was away for
+    less than track.max_age_s (1 s), keep their ids; after longer, they are new tracks."""
+    stage = _stage([])
+    stage.process(dataclasses.replace(_start(), live=True))
+    before, after = (dataclasses.replace(r, captured=1000.0 + r.index / 25) for r in _results(408, 2))
+    first = list(stage.process(before))[1][1]
+    stage.process(StreamStatus("0", "lost", "gone"))
+    stage.process(StreamStatus("0", "reconnected", "", 1))
+    again = list(stage.process(dataclasses.replace(after, captured=before.captured + away_s)))[1][1]
+    shared = set(first.detections.track_ids.tolist()) & set(again.detections.track_ids.tolist())
+    assert bool(shared) == same and (not same or len(shared) == len(first.detections))

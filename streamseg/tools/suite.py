@@ -78,8 +78,8 @@ def make_clips(folder: Path, frames: int, progress: Callable[[str], None] = lamb
 def run_suite(folder: Path, frames: int = 100, model: str = "streamseg-small", weights: str = "",
               progress: Callable[[str], None] = lambda line: None, **settings: Any) -> SuiteResult:
     """Generate the scenes (or reuse them), run the pipeline over them, one run a size, and score them.
-    ``settings``: more of :func:`streamseg.run`'s (``track__detections_file=...``); each scene's masks
-    are ``folder/NAME.jsonl``."""
+    ``settings``: more of :func:`streamseg.run`'s (``track__detections_file=...``), or functions that
+    make one from the scenes of a run (one run a size); each scene's masks are ``folder/NAME.jsonl``."""
     from ..pipeline import run
     from .evaluate import evaluate, load_ground_truth, read_predictions
 
@@ -93,7 +93,7 @@ def run_suite(folder: Path, frames: int = 100, model: str = "streamseg-small", w
         progress(f"running the pipeline over {len(scenes)} scenes at {size[0]}x{size[1]}")
         summary = run([str(folder / f"{s.name}.mp4") for s in scenes], masks=str(folder / "{stream}.jsonl"),
                       input__stream_ids=tuple(s.name for s in scenes), model__name=model, model__weights=weights,
-                      **settings)
+                      **{key: value(scenes) if callable(value) else value for key, value in settings.items()})
         result.analytics.update(summary.analytics)
         for scene in scenes:
             records = read_predictions(folder / f"{scene.name}.jsonl")
