@@ -161,6 +161,7 @@ class TrackStage(Stage):
                 stream.next_report = time_s + self.analytics.counts_every_s
         self.count("frames")
         self.count("tracks", sum(e.kind == "start" for e in events))
+        self.count("tracks_ended", sum(e.kind == "end" for e in events))
         stream.sent[message.index] = sent
         stream.held.append(message.index)
         if len(stream.held) >= self.config.checkpoint_frames:
