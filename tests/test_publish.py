@@ -151,7 +151,7 @@ def test_late_and_stalled_subscribers(cli, tmp_path: Path) -> None:
         # (without tracking: the random test model's many short tracks would add their start and end
         # messages to the bursts; what a small queue does is the point here)
         proc = cli.start("run", str(clip), "--masks", "m.jsonl", "--publish", endpoint, *TEST_MODEL,
-                         "--set", "output.publish_hwm=20", "--set", "track.enabled=false")
+                         "--set", "output.publish_hwm=20", "--track", "false")
         deadline = time.monotonic() + 60
         while (not (tmp_path / "m.jsonl").exists() or (tmp_path / "m.jsonl").read_text().count("\n") < 40):
             assert time.monotonic() < deadline and proc.poll() is None, "no progress"
