@@ -17,8 +17,9 @@ def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="segment video files, streams or cameras: annotated video, masks, published detections",
                        description="Run Mask R-CNN over one or more sources through the multi-process pipeline "
                                    "(decode -> batch -> infer -> track -> render -> encode, mask writer and "
-                                   "publisher beside encode); each instance gets a track id. Live sources (network streams, cameras) drop frames before "
-                                   "inference when it falls behind and are reconnected when lost; files never drop.",
+                                   "publisher beside encode); each instance gets a track id. Live sources "
+                                   "(network streams, cameras) drop frames before inference when it falls behind "
+                                   "and are reconnected when lost; files never drop.",
                        epilog="sources: a video file, a folder or glob of images ('frames/*.jpg'), rtsp://, "
                               "rtmp://, http(s):// (HLS too) URLs, or a camera /dev/videoN. With several sources "
                               "each is a stream with its own outputs ({stream} in -o/--masks is its id; "
@@ -34,8 +35,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="end each stream after S seconds of it")
     p.add_argument("--live", choices=("auto", "true", "false"),
                    help="treat sources as live (drop frames when behind, reconnect); auto: URLs and cameras")
-    p.add_argument("--track", choices=("auto", "true", "false"), help="track ids by mask (track.enabled; default "
-                   f"{default('track.enabled')}: video yes, image folders no); zones and lines: the analytics section")
+    p.add_argument("--track", choices=("auto", "true", "false"), help="track ids (track.enabled; auto: not images)")
     p.add_argument("--live-policy", choices=LIVE_POLICIES,
                    help=f"what live streams drop while inference is behind (default {default('batch.live_policy')}; "
                         "latest: keep the newest frame)")
