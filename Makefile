@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_efficiency.py
+
+# what benchmarks/tracking.py needs beyond the project: Roboflow's trackers (its ByteTrack, the
+# baseline) with only the packages its ByteTrack imports (not opencv-python, which would shadow ours)
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps trackers==2.6.1 supervision==0.31.2
+	$(BIN)/python -m pip install --quiet pydeprecate==0.13.0 defusedxml==0.7.1 requests==2.34.2 rich==15.0.0
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -22,6 +22,7 @@ from streamseg.tools.tracking_eval import (
     has_track_ids,
     track_ap,
     tracking_metrics,
+    tracking_report,
 )
 
 needs_trackeval = pytest.mark.skipif(importlib.util.find_spec("trackeval") is None,
@@ -194,3 +195,19 @@ def test_has_track_ids(squares, tmp_path: Path) -> None:
     for ann in plain["annotations"]:
         del ann["track_id"]
     assert not has_track_ids(_load(plain, tmp_path / "plain.json"))
+
+
+@needs_trackeval
+def test_streamseg_eval_s_tracking_report_says_why_when_it_has_no_figures(squares, tmp_path: Path) -> None:
+    gt, coco = squares
+    text, figures = tracking_report(_records(gt), coco)
+    assert figures is not None and figures["metrics"]["pooled"]["IDF1"] == pytest.approx(1.0)
+    assert text.startswith("tracking over 1 scene(s)") and "track AP 1.000" in text
+    untracked = [{**r, "instances": [{k: v for k, v in i.items() if k != "track_id"} for i in r["instances"]]}
+                 for r in _records(gt)]
+    assert tracking_report(untracked, coco) == (
+        "no tracking figures: the predictions have no track_id (a run with track.enabled: false?)", None)
+    plain = copy.deepcopy(gt)
+    for ann in plain["annotations"]:
+        del ann["track_id"]
+    assert tracking_report(_records(gt), _load(plain, tmp_path / "plain.json"))[1] is None
