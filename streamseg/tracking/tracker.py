@@ -10,13 +10,19 @@ The association is ByteTrack's (Zhang et al., 2022) with masks where it has boxe
 3. the tracks seen in the frame before and still unmatched are matched to the low-score detections
    (from ``low_score`` up to the threshold, never written out) at ``low_match_iou``: an object whose
    score dips for a frame keeps its id;
-4. a high-score detection left over starts a track with a new id; a track not seen for longer than
+4. a track seen only once, in the frame before, has no velocity yet: it takes the nearest high-score
+   detection still unmatched of its class and about its size (a shape fast for its size leaves its
+   own outline between two frames, so no IoU finds it);
+5. a high-score detection left over starts a track with a new id; a track not seen for longer than
    ``max_age_s`` ends (before the frame's matching: after a gap or a jump forward in time, it is
    not matched again). Time going backwards ends every track (the caller ends them at a ``--loop``
    restart, whose timestamps go on).
 
 Every detection written out gets an id in the frame it first appears. A track's class is the one
-it was seen as most often. Ids are unique across the streams of a run without any coordination:
+it was seen as most often; where two tracks could take either of two near-equal masks (the model
+found one shape as two classes), each takes its own class's. A track's velocity is that of its
+box's centre, left as it was by a sighting whose mask's area is under :data:`STEADY` times the
+last one's or over its inverse (a shape going behind another or out of the frame, or coming back). Ids are unique across the streams of a run without any coordination:
 stream ``ordinal`` of ``streams`` numbers its tracks ``ordinal + 1``, ``ordinal + 1 + streams``, ...
 (one stream: 1, 2, 3...). :meth:`StreamTracker.state` and :meth:`StreamTracker.restore` carry a
 tracker's whole state as JSON values, so that a replacement goes on exactly where it was.
