@@ -22,9 +22,10 @@ Every detection written out gets an id in the frame it first appears. A track's 
 it was seen as most often; where two tracks could take either of two near-equal masks (the model
 found one shape as two classes), each takes its own class's. A track's velocity is that of its
 box's centre, left as it was by a sighting whose mask's area is under :data:`STEADY` times the
-last one's or over its inverse (a shape going behind another or out of the frame, or coming back). Ids are unique across the streams of a run without any coordination:
-stream ``ordinal`` of ``streams`` numbers its tracks ``ordinal + 1``, ``ordinal + 1 + streams``, ...
-(one stream: 1, 2, 3...). :meth:`StreamTracker.state` and :meth:`StreamTracker.restore` carry a
+last one's or over its inverse (a shape going behind another or out of the frame, or coming back).
+Ids are unique across the streams of a run without any coordination: stream ``ordinal`` of
+``streams`` numbers its tracks ``ordinal + 1``, ``ordinal + 1 + streams``, ... (one stream: 1, 2,
+3...). :meth:`StreamTracker.state` and :meth:`StreamTracker.restore` carry a
 tracker's whole state as JSON values, so that a replacement goes on exactly where it was.
 """
 
