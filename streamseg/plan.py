@@ -63,6 +63,13 @@ def tracked_streams(config: Config, masks: bool) -> list[str]:
     return [sid for sid, url in config.input.streams() if enabled == "true" or source_kind(url) != "images"]
 
 
+def _areas(config: Config) -> dict[str, Any]:
+    """The ``analytics`` section as the track and render stages take it (``analytics=``, its JSON form),
+    or nothing when it has no zone and no line."""
+    return {"analytics": dataclasses.asdict(config.analytics)} if config.analytics.zones or config.analytics.lines \
+        else {}
+
+
 def source_stage_names(config: Config) -> list[str]:
     """Names of the decode workers: ``decode``, or ``decode-ID`` per stream with several sources."""
     streams = config.input.streams()
@@ -164,9 +171,7 @@ def _video_specs(config: Config, info: dict[str, Any], common: dict[str, Any], p
     ports = [port] if len(encoders) == 1 else [f"{port}-{j}" for j in range(len(encoders))]
     renderers = worker_names("render", config.render.workers)
     routes = {sid: ports[j] for sid, j in shares.items()} if len(encoders) > 1 else {}
-    zones = {"analytics": dataclasses.asdict(config.analytics)} if config.analytics.zones or config.analytics.lines \
-        else {}
-    specs = [_spec(name, "render", config, dict(model_info=info, routes=routes, **zones), common,
+    specs = [_spec(name, "render", config, dict(model_info=info, routes=routes, **_areas(config)), common,
                    inputs=("results-render",), outputs={port: f"rendered-{i}-{port}" for port in ports},
                    parallel=len(renderers) > 1)
              for i, name in enumerate(renderers)]
@@ -199,8 +204,9 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     wanted = {"render": out.video, "masks": out.masks, "publish": out.publish}
     ports = [port for port in STAGES["track"].outputs if wanted[port]]
     tracked = tracked_streams(config, info["masks"])
+    infer_ports = ["track"] if tracked else ports  # with tracking, the track stage feeds the writers
     check_analytics(config.analytics, [sid for sid, _ in streams])
-    if (config.analytics.zones or config.analytics.lines) and not tracked:
+    if _areas(config) and not tracked:
         raise ConfigError("analytics zones and lines count tracks: this run tracks no stream (track.enabled, "
                           "an image folder, or a model without masks)")
     progress_stage = "encode" if out.video else "masks" if out.masks else "publish"
@@ -216,20 +222,18 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
               outputs={STAGES["batch"].outputs[0]: "batches"}),
         # the model runs at normal priority, and its idle OpenMP threads sleep instead of spinning, so
         # that the cores it leaves free go to the other stages
-        _spec("infer", "infer", config, dict(ports=["track"] if tracked else ports,
+        _spec("infer", "infer", config, dict(ports=infer_ports,
                                              image_ports=["track" if tracked else "render"] if out.video else [],
                                              keep_from=config.track.low_score if tracked else None),
-              common, inputs=("batches",), outputs={p: f"results-{p}" for p in (["track"] if tracked else ports)},
+              common, inputs=("batches",), outputs={p: f"results-{p}" for p in infer_ports},
               hwm_frames=1 if any(live) else batches, nice=0, env={"OMP_WAIT_POLICY": "PASSIVE"}),
     ]
     if tracked:
         given = stream_outputs(config, config.track.detections_file)
-        zones = config.analytics.zones or config.analytics.lines
         specs.append(_spec("track", "track", config, dict(streams=[sid for sid, _ in streams], tracked=tracked,
                                                           high_score=config.model.score_thresh, model_info=info,
                                                           ports=ports, **({"given": given} if given else {}),
-                                                          **({"analytics": dataclasses.asdict(config.analytics)}
-                                                             if zones else {})),
+                                                          **_areas(config)),
                            common, inputs=("results-track",), outputs={p: f"results-{p}" for p in ports}))
     if out.video:
         specs += _video_specs(config, info, common, progress_stage == "encode")

@@ -139,8 +139,7 @@ class TrackStage(Stage):
             return []
         sid, detections = message.stream_id, message.detections
         if sid not in self.tracked:  # the model kept low scores for the tracker: none are written out
-            return self._emits(message, detections.select(np.flatnonzero(detections.scores >= self.high_score)),
-                               _Sent(np.zeros(0, np.int64), (), (), "", set()))
+            return self._emits(message, detections.select(np.flatnonzero(detections.scores >= self.high_score)))
         stream = self._stream(sid, (message.width, message.height))
         if message.index <= stream.tracker.frame:  # sent again to a replacement, from before its checkpoint
             sent = stream.sent.get(message.index)
@@ -193,9 +192,12 @@ class TrackStage(Stage):
         keep = np.flatnonzero(sent.ids >= 0)
         return self._emits(result, result.detections.select(keep, sent.ids[keep]), sent)
 
-    def _emits(self, result: FrameResult, detections: Detections, sent: _Sent) -> list[Emit]:
-        return [(port, dataclasses.replace(result, detections=detections, events=sent.events, counts=sent.counts,
-                                           report=sent.report, image=result.image if port == "render" else None))
+    def _emits(self, result: FrameResult, detections: Detections, sent: _Sent | None = None) -> list[Emit]:
+        """``result`` with ``detections`` on every port (the image only to render), with what ``sent``
+        recorded of a tracked frame: its events and its zones' and lines' figures."""
+        tracked = {} if sent is None else {"events": sent.events, "counts": sent.counts, "report": sent.report}
+        return [(port, dataclasses.replace(result, detections=detections, image=result.image if port == "render"
+                                           else None, **tracked))
                 for port in self.ports]
 
     def _checkpoint(self) -> None:
