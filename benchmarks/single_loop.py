@@ -61,7 +61,7 @@ import av
 import numpy as np
 from common import machine, run_summary, runs, streamseg_run, timed
 
-from streamseg.cli import process_started
+from streamseg.clock import process_started
 from streamseg.config import BatchConfig, EncodeConfig, ModelConfig
 
 IOU_MIN = 0.99

@@ -9,8 +9,10 @@ import time
 from typing import Any, Sequence
 
 from . import __version__
+from .clock import process_started
 from .config import LIVE_POLICIES, REMOTE_STAGES, default, presets
 from .errors import ConfigError, InputError, Interrupted, StreamsegError
+from .service.cli import serve_command, service_parsers, streams_command
 
 
 def _add_run(sub: Any) -> None:
@@ -25,6 +27,11 @@ def _add_run(sub: Any) -> None:
                               "each is a stream with its own outputs ({stream} in -o/--masks is its id; "
                               "without it, -ID is added) and its own published topic.")
     p.add_argument("inputs", nargs="+", metavar="SOURCE", help="what to read (see below); several share one model")
+    pipeline_options(p)
+
+
+def pipeline_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``run`` after its sources (``serve`` takes them too)."""
     p.add_argument("-o", "--output", metavar="FILE|URL",
                    help="annotated video: an H.264 MP4 file, or an rtsp:// or rtmp:// URL to push to")
     p.add_argument("--masks", metavar="FILE", help="per-frame masks to write (JSON Lines, COCO RLE)")
@@ -63,15 +70,14 @@ def _add_run(sub: Any) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .pipeline import run_config
-
+def pipeline_layer(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config layer of :func:`pipeline_options` and the sources: only the flags given."""
     if args.stream_ids and len(args.stream_ids) != len(args.inputs):
         raise ConfigError(f"--stream-id given {len(args.stream_ids)} times for {len(args.inputs)} sources")
     several = len(args.inputs) > 1
     flags: dict[str, dict[str, Any]] = {
-        "input": {"path": None if several else args.inputs[0], "sources": args.inputs if several else None,
+        "input": {"path": args.inputs[0] if len(args.inputs) == 1 else None,
+                  "sources": args.inputs if several else None,
                   "stream_id": args.stream_ids[0] if args.stream_ids and not several else None,
                   "stream_ids": args.stream_ids if several else None, "loop": args.loop,
                   "max_frames": args.frames, "duration_s": args.duration,
@@ -85,8 +91,14 @@ def _run(args: argparse.Namespace) -> int:
                     "log_level": {0: None, 1: "INFO"}.get(args.verbose, "DEBUG")},
     }
     # flags given on the command line override the config files; absent ones leave them alone
-    layer = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
-    config = load_config(args.config, [layer], args.sets)
+    return {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .pipeline import run_config
+
+    config = load_config(args.config, [pipeline_layer(args)], args.sets)
     logging.getLogger().setLevel(config.runtime.log_level.upper())
     summary = run_config(config, started=args.started)
     if not config.runtime.quiet:
@@ -355,24 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys(sub)
     _add_worker(sub)
     _add_recover(sub)
+    service_parsers(sub, pipeline_options)
     sub.add_parser("models", help="list the models streamseg can run")
     return parser
-
-
-def process_started() -> float:
-    """When this process started, on the ``time.monotonic()`` clock (Linux: from ``/proc``, to 10 ms;
-    elsewhere: now), so that end-to-end times include the interpreter's and the CLI's own start."""
-    import os
-
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22: starttime, after the comm
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
-        return time.monotonic() - max(0.0, age)
-    except (OSError, ValueError, IndexError):
-        return time.monotonic()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.started = started
     logging.basicConfig(level=logging.WARNING, format="streamseg: %(levelname)s %(message)s")
     handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval,
-                "subscribe": _subscribe, "keys": _keys, "worker": _worker, "recover": _recover, "models": _models}
+                "subscribe": _subscribe, "keys": _keys, "worker": _worker, "recover": _recover, "models": _models,
+                "serve": lambda a: serve_command(a, pipeline_layer(a)), "streams": streams_command}
     try:
         return handlers[args.command](args)
     except StreamsegError as exc:

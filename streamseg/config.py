@@ -365,6 +365,30 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """``streamseg serve``: a long-running service whose streams are added and removed over HTTP."""
+
+    http: str = "127.0.0.1:8080"
+    """``HOST:PORT`` of the HTTP API, the metrics and the live view. Beyond loopback it needs ``token_file``."""
+    token_file: str | None = None
+    """File holding the bearer token every request must carry (``Authorization: Bearer TOKEN``, or
+    ``?token=`` for the pages); required when ``http`` binds beyond loopback."""
+    allow_dirs: tuple[str, ...] = ()
+    """Folders that file sources (and cameras: ``/dev``) and output files may lie in; none: no
+    file source and no output file may be added over the API."""
+    allow_schemes: tuple[str, ...] = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt")
+    """URL schemes a source added over the API may have."""
+    state: str | None = None
+    """JSON file the stream list is kept in: a service started again with it adds them back."""
+    max_streams: int = 64
+    """Most streams at once; one more is refused (429)."""
+    add_timeout_s: float = 30.0
+    """How long adding a stream waits for its source to open before the request fails (504)."""
+    max_body_bytes: int = 65536
+    """Largest request body the API reads (413 beyond)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline configuration."""
 
@@ -378,6 +402,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML- and JSON-ready)."""
@@ -638,6 +663,11 @@ def validate(config: Config) -> None:
         (0 <= config.encode.crf <= 51, "encode.crf must be within [0, 51]"),
         (config.runtime.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
          "runtime.log_level must be DEBUG, INFO, WARNING or ERROR"),
+        (config.serve.http.rpartition(":")[2].isdigit() and bool(config.serve.http.rpartition(":")[0]),
+         f"serve.http must be HOST:PORT, got {config.serve.http!r}"),
+        (config.serve.max_streams >= 1, "serve.max_streams must be at least 1"),
+        (config.serve.add_timeout_s > 0, "serve.add_timeout_s must be positive"),
+        (config.serve.max_body_bytes >= 1024, "serve.max_body_bytes must be at least 1024"),
     ]
     device = config.model.device
     checks.append((device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),

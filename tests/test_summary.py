@@ -119,13 +119,13 @@ def test_process_start_is_before_now_and_after_the_process_began() -> None:
     import sys
     import time
 
-    from streamseg.cli import process_started
+    from streamseg.clock import process_started
 
     before = time.monotonic()
     started = process_started()
     assert started <= time.monotonic() and started <= before
     # a fresh interpreter that sleeps before asking: its start is that long (and its start-up) before
-    code = ("import time; time.sleep(0.5); from streamseg.cli import process_started; "
+    code = ("import time; time.sleep(0.5); from streamseg.clock import process_started; "
             "print(time.monotonic() - process_started())")
     launched = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

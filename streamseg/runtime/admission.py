@@ -35,15 +35,19 @@ class StreamState:
 class Admission:
     """Per-stream admission of one worker's inputs.
 
-    ``streams``: how many streams must end before the worker is done. ``parallel``: the worker is one
+    ``streams``: how many streams must end before the worker is done; None: streams come and go (a
+    service), and the worker is done once it is told that no more will come (:attr:`closing`) and
+    every stream it has seen has ended. ``parallel``: the worker is one
     of several reading the same port, so a frame a dead sibling had may come after later ones and is
     let through (where the outputs join, it is dropped). ``joined``: the inputs come from parallel
     workers of one stage, each of which sends every stream's end; the worker is done only when each
     input has sent them all.
     """
 
-    def __init__(self, streams: int, parallel: bool = False, joined: bool = False) -> None:
+    def __init__(self, streams: int | None, parallel: bool = False, joined: bool = False) -> None:
         self.expected = streams
+        self.closing = False
+        """With streams that come and go: no stream will come any more."""
         self.parallel = parallel
         self.joined = joined
         self.streams: dict[str, StreamState] = {}
@@ -61,10 +65,12 @@ class Admission:
             return message
         if isinstance(message, EndOfStream):
             state = self.streams.get(message.stream_id)
-            if state is not None and state.ended:
+            if state is not None and state.ended or state is None and self.expected is None:
                 return None
             state = self._open(message.stream_id, "end of stream")
             state.open, state.ended = False, True
+            if self.expected is None:  # the id may come again, as a new stream
+                del self.streams[message.stream_id]
             return message
         if isinstance(message, StreamStatus):
             self._open(message.stream_id, "StreamStatus")
@@ -79,6 +85,8 @@ class Admission:
     def ended_upstream(self, source: Hashable, stream: str) -> None:
         """``source`` says that ``stream`` ended before this worker started (a replacement learns it
         from the link's hello): it counts as ended here too."""
+        if self.expected is None:
+            return  # streams that come and go: one that ended is forgotten (its id may come again)
         self.ends_from.setdefault(source, set()).add(stream)
         state = self.streams.setdefault(stream, StreamState())
         if not state.ended:
@@ -87,12 +95,14 @@ class Admission:
 
     def end_seen(self, source: Hashable, message: Any) -> None:
         """Note an input's EndOfStream as it arrives (before reordering), for :meth:`open_streams`."""
-        if isinstance(message, EndOfStream):
+        if isinstance(message, EndOfStream) and self.expected is not None:
             self.ends_from.setdefault(source, set()).add(message.stream_id)
 
     def open_streams(self, sources: Iterable[Hashable]) -> bool:
         """Whether the worker must go on: a stream has not ended yet, or (``joined``) one of
         ``sources`` has not sent every stream's end yet (each parallel sender sends its own)."""
+        if self.expected is None:
+            return not self.closing or any(s.open for s in self.streams.values())
         if sum(s.ended for s in self.streams.values()) < self.expected:
             return True
         return self.joined and any(len(self.ends_from.get(src, ())) < self.expected for src in sources)

@@ -56,6 +56,11 @@ class StreamStart:
     rotation: int = 0
     """Degrees (counter-clockwise) the stored pictures are turned to show them upright, as the
     file's display matrix says; ``width`` and ``height`` are the size shown, after the turn."""
+    video: str = ""
+    """Where this stream's annotated video goes, for a stream added to a running service (``streamseg
+    serve``); empty: where the run's plan sends it (the encoder's own paths)."""
+    masks: str = ""
+    """Where this stream's masks file goes, likewise; empty: the mask writer's own paths."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0 and self.height > 0, f"bad frame size {self.width}x{self.height}")

@@ -60,6 +60,8 @@ class Reorder(Generic[T]):
             return [(message, item)]
         stream = self.streams.setdefault(stream_id, _Stream())
         out: list[tuple[Any, T]] = []
+        if isinstance(message, StreamStart) and stream.ended:  # a service's stream id, come again
+            stream = self.streams[stream_id] = _Stream()
         if isinstance(message, StreamStart):
             out.append((message, item))
             if not stream.started:

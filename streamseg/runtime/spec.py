@@ -81,6 +81,10 @@ class WorkerSpec:
     parallel: bool = False
     """One of several workers that read the same input port: a frame a dead sibling had may come
     after later ones, so frames are not dropped as repeats here (where the outputs join, they are)."""
+    control: str = ""
+    """The supervisor's control endpoint (a service, whose streams come and go): the worker learns
+    there which upstream endpoints to read (:mod:`streamseg.runtime.control`) and when no more
+    streams will come. Empty: a run whose streams are fixed when it starts."""
     ordered: bool = False
     """Its inputs come from parallel workers of one stage: each stream's order is restored
     (:mod:`streamseg.runtime.reorder`) before the stage sees a message."""

@@ -39,9 +39,10 @@ from ..errors import MessageError, OutputError, StreamsegError
 from ..stages import STAGES
 from . import codec
 from .admission import Admission
+from .control import Listener
 from .ledger import Ledger
 from .link import Inbox, Outbox, endpoint_role, message_keys
-from .messages import EndOfStream
+from .messages import EndOfStream, StreamStart
 from .reorder import Reorder
 from .shm import Mappings, SharedPool
 from .spec import WorkerSpec
@@ -122,7 +123,11 @@ class Runtime:
         self.stage: Stage | None = None
         self.ledger = Ledger(self._held)
         self.reorder: Reorder[tuple[Inbox, int]] | None = Reorder() if spec.ordered else None
-        self.admission = Admission(spec.streams, spec.parallel, spec.ordered)
+        self.admission = Admission(None if spec.control else spec.streams, spec.parallel, spec.ordered)
+        self.listener: Listener | None = None
+        """A service's worker: where the supervisor says which inputs to read and when to end."""
+        self.opened: dict[Inbox, set[str]] = {}
+        """The streams each input has opened and not yet ended."""
         self.busy_s = 0.0
         self.blocked_s = 0.0
         self.patient = True
@@ -190,8 +195,46 @@ class Runtime:
             except zmq.ZMQError as exc:
                 raise OutputError(f"cannot publish at {endpoint}: {exc.strerror}") from None
         for endpoint in spec.inputs:
-            self.inboxes.append(Inbox(self.ctx, endpoint, spec.name, spec.hwm_frames, spec.max_msg_bytes,
-                                      self._hello_state, self.secure))
+            self._add_input(endpoint)
+        if spec.control:
+            self.listener = Listener(self.ctx, spec.control, spec.name)
+
+    def _add_input(self, endpoint: str) -> None:
+        spec = self.spec
+        self.inboxes.append(Inbox(self.ctx, endpoint, spec.name, spec.hwm_frames, spec.max_msg_bytes,
+                                  self._hello_state, self.secure))
+        self._pollers.clear()
+
+    def obey(self) -> None:
+        """A service's worker: read the supervisor's newest orders; connect to the inputs they name,
+        let go of those they no longer name (a stream still open there ends: its decoder failed for
+        good), and note whether more streams will come."""
+        orders = self.listener.latest() if self.listener is not None else None
+        if orders is None:
+            return
+        self.admission.closing = orders.closing
+        for endpoint in orders.inputs:
+            if endpoint not in {inbox.endpoint for inbox in self.inboxes}:
+                self._add_input(endpoint)
+        for inbox in [i for i in self.inboxes if i.endpoint not in orders.inputs]:
+            self.inboxes.remove(inbox)
+            self._pollers.clear()
+            for stream in sorted(self.opened.pop(inbox, ())):
+                self._end_lost(stream)
+            inbox.close(linger=0)
+
+    def _end_lost(self, stream: str) -> None:
+        """End ``stream`` here and downstream: its input went away before its end came."""
+        assert self.stage is not None
+        state = self.admission.streams.get(stream)
+        eos = EndOfStream(stream, state.last_index + 1 if state else 0, "lost", detail="its source failed")
+        if self.admission.admit(eos) is None:
+            return
+        log.warning("%s: stream %s ended: its source failed", self.spec.name, stream)
+        held = self._held()
+        self.send(self.timed(lambda: self.stage.flush(eos)))
+        self.send([(ALL_PORTS, self.stage.passes_on(eos))] if self.outboxes else [])
+        self.ledger.release(held)
 
     def _hello_state(self) -> dict[str, Any]:
         return self.admission.hello()
@@ -207,7 +250,9 @@ class Runtime:
             raise _Stopped(why)
 
     def service(self) -> None:
-        """Hellos and acknowledgements in both directions; streams that upstream says are over."""
+        """Hellos and acknowledgements in both directions; streams that upstream says are over; a
+        service's orders."""
+        self.obey()
         for outbox in self.outboxes.values():
             outbox.service()
         for inbox in self.inboxes:
@@ -227,6 +272,8 @@ class Runtime:
                 poller.register(inbox.monitor, zmq.POLLIN)
                 if with_input:
                     poller.register(inbox.sock, zmq.POLLIN)
+            if self.listener is not None:
+                poller.register(self.listener.sock, zmq.POLLIN)
         return poller
 
     def wait(self, ms: int, with_input: bool = False) -> None:
@@ -407,6 +454,10 @@ class Runtime:
             original = codec.decode(parts, self.mappings)
             ready = self.reorder.push(original, (inbox, seq)) if self.reorder else [(original, (inbox, seq))]
             self.admission.end_seen(inbox, original)
+            if isinstance(original, StreamStart):
+                self.opened.setdefault(inbox, set()).add(original.stream_id)
+            elif isinstance(original, EndOfStream):
+                self.opened.get(inbox, set()).discard(original.stream_id)
         except MessageError as exc:
             self.reject(exc)
             inbox.done(seq)  # nothing will ever come of it
@@ -500,6 +551,8 @@ class Runtime:
                 sock.close()
             for inbox in self.inboxes:
                 inbox.close(linger=None if clean else 0)
+            if self.listener is not None:
+                self.listener.close()
             for auth in self.authenticators:
                 auth.stop()
             self.events.close()

@@ -43,11 +43,13 @@ class DecodeStage(Source):
     """
 
     def __init__(self, config: InputConfig, source: str, stream_id: str, live: bool = False,
-                 drop_when_full: bool = False) -> None:
+                 drop_when_full: bool = False, video: str = "", masks: str = "") -> None:
         """``config``: the ``input`` section; ``source``: this stream's URL or path (one of the
         section's sources); ``live``: whether it is read as live; ``drop_when_full``: a live frame the
-        batcher has no room for is dropped (every ``batch.live_policy`` but ``block``)."""
+        batcher has no room for is dropped (every ``batch.live_policy`` but ``block``); ``video`` and
+        ``masks``: the stream's own outputs, for a stream added to a service (its StreamStart says them)."""
         super().__init__()
+        self.outputs = {"video": video, "masks": masks}
         self.config = config
         self.path = source
         self.shown = safe_url(source)
@@ -127,7 +129,7 @@ class DecodeStage(Source):
             frames = min(frames or 1 << 62, math.ceil(self.config.duration_s * start.rate))
         if self.config.max_frames:
             frames = min(frames, self.config.max_frames) if frames else self.config.max_frames
-        return dataclasses.replace(start, frames=frames)
+        return dataclasses.replace(start, frames=frames, **self.outputs)
 
     def _video_start(self, reader: VideoReader) -> StreamStart:
         start = reader.stream_start(self.stream_id, self.live)  # a file's rotation is its first frame's
@@ -288,6 +290,7 @@ class DecodeStage(Source):
                                   upright_rgb(picture, rotation, (start.width, start.height)),
                                   captured=self._captured(pts_out), loop=self.counters.get("loops", 0))
             self.index += 1
+            self.counters["frames"] = self.index
             if self.stop_requested or self._enough():
                 return ""
 

@@ -43,6 +43,8 @@ class _Writer:
         self.pad = (start.width % 2, start.height % 2)
         """Pixels added on the right and at the bottom: yuv420p needs even sizes (masks keep the input's)."""
         self.path = path
+        self.service = bool(start.video)
+        """A stream added to a service, which names its output itself."""
         self.shown = safe_url(path)
         fmt = stream_format(path)
         ext = os.path.splitext(path)[1].lower()
@@ -248,9 +250,12 @@ class EncodeStage(Stage):
         return frozenset(key for writer in self.writers.values() for key in writer.held)
 
     def _open(self, start: StreamStart) -> None:
-        if start.stream_id in self.writers or start.stream_id in self.finished:
+        if start.stream_id in self.writers or start.stream_id in self.finished and not start.video:
             return  # a second StreamStart for a stream continues the same output
-        path = self.paths.get(start.stream_id, self.path)
+        self.finished.discard(start.stream_id)  # a service's stream added again under the same id
+        path = start.video or self.paths.get(start.stream_id, self.path)
+        if not path and not self.paths and not self.path:
+            return  # a service's stream without a video (render sends none of its frames)
         if not path:
             raise MessageError(f"no output is configured for stream {start.stream_id!r}")
         journal = Journal(path) if stream_format(path) is None else None
@@ -271,8 +276,19 @@ class EncodeStage(Stage):
         writer = self.writers.pop(eos.stream_id, None)
         if writer is not None:
             self._finish(writer, all_audio=eos.reason == "end")
+            if writer.service:  # a service's stream: nothing of it is left to resume
+                self._forget(writer)
+                return ()
         self.finished.add(eos.stream_id)
         return ()
+
+    def _forget(self, writer: _Writer) -> None:
+        if writer.journal is not None and writer.journal in self.journals:
+            self.journals.remove(writer.journal)
+            try:
+                writer.journal.remove()
+            except OSError as exc:
+                log.warning("%s: cannot remove this journal of a finished output: %s", writer.journal.path, reason(exc))
 
     def _finish(self, writer: _Writer, all_audio: bool) -> None:
         """Finish ``writer``'s output, or raise an :class:`OutputError` that says what became of it."""

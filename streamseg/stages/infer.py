@@ -96,4 +96,4 @@ class InferStage(Stage):
         return emits
 
     def passes_on(self, eos: EndOfStream) -> EndOfStream:
-        return dataclasses.replace(eos, last=self.last.get(eos.stream_id, -1))
+        return dataclasses.replace(eos, last=self.last.pop(eos.stream_id, -1))  # the id may come again

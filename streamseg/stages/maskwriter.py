@@ -21,7 +21,7 @@ from typing import Any, Iterable
 from ..errors import MessageError, OutputError
 from ..formats.records import frame_record
 from ..models.registry import ModelInfo
-from ..runtime.messages import EndOfStream, FrameResult
+from ..runtime.messages import EndOfStream, FrameResult, StreamStart
 from ..runtime.stage import Emit, Stage
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,12 @@ class MaskWriterStage(Stage):
 
     def __init__(self, path: str, model_info: dict[str, Any], paths: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.paths = dict(paths or {}) or {"": path}
+        self.paths = dict(paths or {}) or ({"": path} if path else {})
+        """Stream id -> file; in a service, also each stream's own, from its StreamStart."""
+        self.fixed = bool(self.paths)
+        """The run's files are given here; otherwise (a service) a stream without a file of its own has none."""
+        self.service: set[str] = set()
+        """Streams whose file their StreamStart named (a service's), closed and forgotten at their end."""
         self.info = ModelInfo.from_dict(model_info)
         self.files: dict[str, int] = {}
         self.written: dict[str, int] = {}
@@ -58,14 +63,17 @@ class MaskWriterStage(Stage):
 
     def setup(self) -> None:
         for stream_id, path in self.paths.items():
-            resume = self.restarted and os.path.exists(path)
-            try:
-                if resume:
-                    self.count("frames", self._resume(path))
-                mode = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_TRUNC)
-                self.files[stream_id] = os.open(path, mode, 0o644)
-            except OSError as exc:
-                raise OutputError(f"cannot write masks to {path}: {exc.strerror}") from None
+            self._open_file(stream_id, path)
+
+    def _open_file(self, stream_id: str, path: str) -> None:
+        resume = self.restarted and os.path.exists(path)
+        try:
+            if resume:
+                self.count("frames", self._resume(path))
+            mode = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_TRUNC)
+            self.files[stream_id] = os.open(path, mode, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot write masks to {path}: {exc.strerror}") from None
 
     def _resume(self, path: str) -> int:
         """Cut off a torn last line, learn each stream's newest frame in the file; returns its line count."""
@@ -92,10 +100,16 @@ class MaskWriterStage(Stage):
         return lines
 
     def process(self, message: Any) -> Iterable[Emit]:
+        if isinstance(message, StreamStart) and message.masks and message.stream_id not in self.files:
+            self.paths[message.stream_id] = message.masks
+            self.service.add(message.stream_id)
+            self._open_file(message.stream_id, message.masks)
         if isinstance(message, FrameResult):
             fd = self.files.get(message.stream_id, self.files.get(""))
-            if fd is None:
+            if fd is None and self.fixed:
                 raise MessageError(f"no masks file is configured for stream {message.stream_id!r}")
+            if fd is None:
+                return ()  # a service's stream that writes no masks
             if message.index <= self.written.get(message.stream_id, -1):
                 return ()  # sent again after a restart; the file has it
             line = (json.dumps(frame_record(message, self.info), separators=(",", ":")) + "\n").encode()
@@ -141,6 +155,11 @@ class MaskWriterStage(Stage):
             if not os.path.exists(path):
                 self.failed = True
                 raise OutputError(f"the masks file {path} was removed while it was written (its folder is gone?)")
+        if eos.stream_id in self.service:  # a service's stream: its file is complete, and its id may come again
+            self.service.discard(eos.stream_id)
+            self.written.pop(eos.stream_id, None)
+            self.paths.pop(eos.stream_id, None)
+            os.close(self.files.pop(eos.stream_id))
         return ()
 
     def close(self) -> None:

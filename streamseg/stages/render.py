@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import zlib
 from collections import deque
 from typing import Any, Iterable
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from ..config import AnalyticsConfig, RenderConfig, section_from_dict
 from ..models.registry import ModelInfo
-from ..runtime.messages import AreaCount, Detections, Frame, FrameResult, MaskRegions, StreamStart
+from ..runtime.messages import AreaCount, Detections, EndOfStream, Frame, FrameResult, MaskRegions, StreamStart
 from ..runtime.stage import ALL_PORTS, Emit, Stage
 
 
@@ -191,15 +192,18 @@ class RenderStage(Stage):
     """Turns each FrameResult (with its image) into an annotated Frame for the encoder.
 
     Port ``frames``; with several encode workers, ``routes`` sends each stream to the port of the
-    encoder that writes it.
+    encoder that writes it (in a service, whose streams are not known beforehand, ``spread`` encoders
+    share them by a hash of the stream id: port ``frames-J``).
     """
 
     def __init__(self, config: RenderConfig, model_info: dict[str, Any], routes: dict[str, str] | None = None,
-                 analytics: dict[str, Any] | None = None) -> None:
+                 analytics: dict[str, Any] | None = None, spread: int = 0) -> None:
         """``analytics``: the ``analytics`` section's JSON form, whose zones and lines are drawn."""
         super().__init__()
         self.config = config
         self.routes = dict(routes or {})
+        self.spread = spread
+        self.silent: set[str] = set()
         self.info = ModelInfo.from_dict(model_info)
         self.analytics = section_from_dict("analytics", analytics) if analytics else None
         self.trails: dict[str, dict[int, tuple[int, deque[tuple[float, float]]]]] = {}
@@ -207,8 +211,14 @@ class RenderStage(Stage):
 
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
+            if self.spread and not message.video:
+                self.silent.add(message.stream_id)  # a service's stream without a video: nothing to draw
+            else:
+                self.silent.discard(message.stream_id)
+            if self.spread > 1:
+                self.routes[message.stream_id] = f"frames-{zlib.crc32(message.stream_id.encode()) % self.spread}"
             return [(ALL_PORTS, message)]
-        if not isinstance(message, FrameResult) or message.image is None:
+        if not isinstance(message, FrameResult) or message.image is None or message.stream_id in self.silent:
             return []
         image = draw(message.image, message.detections, self.info, self.config,
                      out=self.allocate(message.image.shape, np.uint8), trails=self._trails(message))
@@ -236,3 +246,7 @@ class RenderStage(Stage):
 
     def stream_ports(self, stream_id: str) -> tuple[str, ...] | None:
         return (self.routes[stream_id],) if stream_id in self.routes else None
+
+    def flush(self, eos: EndOfStream) -> Iterable[Emit]:
+        self.trails.pop(eos.stream_id, None)
+        return ()

@@ -29,6 +29,7 @@ from ..formats.records import frame_record
 from ..models.registry import ModelInfo
 from ..runtime.messages import AreaCount, Detections, EndOfStream, FrameResult, StreamStart, StreamStatus, TrackEvent
 from ..runtime.stage import ALL_PORTS, Emit, Stage
+from ..sources import source_kind
 from ..tracking.analytics import StreamAnalytics
 from ..tracking.tracker import StreamTracker
 
@@ -100,14 +101,17 @@ class TrackStage(Stage):
     (its zones and lines). Ports: ``render`` gets each result with its image, ``masks`` and
     ``publish`` without."""
 
-    def __init__(self, config: TrackConfig, streams: list[str], tracked: list[str], high_score: float,
+    def __init__(self, config: TrackConfig, streams: list[str], tracked: list[str] | None, high_score: float,
                  model_info: dict[str, Any], ports: tuple[str, ...] | list[str] = ("render",),
                  analytics: dict[str, Any] | None = None, given: dict[str, str] | None = None) -> None:
         """``given``: stream -> the file of every detection the tracker is given (``track.detections_file``)."""
         super().__init__()
         self.config = config
         self.ordinals = {sid: i for i, sid in enumerate(streams)}
-        self.tracked = set(tracked)
+        self.service = tracked is None
+        """A service's streams come and go: each is tracked unless it is an image folder, its ids are
+        its own (1, 2, 3...), and its state goes with its end (the id may come again, as a new stream)."""
+        self.tracked = set(tracked or ())
         self.high_score = high_score
         self.info = ModelInfo.from_dict(model_info)
         self.ports = tuple(ports)
@@ -132,6 +136,12 @@ class TrackStage(Stage):
     def process(self, message: Any) -> Iterable[Emit]:
         if isinstance(message, StreamStart):
             self.live[message.stream_id] = message.live
+            if self.service:
+                old = self.streams.get(message.stream_id)
+                if old is not None and old.ended is not None:  # restored from a checkpoint of the stream before
+                    del self.streams[message.stream_id]
+                if source_kind(message.source) != "images":
+                    self.tracked.add(message.stream_id)
             return [(ALL_PORTS, message)]
         if isinstance(message, StreamStatus):
             return [(ALL_PORTS, message)]
@@ -172,7 +182,8 @@ class TrackStage(Stage):
         stream = self.streams.get(sid)
         if stream is None:
             areas = StreamAnalytics(self.analytics, sid, *size) if self.analytics else None
-            stream = self.streams[sid] = _Stream(StreamTracker(self.config, self.ordinals[sid], len(self.ordinals)),
+            ordinal, streams = (self.ordinals[sid], len(self.ordinals)) if sid in self.ordinals else (0, 1)
+            stream = self.streams[sid] = _Stream(StreamTracker(self.config, ordinal, streams),
                                                  areas if areas and (areas.zones or areas.lines) else None,
                                                  size, self.live.get(sid, False))
             if saved is not None:
@@ -236,6 +247,10 @@ class TrackStage(Stage):
             self._checkpoint()
         if sid in self.given:
             self.given.pop(sid).close()
+        if self.service:
+            del self.streams[sid]
+            self.tracked.discard(sid)
+            self.live.pop(sid, None)
         return dataclasses.replace(eos, events=stream.ended, report=stream.report)
 
     def report(self) -> dict[str, Any]:

@@ -1,0 +1,52 @@
+"""``streamseg serve``: a long-running service whose streams are added and removed over HTTP while the
+model keeps running (:mod:`.plan`, :mod:`.supervisor`, :mod:`.api`, :mod:`.streams`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from typing import Any
+
+from ..config import Config
+from ..models import model_info
+from ..runtime import shm
+
+log = logging.getLogger(__name__)
+
+
+def serve(config: Config, initial: list[dict[str, Any]]) -> int:
+    """Run a service until SIGTERM or SIGINT: the lasting stages, the HTTP API at ``serve.http``,
+    and the streams of ``serve.state`` (when that file exists) and of ``initial`` (request bodies).
+    Returns the exit code: 0 when it stopped cleanly."""
+    from .api import Api, ApiThread, load_token
+    from .plan import build_service
+    from .streams import read_state
+    from .supervisor import ServiceSupervisor, requests_of
+
+    model_info(config.model.name)  # an unknown model fails here
+    token = load_token(config)
+    saved = requests_of(read_state(config.serve.state)) if config.serve.state else []
+    ids = {body.get("id") for body in saved}
+    ipc_dir = config.transport.ipc_dir or tempfile.mkdtemp(prefix="streamseg-serve-")
+    os.makedirs(ipc_dir, exist_ok=True)
+    try:
+        plan = build_service(config, ipc_dir)
+        run_id = uuid.uuid4().hex[:12] if config.transport.shared_memory and shm.available() else ""
+        supervisor = ServiceSupervisor(plan, shm_run=run_id)
+        supervisor.initial = saved + [body for body in initial if not body.get("id") or body.get("id") not in ids]
+        api = ApiThread(Api(supervisor, config, token), config.serve.http)
+        api.start_serving()
+        print(f"streamseg: serving at http://{config.serve.http.rpartition(':')[0]}:{api.port}/ "
+              f"({len(supervisor.initial)} streams to start)", file=sys.stderr, flush=True)
+        try:
+            supervisor.run()
+        finally:
+            api.stop()
+    finally:
+        if not config.transport.ipc_dir:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
+    return 0

@@ -1,0 +1,345 @@
+"""``streamseg serve``: streams added and removed while the model runs, through its real HTTP API.
+
+The bookkeeping that makes it possible (a worker whose streams come and go, the supervisor's orders
+on the control channel, a request's checks) is tested on its own first; then a real service, with
+real worker processes, is driven over HTTP with a real client (urllib).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+from conftest import CLI, TEST_MODEL, free_port, make_clip, read_jsonl, read_video, worker_pid
+
+from streamseg.config import load_config
+from streamseg.runtime.admission import Admission
+from streamseg.runtime.control import Listener, Orders, Publisher
+from streamseg.runtime.messages import EndOfStream, Frame, StreamStart
+from streamseg.service.streams import RequestError, check_request
+
+
+def _start(sid: str) -> StreamStart:
+    return StreamStart(sid, 4, 4, Fraction(30), Fraction(1, 30), 0, "x.mp4", False)
+
+
+def _frame(sid: str, index: int) -> Frame:
+    return Frame(sid, index, index, Fraction(1, 30), np.zeros((4, 4, 3), np.uint8))
+
+
+def test_a_service_s_worker_ends_when_told_no_stream_will_come_and_an_ended_id_may_come_again() -> None:
+    admission = Admission(None)
+    assert admission.open_streams([])  # no stream yet, but more may come
+    assert admission.admit(_start("a")) is not None
+    assert admission.admit(_frame("a", 0)) is not None
+    assert admission.admit(EndOfStream("a", 1)) is not None
+    assert admission.admit(EndOfStream("a", 1)) is None  # a repeat
+    assert admission.open_streams([])
+    assert admission.admit(_start("a")) is not None  # the id again: a new stream, from frame 0
+    assert admission.admit(_frame("a", 0)) is not None
+    admission.closing = True
+    assert admission.open_streams([])  # "a" is still open
+    admission.admit(EndOfStream("a", 1))
+    assert not admission.open_streams([])
+
+
+def test_orders_reach_their_worker_only_and_the_newest_wins(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/control"
+    publisher = Publisher(ctx, endpoint)
+    one, ten = Listener(ctx, endpoint, "decode-1"), Listener(ctx, endpoint, "decode-10")
+    try:
+        deadline = time.monotonic() + 10
+        got = None
+        while got is None and time.monotonic() < deadline:  # a subscriber joins a moment after it connects
+            publisher.set("decode-1", Orders(("ipc://a",), False))
+            publisher.forget("decode-1")
+            time.sleep(0.05)
+            got = one.latest()
+        assert got == Orders(("ipc://a",), False)
+        publisher.set("decode-1", Orders(("ipc://a", "ipc://b"), False))
+        publisher.set("decode-1", Orders(("ipc://b",), True))
+        time.sleep(0.2)
+        assert one.latest() == Orders(("ipc://b",), True)
+        assert ten.latest() is None  # "decode-1" is a prefix of its name, not its name
+    finally:
+        one.close()
+        ten.close()
+        publisher.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ([1], 400, "JSON object"),
+    ({"source": "x", "colour": "red"}, 400, "unknown fields: colour"),
+    ({"id": "a"}, 400, "source is required"),
+    ({"source": 5}, 400, "source must be a string"),
+    ({"source": "{dir}/clip.mp4", "id": "a b"}, 400, "bad stream id"),
+    ({"source": "{dir}/clip.mp4", "id": "taken"}, 409, "exists already"),
+    ({"source": "/etc/hostname"}, 403, "outside the folders"),
+    ({"source": "{dir}/../clip.mp4"}, 403, "outside the folders"),
+    ({"source": "file:///etc/hostname"}, 403, "scheme"),
+    ({"source": "{dir}/missing.mp4"}, 422, "input not found"),
+    ({"source": "{dir}/clip.mp4", "output": "/tmp/x.mp4"}, 403, "outside the folders this service may write"),
+    ({"source": "{dir}/clip.mp4", "output": "{dir}/no/x.mp4"}, 422, "folder does not exist"),
+    ({"source": "{dir}/clip.mp4", "masks": "{dir}/used.jsonl"}, 409, "written by another stream"),
+    ({"source": "{dir}/clip.mp4", "masks": ""}, 400, "nothing to write"),
+])
+def test_a_request_that_breaks_a_rule_is_refused_with_what_is_wrong(tmp_path: Path, body: Any, status: int,
+                                                                    needle: str) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    config = load_config(overrides=[{"serve": {"allow_dirs": [str(tmp_path)]}}])
+    if isinstance(body, dict):
+        body = {k: v.replace("{dir}", str(tmp_path)) if isinstance(v, str) else v for k, v in body.items()}
+    with pytest.raises(RequestError, match=needle) as caught:
+        check_request(body, config, {"taken"}, {os.path.realpath(tmp_path / "used.jsonl")}, 1)
+    assert caught.value.status == status
+
+
+def test_a_good_request_takes_its_defaults_from_the_config(tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    config = load_config(overrides=[{"serve": {"allow_dirs": [str(tmp_path)]},
+                                     "output": {"video": str(tmp_path / "{stream}.mp4")}}])
+    request = check_request({"source": str(tmp_path / "clip.mp4")}, config, set(), set(), 7)
+    assert (request.id, request.video, request.masks) == ("stream-7", str(tmp_path / "stream-7.mp4"), "")
+    url = check_request({"source": "rtsp://user:secret@cam/live", "id": "cam"}, config, set(), set(), 1)
+    assert url.source == "rtsp://user:secret@cam/live"  # kept to connect; never shown (Stream.public)
+
+
+# --- a real service -----------------------------------------------------------------------------
+
+class Service:
+    """A running ``streamseg serve`` and a client for its API."""
+
+    def __init__(self, cli: CLI, *args: str) -> None:
+        self.proc = cli.start("serve", *TEST_MODEL, "--http", "127.0.0.1:0", *args)
+        self.headers: dict[str, str] = {}
+        """Sent with every request (a token)."""
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        deadline = time.monotonic() + 120
+        while not any("serving at" in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"the service did not start: {''.join(self.lines)[-2000:]}")
+            time.sleep(0.05)
+        line = next(line for line in self.lines if "serving at" in line)
+        self.url = line.split("serving at ")[1].split()[0].rstrip("/")
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+             headers: dict[str, str] | None = None, timeout: float = 90) -> tuple[int, Any]:
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={**self.headers, **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 120
+        while self.call("GET", "/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "the service never became ready"
+            time.sleep(0.2)
+
+    def frames(self, sid: str) -> int:
+        return self.call("GET", f"/streams/{sid}")[1]["frames"]
+
+    def wait_frames(self, sid: str, more_than: int, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while (n := self.frames(sid)) <= more_than:
+            assert time.monotonic() < deadline, f"stream {sid} is stuck at {n} frames"
+            time.sleep(0.2)
+        return n
+
+    def wait_state(self, sid: str, state: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (stream := self.call("GET", f"/streams/{sid}")[1]).get("state") != state:
+            assert time.monotonic() < deadline, f"stream {sid}: {stream}"
+            time.sleep(0.2)
+        return stream
+
+    def stop(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail("the service did not stop on SIGTERM")
+        self.reader.join(5)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+def _assert_complete(video: Path, masks: Path) -> int:
+    """The stream's video plays, and holds the same frames as its masks file, each once, in order."""
+    records = read_jsonl(masks)
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    assert read_video(video)["frames"] == len(records) > 0
+    return len(records)
+
+
+@pytest.fixture
+def serve(cli: CLI, tmp_path: Path) -> Any:
+    """Starts services (a clip of 30 frames in ``tmp_path``, their allowed folder) and kills what is left."""
+    make_clip(tmp_path / "clip.mp4", frames=30)
+    started: list[Service] = []
+
+    def start(*args: str, ready: bool = True) -> Service:
+        service = Service(cli, "--allow-dir", str(tmp_path), *args)
+        started.append(service)
+        if ready:
+            service.wait_ready()
+        return service
+
+    yield start
+    for service in started:
+        service.proc.kill()
+
+
+@pytest.mark.slow
+def test_streams_added_and_removed_while_the_model_runs(serve: Any, cli: CLI, tmp_path: Path) -> None:
+    service = serve()
+    assert service.call("GET", "/streams") == (200, [])
+    infer_pid = worker_pid(cli.tag, "infer")
+    status, a = service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "id": "a", "loop": True,
+                                                  "output": str(tmp_path / "a.mp4"),
+                                                  "masks": str(tmp_path / "a.jsonl")})
+    assert status == 201 and a["state"] == "running" and a["id"] == "a"
+    status, b = service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "loop": True,
+                                                  "masks": str(tmp_path / "b.jsonl")})
+    assert status == 201 and b["id"] == "stream-2"
+    service.wait_frames("a", 40)  # past the clip's end: it loops
+    status, removed = service.call("DELETE", "/streams/a")
+    assert status == 200 and removed["state"] == "removed"
+    _assert_complete(tmp_path / "a.mp4", tmp_path / "a.jsonl")  # finished and closed when DELETE answers
+    assert [s["id"] for s in service.call("GET", "/streams")[1]] == ["stream-2"]
+    service.wait_frames("stream-2", service.frames("stream-2") + 20)  # the other stream goes on
+    # the same id again: a new stream with new outputs
+    status, again = service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "id": "a",
+                                                      "output": str(tmp_path / "a2.mp4"),
+                                                      "masks": str(tmp_path / "a2.jsonl")})
+    assert status == 201
+    service.wait_state("a", "ended")  # a file without loop ends by itself
+    assert _assert_complete(tmp_path / "a2.mp4", tmp_path / "a2.jsonl") == 30
+    assert service.call("DELETE", "/streams/a")[0] == 200
+    health = service.call("GET", "/healthz")
+    assert health[0] == 200 and health[1]["stages"]["infer"]["restarts"] == 0
+    assert worker_pid(cli.tag, "infer") == infer_pid  # the model was never restarted
+    assert service.stop() == 0
+    records = read_jsonl(tmp_path / "b.jsonl")  # the stream that stayed: every frame, once, in order
+    assert [r["frame"] for r in records] == list(range(len(records))) and len(records) > 60
+    assert cli.leftovers() == []
+
+
+@pytest.mark.slow
+def test_bad_requests_are_refused_and_change_nothing(serve: Any, tmp_path: Path) -> None:
+    service = serve("--set", "serve.max_body_bytes=2048")
+    body = {"source": str(tmp_path / "clip.mp4"), "id": "keep", "loop": True, "masks": str(tmp_path / "k.jsonl")}
+    assert service.call("POST", "/streams", body)[0] == 201
+    listing = [s["id"] for s in service.call("GET", "/streams")[1]]
+    dead = free_port()
+    refused = [
+        (service.call("POST", "/streams", raw=b"{not json"), 400, "not JSON"),
+        (service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "fps": 5}), 400, "unknown fields"),
+        (service.call("POST", "/streams", body), 409, "exists already"),
+        (service.call("POST", "/streams", {"source": f"rtsp://admin:secret@127.0.0.1:{dead}/live",
+                                           "masks": str(tmp_path / "u.jsonl")}), 422, "cannot add stream"),
+        (service.call("POST", "/streams", {"source": "/etc/hostname"}), 403, "outside the folders"),
+        (service.call("POST", "/streams", raw=b'{"source": "' + b"x" * 4096 + b'"}'), 413, "larger than"),
+        (service.call("DELETE", "/streams/nope"), 404, "no stream"),
+        (service.call("GET", "/nothing/here"), 404, "Not Found"),
+    ]
+    for (status, answer), want, needle in refused:
+        assert status == want and needle in answer["error"], (status, answer)
+    assert "secret" not in json.dumps([answer for (_, answer), _, _ in refused])
+    assert [s["id"] for s in service.call("GET", "/streams")[1]] == listing
+    assert service.call("GET", "/healthz")[0] == 200
+    spec = service.call("GET", "/openapi.json")[1]
+    assert spec["openapi"].startswith("3.") and {"/streams", "/streams/{id}", "/healthz"} <= set(spec["paths"])
+    assert service.stop() == 0
+    assert "secret" not in service.log
+
+
+@pytest.mark.slow
+def test_a_decoder_that_fails_for_good_ends_only_its_own_stream(serve: Any, cli: CLI, tmp_path: Path) -> None:
+    service = serve("--set", "runtime.max_restarts=0")
+    for sid in ("x", "y"):
+        assert service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "id": sid, "loop": True,
+                                                 "output": str(tmp_path / f"{sid}.mp4"),
+                                                 "masks": str(tmp_path / f"{sid}.jsonl")})[0] == 201
+    service.wait_frames("x", 10)
+    os.kill(worker_pid(cli.tag, "decode-x"), signal.SIGKILL)
+    x = service.wait_state("x", "failed")
+    assert "died" in x["detail"]
+    assert service.call("GET", "/healthz")[0] == 503  # x is not healthy, and says why
+    service.wait_frames("y", service.frames("y") + 20)
+    deadline = time.monotonic() + 30
+    while _playable(tmp_path / "x.mp4") is None:  # ended downstream: its video finished
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert service.call("DELETE", "/streams/x")[0] == 200
+    assert service.call("GET", "/healthz")[0] == 200
+    assert service.stop() == 0
+    _assert_complete(tmp_path / "y.mp4", tmp_path / "y.jsonl")
+
+
+def _playable(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_video(path)
+    except Exception:  # noqa: BLE001 - not finished yet (no index)
+        return None
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_every_output_and_the_state_file_brings_the_streams_back(serve: Any, tmp_path: Path) -> None:
+    state, token = tmp_path / "state.json", tmp_path / "token"
+    token.write_text("t0ken-" + "x" * 20 + "\n")
+    args = ("--state", str(state), "--token-file", str(token))
+    auth = {"Authorization": "Bearer t0ken-" + "x" * 20}
+    service = serve(*args, ready=False)
+    assert service.call("GET", "/streams")[0] == 401
+    assert service.call("GET", "/streams", headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert service.call("GET", "/streams?token=t0ken-" + "x" * 20)[0] == 200
+    service.headers = auth
+    service.wait_ready()
+    body = {"source": str(tmp_path / "clip.mp4"), "id": "cam", "loop": True, "output": str(tmp_path / "cam.mp4"),
+            "masks": str(tmp_path / "cam.jsonl")}
+    assert service.call("POST", "/streams", body)[0] == 201
+    service.wait_frames("cam", 40)  # looped
+    assert service.stop() == 0
+    assert _assert_complete(tmp_path / "cam.mp4", tmp_path / "cam.jsonl") > 40
+    assert [s["id"] for s in json.loads(state.read_text())["streams"]] == ["cam"]
+    assert state.stat().st_mode & 0o077 == 0  # it may hold a URL's password
+    service = serve(*args, ready=False)
+    service.headers = auth
+    service.wait_state("cam", "running")
+    assert service.stop() == 0
+    assert _assert_complete(tmp_path / "cam.mp4", tmp_path / "cam.jsonl") > 0  # written again, whole
+
+
+def test_the_api_beyond_loopback_needs_a_token(cli: CLI) -> None:
+    result = cli.run("serve", *TEST_MODEL, "--http", "0.0.0.0:0", timeout=60)
+    assert result.returncode == 2 and "token" in result.stderr
