@@ -66,6 +66,7 @@ def pipeline_options(p: argparse.ArgumentParser) -> None:
                         "may be given more than once, later wins")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set batch.max_wait_ms=20 (applied last)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus metrics at http://127.0.0.1:PORT/metrics")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
 
@@ -87,7 +88,7 @@ def pipeline_layer(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                   "score_thresh": args.score_thresh, "mask_thresh": args.mask_thresh},
         "batch": {"max_batch": args.max_batch, "live_policy": args.live_policy},
         "track": {"enabled": args.track},
-        "runtime": {"quiet": args.quiet or None,
+        "runtime": {"quiet": args.quiet or None, "metrics_port": args.metrics_port,
                     "log_level": {0: None, 1: "INFO"}.get(args.verbose, "DEBUG")},
     }
     # flags given on the command line override the config files; absent ones leave them alone

@@ -359,6 +359,9 @@ class RuntimeConfig:
     """No progress bar and no summary table."""
     log_level: str = "WARNING"
     """Log level of the supervisor and every worker."""
+    metrics_port: int = 0
+    """Serve the run's Prometheus metrics at ``http://127.0.0.1:PORT/metrics`` (``streamseg serve``
+    has them at its own ``/metrics``); 0: none."""
     nice: int = 19
     """Niceness of every worker but the model's: on a machine whose cores the model keeps busy, the
     other stages run in the gaps it leaves instead of slowing it down (0: all equal)."""
@@ -665,6 +668,7 @@ def validate(config: Config) -> None:
          "runtime.log_level must be DEBUG, INFO, WARNING or ERROR"),
         (config.serve.http.rpartition(":")[2].isdigit() and bool(config.serve.http.rpartition(":")[0]),
          f"serve.http must be HOST:PORT, got {config.serve.http!r}"),
+        (0 <= config.runtime.metrics_port < 65536, "runtime.metrics_port must be a tcp port number (0: none)"),
         (config.serve.max_streams >= 1, "serve.max_streams must be at least 1"),
         (config.serve.add_timeout_s > 0, "serve.add_timeout_s must be positive"),
         (config.serve.max_body_bytes >= 1024, "serve.max_body_bytes must be at least 1024"),

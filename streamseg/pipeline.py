@@ -18,7 +18,7 @@ from .config import Config, load_config
 from .errors import ConfigError, InputError, OutputError
 from .models import model_info
 from .plan import Plan, build_specs, source_stage_names, stream_output, stream_outputs
-from .runtime import shm
+from .runtime import metrics, shm
 from .sources import source_kind, stream_format
 from .summary import Progress, Summary, summarise
 from .supervisor import RestartPolicy, Supervisor
@@ -64,6 +64,7 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
     ipc_dir = config.transport.ipc_dir or tempfile.mkdtemp(prefix="streamseg-")
     os.makedirs(ipc_dir, exist_ok=True)
     progress = Progress(not config.runtime.quiet and sys.stderr.isatty())
+    stop_metrics = None
     ready: set[str] = set()
     inputs: dict[str, dict[str, Any]] = {}
 
@@ -82,6 +83,9 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
             on_event(event)
 
     try:
+        if config.runtime.metrics_port:  # every worker writes its metrics here; the exporter reads them all
+            os.environ[metrics.ENV] = tempfile.mkdtemp(prefix="metrics-", dir=ipc_dir)
+            stop_metrics = metrics.exporter(config.runtime.metrics_port)
         plan = build_specs(config, ipc_dir)
         rt = config.runtime
         supervisor = Supervisor(plan.specs, plan.events, set(source_stage_names(config)), rt.stop_timeout_s,
@@ -94,6 +98,10 @@ def run_config(config: Config, on_event: Callable[[dict[str, Any]], None] | None
             progress.close()
         times["end"] = time.monotonic()
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
+        if config.runtime.metrics_port:
+            os.environ.pop(metrics.ENV, None)
         if not config.transport.ipc_dir:
             shutil.rmtree(ipc_dir, ignore_errors=True)
     summary = summarise(config, stats, plan.progress_stage, times, list(supervisor.warnings), inputs)

@@ -46,6 +46,7 @@ from .errors import Interrupted, StageError
 from .health import DONE_EXIT_S, Failure, RestartPolicy, WorkerState, diagnose, overdue
 from .remote import SPEC, STOP, WAIT, JoinServer, RemoteStages
 from .runtime import shm
+from .runtime.metrics import mark_dead, meter
 from .runtime.process import worker_main
 from .runtime.spec import (
     DRAIN_SIGNAL,
@@ -100,6 +101,7 @@ class Supervisor:
         self.interrupts = 0
         self.last_interrupt = -SAME_SIGNAL_S
         self.started_at = 0.0
+        self.meter = meter()
 
     # --- signals ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -305,11 +307,13 @@ class Supervisor:
             if worker.process.is_alive():
                 worker.process.kill()  # SIGKILL also ends a stopped process
             worker.process.join(5.0)
+            mark_dead(worker.process.pid)
             if self.shm_run:  # what it mapped elsewhere stays readable there; the names go
                 shm.remove_all(self._shm_prefix(worker) + "-")
         worker.past.append(worker.stats)
         worker.stats = {}
         worker.restarts.append(cause)
+        self.meter.add("restarts", stage=stage)
         attempt = len(worker.restarts)
         log.warning("%s: %s; starting a new one (restart %d of at most %d)", stage, cause, attempt,
                     self.policy.max_restarts)

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from conftest import CLI, TEST_MODEL, free_port, make_clip, read_jsonl, read_video, worker_pid
+from conftest import (
+    CLI,
+    TEST_MODEL,
+    free_port,
+    make_clip,
+    read_jsonl,
+    read_video,
+    worker_pid,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamseg.config import load_config
 from streamseg.runtime.admission import Admission
@@ -277,6 +286,16 @@ def test_bad_requests_are_refused_and_change_nothing(serve: Any, tmp_path: Path)
     assert "secret" not in json.dumps([answer for (_, answer), _, _ in refused])
     assert [s["id"] for s in service.call("GET", "/streams")[1]] == listing
     assert service.call("GET", "/healthz")[0] == 200
+    first = _scrape(service)
+    service.wait_frames("keep", service.frames("keep") + 10)
+    second = _scrape(service)
+    for stage in ("decode", "batch", "infer", "track", "masks"):  # counters that go up between two scrapes
+        assert second[("streamseg_frames_total", (("stage", stage), ("stream", "keep")))] > \
+            first.get(("streamseg_frames_total", (("stage", stage), ("stream", "keep"))), 0)
+    assert second[("streamseg_streams_up", ())] == 1
+    assert second[("streamseg_latency_seconds_count", (("stage", "masks"), ("stream", "keep")))] > 0
+    assert second[("streamseg_batch_frames_count", ())] > 0
+    assert any(name == "streamseg_queue_messages" for name, _ in second)
     spec = service.call("GET", "/openapi.json")[1]
     assert spec["openapi"].startswith("3.") and {"/streams", "/streams/{id}", "/healthz"} <= set(spec["paths"])
     assert service.stop() == 0
@@ -304,6 +323,20 @@ def test_a_decoder_that_fails_for_good_ends_only_its_own_stream(serve: Any, cli:
     assert service.call("GET", "/healthz")[0] == 200
     assert service.stop() == 0
     _assert_complete(tmp_path / "y.mp4", tmp_path / "y.jsonl")
+
+
+def _scrape(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` read with prometheus_client's own parser: (sample name, sorted labels) -> value."""
+    with urllib.request.urlopen(service.url + "/metrics", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name.startswith("streamseg_")
+        assert family.type != "counter" or all(s.name.endswith(("_total", "_created")) for s in family.samples)
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
 
 
 def _playable(path: Path) -> dict[str, Any] | None:
@@ -343,3 +376,31 @@ def test_sigterm_finishes_every_output_and_the_state_file_brings_the_streams_bac
 def test_the_api_beyond_loopback_needs_a_token(cli: CLI) -> None:
     result = cli.run("serve", *TEST_MODEL, "--http", "0.0.0.0:0", timeout=60)
     assert result.returncode == 2 and "token" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_run_serves_the_same_metrics_with_metrics_port(cli: CLI, tmp_path: Path) -> None:
+    make_clip(tmp_path / "clip.mp4", frames=30)
+    port = free_port()
+    proc = cli.start("run", str(tmp_path / "clip.mp4"), "--masks", str(tmp_path / "m.jsonl"), "--loop",
+                     "--duration", "60", "--metrics-port", str(port), *TEST_MODEL, "-q")
+    try:
+        key = ("streamseg_frames_total", (("stage", "masks"), ("stream", "0")))
+        seen: list[float] = []
+        deadline = time.monotonic() + 90
+        while len(seen) < 2 or seen[-1] <= seen[0]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else seen
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                    text = response.read().decode()
+            except OSError:
+                time.sleep(0.2)  # not listening yet
+                continue
+            values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                      for family in text_string_to_metric_families(text) for s in family.samples}
+            if key in values:
+                seen.append(values[key])
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)

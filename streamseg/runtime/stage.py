@@ -83,6 +83,7 @@ class Stage:
         self.latency = LatencyMeter()
         """Sinks add each frame's capture time; the summary reports it (publish stage first)."""
         self._notify: Callable[..., None] = lambda event, **data: None
+        self._measure: Callable[..., None] = lambda key, value=1.0, **labels: None
         self.restarted = False
         """Set by the runtime before :meth:`setup`: this process replaces one of this stage that failed."""
         self.previous: dict[str, Any] = {}
@@ -95,6 +96,20 @@ class Stage:
     def bind_events(self, notify: Callable[..., None]) -> None:
         """Called by the runtime: ``notify(event, **data)`` reports to the supervisor."""
         self._notify = notify
+
+    def bind_meter(self, measure: Callable[..., None]) -> None:
+        """Called by the runtime when the run exposes metrics (:mod:`streamseg.runtime.metrics`)."""
+        self._measure = measure
+
+    def measure(self, key: str, value: float = 1.0, **labels: str) -> None:
+        """Add to a metric of :data:`~streamseg.runtime.metrics.METRICS` (its ``stage`` label is the runtime's)."""
+        self._measure(key, value, **labels)
+
+    def wrote(self, stream_id: str, captured: float) -> None:
+        """A sink wrote (or published) a frame captured at ``captured`` (0: unknown): its latency."""
+        self.latency.add(captured)
+        if captured > 0:
+            self.measure("latency_seconds", time.time() - captured, stream=stream_id)
 
     def notify(self, event: str, **data: Any) -> None:
         """Report an event (progress, a warning, a stream's start) to the supervisor."""
@@ -186,6 +201,7 @@ class Source(Stage):
     def dropped(self, message: Any) -> None:
         """A lossy message found no room downstream and was dropped."""
         self.count("dropped")
+        self.measure("frames_dropped", stream=getattr(message, "stream_id", ""), reason="no_room")
 
     def resume(self, points: dict[str, tuple[int, int]]) -> None:
         """A restarted source learns ``stream -> (index, pts)`` of the newest frame downstream has,

@@ -42,7 +42,8 @@ from .admission import Admission
 from .control import Listener
 from .ledger import Ledger
 from .link import Inbox, Outbox, endpoint_role, message_keys
-from .messages import EndOfStream, StreamStart
+from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart
+from .metrics import METRICS, meter
 from .reorder import Reorder
 from .shm import Mappings, SharedPool
 from .spec import WorkerSpec
@@ -128,6 +129,8 @@ class Runtime:
         """A service's worker: where the supervisor says which inputs to read and when to end."""
         self.opened: dict[Inbox, set[str]] = {}
         """The streams each input has opened and not yet ended."""
+        self.meter = meter()
+        self._queues_measured = 0.0
         self.busy_s = 0.0
         self.blocked_s = 0.0
         self.patient = True
@@ -142,6 +145,30 @@ class Runtime:
         self._last_progress = 0.0
         self._next_inbox = 0
         self._pollers: dict[bool, zmq.Poller] = {}
+
+    # --- metrics ------------------------------------------------------------------------------------
+    def measure(self, key: str, value: float = 1.0, **labels: str) -> None:
+        """Add to a metric; its ``stage`` label is this stage's kind (parallel workers' add up)."""
+        if "stage" in METRICS[key][1]:
+            labels["stage"] = self.spec.stage
+        self.meter.add(key, value, **labels)
+
+    def measure_frames(self, message: Any) -> None:
+        if isinstance(message, (Frame, FrameResult)):
+            self.measure("frames", stream=message.stream_id)
+        elif isinstance(message, Batch):
+            for frame in message.frames:
+                self.measure("frames", stream=frame.stream_id)
+
+    def measure_queues(self) -> None:
+        """What waits on each output port, at most twice a second."""
+        now = time.monotonic()
+        if now - self._queues_measured < 0.5:
+            return
+        self._queues_measured = now
+        for port, outbox in self.outboxes.items():
+            waiting = outbox.backlog + sum(len(p.inflight) for p in outbox.peers.values())
+            self.meter.add("queue_messages", waiting, stage=self.spec.name, port=port)
 
     # --- events to the supervisor -------------------------------------------------------------
     def event(self, event: str, **data: Any) -> None:
@@ -253,6 +280,7 @@ class Runtime:
         """Hellos and acknowledgements in both directions; streams that upstream says are over; a
         service's orders."""
         self.obey()
+        self.measure_queues()
         for outbox in self.outboxes.values():
             outbox.service()
         for inbox in self.inboxes:
@@ -359,6 +387,7 @@ class Runtime:
                 stage.dropped(message)
             else:
                 self.send([emit])
+                self.measure_frames(message)
                 self.drain_backlog()
             self.progress()
         self.finish_outputs()
@@ -481,6 +510,7 @@ class Runtime:
                 self.send([(ALL_PORTS, stage.passes_on(message))] if self.outboxes else [])
             else:
                 self.send(self.timed(lambda: stage.process(message)))
+                self.measure_frames(message)
             self.ledger.release(held)
         # a repeat is done when the first copy is: it waits on the same stream positions
         self.ledger.settle(inbox, seq, keys)
@@ -496,6 +526,7 @@ class Runtime:
     def reject(self, exc: MessageError) -> None:
         """Count a message that is malformed or does not fit (a stage raised MessageError); log a few."""
         self.rejected += 1
+        self.measure("messages_rejected")
         if self.rejected <= REJECTS_LOGGED or self.rejected % 1000 == 0:
             more = " (further ones are counted, and logged once per 1000)" if self.rejected == REJECTS_LOGGED else ""
             log.warning("%s: rejected a malformed message (%d so far): %s%s", self.spec.name, self.rejected, exc, more)
@@ -509,6 +540,7 @@ class Runtime:
             stage.restarted = spec.attempt > 0
             stage.previous = dict(spec.previous)
             stage.bind_events(self.event)
+            stage.bind_meter(self.measure)
             self.open_sockets()
             if self.outboxes and all(o.pool is not None for o in self.outboxes.values()):
                 stage.allocate = self.outboxes[next(iter(self.outboxes))].pool.empty  # outputs built in place

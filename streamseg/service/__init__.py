@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import Config
 from ..models import model_info
-from ..runtime import shm
+from ..runtime import metrics, shm
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ def serve(config: Config, initial: list[dict[str, Any]]) -> int:
     ids = {body.get("id") for body in saved}
     ipc_dir = config.transport.ipc_dir or tempfile.mkdtemp(prefix="streamseg-serve-")
     os.makedirs(ipc_dir, exist_ok=True)
+    # every process of the service writes its metrics there (before any of them imports prometheus_client)
+    os.environ[metrics.ENV] = tempfile.mkdtemp(prefix="metrics-", dir=ipc_dir)
     try:
         plan = build_service(config, ipc_dir)
         run_id = uuid.uuid4().hex[:12] if config.transport.shared_memory and shm.available() else ""

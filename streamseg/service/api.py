@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..errors import ConfigError
+from ..runtime.metrics import exposition
 from .openapi import openapi
 from .supervisor import ServiceSupervisor
 
@@ -46,7 +47,7 @@ class Api:
         app.add_routes([web.get("/streams", self.list_streams), web.post("/streams", self.add_stream),
                         web.get("/streams/{id}", self.get_stream), web.delete("/streams/{id}", self.remove_stream),
                         web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
-                        web.get("/openapi.json", self.describe)])
+                        web.get("/openapi.json", self.describe), web.get("/metrics", self.metrics)])
         return app
 
     @web.middleware
@@ -110,6 +111,11 @@ class Api:
     async def readyz(self, request: web.Request) -> web.Response:
         ready = self.supervisor.ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Every process's metrics (:mod:`streamseg.runtime.metrics`), in Prometheus's text format."""
+        body, content_type = await asyncio.get_running_loop().run_in_executor(None, exposition)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def describe(self, request: web.Request) -> web.Response:
         return web.json_response(openapi())

@@ -35,6 +35,7 @@ from ..errors import Interrupted
 from ..health import RestartPolicy, WorkerState
 from ..runtime import shm
 from ..runtime.control import Orders, Publisher
+from ..runtime.metrics import mark_dead
 from ..runtime.spec import DRAIN_SIGNAL, START_SIGNAL
 from ..supervisor import Supervisor
 from .plan import ServicePlan
@@ -154,6 +155,9 @@ class ServiceSupervisor(Supervisor):
                     log.warning("stopping: every stream ends and its outputs are finished")
                     stop_deadline = now + self.stop_timeout_s
                     for name in self._decoders():
+                        stream = self._stream_of(name)
+                        if stream is not None and stream.state == "running":
+                            stream.state = "stopping"
                         self._end(name)
                 if stop_deadline is not None and not self._decoders() and not self.closing:
                     self.closing = True  # no stream is left, and none will come: the stages may end
@@ -329,6 +333,7 @@ class ServiceSupervisor(Supervisor):
             worker.process.kill()
         if worker.process is not None:
             worker.process.join(5.0)
+            mark_dead(worker.process.pid)
         if self.shm_run:
             shm.remove_all(self._shm_prefix(worker) + "-")
         self._orders()
@@ -357,6 +362,8 @@ class ServiceSupervisor(Supervisor):
             log.error("stream %s: %s", sid, answer[1].get("error"))
 
     def _save(self) -> None:
+        """Note a change in the streams: the state file, and the streams-up gauge."""
+        self.meter.add("streams_up", sum(s.state == "running" for s in self.streams.values()))
         path = self.config.serve.state
         if not path or self.stop_requested:  # a stopping service keeps its list for the next start
             return

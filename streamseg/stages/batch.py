@@ -168,6 +168,7 @@ class BatchStage(Stage):
     def _drop(self, stream_id: str, frames: int = 1) -> None:
         self.count("dropped", frames)
         self.dropped[stream_id] = self.dropped.get(stream_id, 0) + frames
+        self.measure("frames_dropped", frames, stream=stream_id, reason=self.live_policy)
 
     def _ahead(self, clock: float) -> float:
         """What a held frame's outputs wait for besides its own time in the model: what the model has

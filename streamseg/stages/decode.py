@@ -360,6 +360,7 @@ class DecodeStage(Source):
                 delay = min(delay * 2, self.config.reconnect_max_s)
                 continue
             self.count("reconnects")
+            self.measure("reconnects", stream=self.stream_id)
             self.clock.new_session()
             self._continue_after(time.monotonic() - lost_at)
             log.warning("stream %s: reconnected to %s after %.1f s", self.stream_id, self.shown,

@@ -243,7 +243,7 @@ class EncodeStage(Stage):
                 raise MessageError(f"a frame of stream {message.stream_id!r} came before its StreamStart")
             if writer.write(message):
                 self.count("frames")
-                self.latency.add(message.captured)
+                self.wrote(message.stream_id, message.captured)
         return ()
 
     def holds(self) -> frozenset[tuple[str, int]]:

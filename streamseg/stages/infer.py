@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any, Iterable
 
+import torch
+
 from ..config import ModelConfig
 from ..errors import DeviceError
 from ..models.predictor import Predictor
@@ -83,6 +85,10 @@ class InferStage(Stage):
         self._throttle(len(results), started)
         self.count("batches")
         self.count("frames", len(results))
+        self.measure("batch_frames", len(results))
+        if self.predictor.cuda:
+            self.measure("gpu_memory_bytes", torch.cuda.memory_allocated(self.predictor.device),
+                         device=str(self.predictor.device))
         emits: list[Emit] = []
         for frame, detections in zip(message.frames, results):
             self.count("instances", len(detections))

@@ -116,7 +116,7 @@ class MaskWriterStage(Stage):
             self._append(fd, message.stream_id, line)
             self.written[message.stream_id] = message.index
             self.count("frames")
-            self.latency.add(message.captured)
+            self.wrote(message.stream_id, message.captured)
             if time.monotonic() - self.last_sync >= FSYNC_EVERY_S:
                 self._sync()
         return ()

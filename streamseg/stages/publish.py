@@ -51,7 +51,7 @@ class PublishStage(Stage):
             del record["stream"]
             record["capture_time"] = round(message.captured, 6)
             self.count("frames")
-            self.latency.add(message.captured)
+            self.wrote(message.stream_id, message.captured)
             return [*self._events(message.stream_id, message.events),
                     ("publish", publish_message(message.stream_id, "frame", record)),
                     *self._counts(message.stream_id, message.report, message.index, message.time_s)]
