@@ -389,6 +389,9 @@ class ServeConfig:
     """How long adding a stream waits for its source to open before the request fails (504)."""
     max_body_bytes: int = 65536
     """Largest request body the API reads (413 beyond)."""
+    view_fps: float = 10.0
+    """The live view (``/streams/ID/view``): at most this many frames a second of a stream, drawn and
+    sent only while someone watches it; 0: no live view."""
 
 
 @dataclass(frozen=True)
@@ -672,6 +675,7 @@ def validate(config: Config) -> None:
         (config.serve.max_streams >= 1, "serve.max_streams must be at least 1"),
         (config.serve.add_timeout_s > 0, "serve.add_timeout_s must be positive"),
         (config.serve.max_body_bytes >= 1024, "serve.max_body_bytes must be at least 1024"),
+        (0 <= config.serve.view_fps <= 60, "serve.view_fps must be within [0, 60] (0: no live view)"),
     ]
     device = config.model.device
     checks.append((device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),

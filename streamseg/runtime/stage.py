@@ -84,6 +84,9 @@ class Stage:
         """Sinks add each frame's capture time; the summary reports it (publish stage first)."""
         self._notify: Callable[..., None] = lambda event, **data: None
         self._measure: Callable[..., None] = lambda key, value=1.0, **labels: None
+        self.watched: Callable[[str, bytes], bool] = lambda port, topic: True
+        """``watched(port, topic)``: whether anyone subscribes to ``topic`` on publish port ``port`` now
+        (set by the runtime), so that a stage makes nothing nobody will get."""
         self.restarted = False
         """Set by the runtime before :meth:`setup`: this process replaces one of this stage that failed."""
         self.previous: dict[str, Any] = {}

@@ -131,6 +131,8 @@ class Runtime:
         """The streams each input has opened and not yet ended."""
         self.meter = meter()
         self._queues_measured = 0.0
+        self.watching: dict[str, set[bytes]] = {}
+        """Publish port -> the topics someone subscribes to there now."""
         self.busy_s = 0.0
         self.blocked_s = 0.0
         self.patient = True
@@ -152,6 +154,10 @@ class Runtime:
         if "stage" in METRICS[key][1]:
             labels["stage"] = self.spec.stage
         self.meter.add(key, value, **labels)
+
+    def watched(self, port: str, topic: bytes) -> bool:
+        """Whether a subscriber of publish port ``port`` gets ``topic`` (a subscription to a prefix of it)."""
+        return any(topic.startswith(t) for t in self.watching.get(port, ()))
 
     def measure_frames(self, message: Any) -> None:
         if isinstance(message, (Frame, FrameResult)):
@@ -209,7 +215,10 @@ class Runtime:
                                          self.reject, self.secure, self.pool if local else None,
                                          functools.partial(self._acknowledged, port))
         for port, endpoint in spec.publish.items():
-            sock = self.ctx.socket(zmq.PUB)  # publish: detections for subscribers outside the pipeline
+            # publish: detections (or the live view) for subscribers outside the pipeline; an XPUB
+            # sends as a PUB does, and says which topics someone is subscribed to
+            sock = self.ctx.socket(zmq.XPUB)
+            self.watching[port] = set()
             sock.setsockopt(zmq.SNDHWM, spec.publish_hwm)
             sock.setsockopt(zmq.LINGER, 1000)
             self.pub_out[port] = sock
@@ -281,6 +290,16 @@ class Runtime:
         service's orders."""
         self.obey()
         self.measure_queues()
+        for port, sock in self.pub_out.items():
+            while True:
+                try:
+                    event = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if event[:1] == b"\x01":
+                    self.watching[port].add(event[1:])
+                elif event[:1] == b"\x00":
+                    self.watching[port].discard(event[1:])
         for outbox in self.outboxes.values():
             outbox.service()
         for inbox in self.inboxes:
@@ -541,6 +560,7 @@ class Runtime:
             stage.previous = dict(spec.previous)
             stage.bind_events(self.event)
             stage.bind_meter(self.measure)
+            stage.watched = self.watched
             self.open_sockets()
             if self.outboxes and all(o.pool is not None for o in self.outboxes.values()):
                 stage.allocate = self.outboxes[next(iter(self.outboxes))].pool.empty  # outputs built in place

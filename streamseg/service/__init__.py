@@ -40,7 +40,7 @@ def serve(config: Config, initial: list[dict[str, Any]]) -> int:
         run_id = uuid.uuid4().hex[:12] if config.transport.shared_memory and shm.available() else ""
         supervisor = ServiceSupervisor(plan, shm_run=run_id)
         supervisor.initial = saved + [body for body in initial if not body.get("id") or body.get("id") not in ids]
-        api = ApiThread(Api(supervisor, config, token), config.serve.http)
+        api = ApiThread(Api(supervisor, config, token, plan.views), config.serve.http)
         api.start_serving()
         print(f"streamseg: serving at http://{config.serve.http.rpartition(':')[0]}:{api.port}/ "
               f"({len(supervisor.initial)} streams to start)", file=sys.stderr, flush=True)

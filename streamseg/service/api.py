@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..runtime.metrics import exposition
 from .openapi import openapi
 from .supervisor import ServiceSupervisor
+from .view import LiveView
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,14 @@ def _error(status: int, message: str) -> web.Response:
 class Api:
     """The routes, over a :class:`ServiceSupervisor`."""
 
-    def __init__(self, supervisor: ServiceSupervisor, config: Config, token: str | None) -> None:
+    def __init__(self, supervisor: ServiceSupervisor, config: Config, token: str | None,
+                 views: list[str] | None = None) -> None:
+        """``views``: where the render workers publish the live view (none: no live view)."""
         self.supervisor = supervisor
         self.config = config
         self.token = token
+        self.stopping = False
+        self.view = LiveView(views, supervisor.listing, lambda: self.stopping) if views else None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.serve.max_body_bytes,
@@ -48,6 +53,8 @@ class Api:
                         web.get("/streams/{id}", self.get_stream), web.delete("/streams/{id}", self.remove_stream),
                         web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
                         web.get("/openapi.json", self.describe), web.get("/metrics", self.metrics)])
+        if self.view is not None:
+            app.add_routes(self.view.routes())
         return app
 
     @web.middleware
@@ -154,7 +161,7 @@ class ApiThread(threading.Thread):
     def run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.runner = web.AppRunner(self.api.app(), access_log=None)
+            self.runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=3.0)
             self.loop.run_until_complete(self.runner.setup())
             site = web.TCPSite(self.runner, self.host, self.port)
             self.loop.run_until_complete(site.start())
@@ -179,5 +186,6 @@ class ApiThread(threading.Thread):
 
     def stop(self) -> None:
         if self.is_alive():
+            self.api.stopping = True  # the live view's open connections end within a second
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.join(10.0)

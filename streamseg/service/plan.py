@@ -36,6 +36,8 @@ class ServicePlan:
     """The worker whose inputs are the decoders."""
     opened: int = 0
     """Decoders made so far (each gets an endpoint of its own)."""
+    views: list[str] = field(default_factory=list)
+    """Where the render workers publish the live view (:func:`~streamseg.stages.render.view_topic`)."""
     common: dict = field(default_factory=dict)
 
     def decoder(self, stream_id: str, source: str, video: str = "", masks: str = "", loop: bool | None = None
@@ -86,8 +88,11 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
     port = STAGES["render"].outputs[0]
     render_ports = [port] if len(encoders) == 1 else [f"{port}-{j}" for j in range(len(encoders))]
     renderers = worker_names("render", config.render.workers)
-    specs += [_spec(name, "render", config, dict(model_info=info, spread=len(encoders)), lasting,
+    views = [f"ipc://{os.path.join(ipc_dir, f'view-{i}')}" for i in range(len(renderers))]
+    specs += [_spec(name, "render", config, dict(model_info=info, spread=len(encoders),
+                                                 view_fps=config.serve.view_fps), lasting,
                     inputs=("results-render",), outputs={p: f"rendered-{i}-{p}" for p in render_ports},
+                    publish={"view": views[i]} if config.serve.view_fps else {}, publish_hwm=4,
                     parallel=len(renderers) > 1)
               for i, name in enumerate(renderers)]
     specs += [_spec(name, "encode", config, {}, lasting,
@@ -103,4 +108,5 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
                            publish={"publish": out.publish}, publish_hwm=out.publish_hwm,
                            publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients)))
     specs = _resolve_links(specs, _Endpoints(config.transport, ipc_dir))
-    return ServicePlan(config, ipc_dir, specs, events, control, common=common)
+    return ServicePlan(config, ipc_dir, specs, events, control, common=common,
+                       views=views if config.serve.view_fps else [])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import colorsys
+import json
+import time
 import zlib
 from collections import deque
 from typing import Any, Iterable
@@ -13,7 +15,7 @@ import numpy as np
 from ..config import AnalyticsConfig, RenderConfig, section_from_dict
 from ..models.registry import ModelInfo
 from ..runtime.messages import AreaCount, Detections, EndOfStream, Frame, FrameResult, MaskRegions, StreamStart
-from ..runtime.stage import ALL_PORTS, Emit, Stage
+from ..runtime.stage import ALL_PORTS, Emit, Published, Stage
 
 
 def palette(n: int = 64) -> np.ndarray:
@@ -197,12 +199,17 @@ class RenderStage(Stage):
     """
 
     def __init__(self, config: RenderConfig, model_info: dict[str, Any], routes: dict[str, str] | None = None,
-                 analytics: dict[str, Any] | None = None, spread: int = 0) -> None:
-        """``analytics``: the ``analytics`` section's JSON form, whose zones and lines are drawn."""
+                 analytics: dict[str, Any] | None = None, spread: int = 0, view_fps: float = 0.0) -> None:
+        """``analytics``: the ``analytics`` section's JSON form, whose zones and lines are drawn;
+        ``view_fps``: a service's live view, at most this many frames a second of a stream someone
+        watches, as JPEG with the frame's detections on publish port ``view`` (0: none)."""
         super().__init__()
         self.config = config
         self.routes = dict(routes or {})
         self.spread = spread
+        self.view_s = 1.0 / view_fps if view_fps else 0.0
+        self.viewed: dict[str, float] = {}
+        """Stream -> when its last frame went to the live view (monotonic)."""
         self.silent: set[str] = set()
         self.info = ModelInfo.from_dict(model_info)
         self.analytics = section_from_dict("analytics", analytics) if analytics else None
@@ -218,16 +225,45 @@ class RenderStage(Stage):
             if self.spread > 1:
                 self.routes[message.stream_id] = f"frames-{zlib.crc32(message.stream_id.encode()) % self.spread}"
             return [(ALL_PORTS, message)]
-        if not isinstance(message, FrameResult) or message.image is None or message.stream_id in self.silent:
+        if not isinstance(message, FrameResult) or message.image is None:
             return []
-        image = draw(message.image, message.detections, self.info, self.config,
-                     out=self.allocate(message.image.shape, np.uint8), trails=self._trails(message))
+        sid = message.stream_id
+        view = self._view_due(sid)
+        if sid in self.silent and not view:
+            return []
+        out = np.empty(message.image.shape, np.uint8) if sid in self.silent else \
+            self.allocate(message.image.shape, np.uint8)
+        image = draw(message.image, message.detections, self.info, self.config, out=out,
+                     trails=self._trails(message))
         if self.analytics is not None and message.detections.track_ids is not None:  # a tracked stream's
-            draw_areas(image, self.analytics, message.stream_id, message.counts)
-        self.count("frames")
-        return [(self.routes.get(message.stream_id, "frames"),
-                 Frame(message.stream_id, message.index, message.pts, message.time_base, image, message.captured,
-                       message.prev))]
+            draw_areas(image, self.analytics, sid, message.counts)
+        emits: list[Emit] = [("view", self._view(message, image))] if view else []
+        if sid not in self.silent:
+            self.count("frames")
+            emits.append((self.routes.get(sid, "frames"), Frame(sid, message.index, message.pts, message.time_base,
+                                                                image, message.captured, message.prev)))
+        return emits
+
+    def _view_due(self, sid: str) -> bool:
+        """Whether this frame of ``sid`` goes to the live view: someone watches, and it is time."""
+        if not self.view_s or not self.watched("view", view_topic(sid)):
+            return False
+        now = time.monotonic()
+        if now - self.viewed.get(sid, -np.inf) < self.view_s:
+            return False
+        self.viewed[sid] = now
+        return True
+
+    def _view(self, result: FrameResult, image: np.ndarray) -> Published:
+        """The live view's message: topic, the annotated frame as JPEG, its detections as JSON."""
+        _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        det = result.detections
+        ids = det.track_ids.tolist() if det.track_ids is not None else [None] * len(det.scores)
+        found = [{"class": self.info.category(int(label)), "score": round(float(score), 3), "track_id": tid}
+                 for label, score, tid in zip(det.labels.tolist(), det.scores.tolist(), ids)]
+        body = {"stream": result.stream_id, "frame": result.index, "time": round(result.time_s, 3),
+                "captured": result.captured, "detections": found}
+        return Published((view_topic(result.stream_id), jpeg.tobytes(), json.dumps(body).encode()))
 
     def _trails(self, result: FrameResult) -> dict[int, deque[tuple[float, float]]] | None:
         """The paths of the frame's tracks over their last ``render.trail_frames`` sightings, this one
@@ -249,4 +285,10 @@ class RenderStage(Stage):
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         self.trails.pop(eos.stream_id, None)
+        self.viewed.pop(eos.stream_id, None)
         return ()
+
+
+def view_topic(stream_id: str) -> bytes:
+    """The live view's topic of a stream (ended by a NUL: ``cam1`` is not a prefix of ``cam10``'s)."""
+    return stream_id.encode() + b"\0"
