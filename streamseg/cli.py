@@ -105,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     if not config.runtime.quiet:
         print(summary.table(), file=sys.stderr)
         for kind, path in summary.outputs.items():
-            print(f"published at {path}" if kind == "published" else f"wrote {kind}: {path}", file=sys.stderr)
+            said = {"published": "published at", "mqtt": "sent to", "redis": "sent to"}.get(kind, f"wrote {kind}:")
+            print(f"{said} {path}", file=sys.stderr)
     if summary.interrupted:
         print(f"streamseg: interrupted; outputs hold the {summary.frames} frames done", file=sys.stderr)
         return Interrupted.exit_code

@@ -296,6 +296,21 @@ class OutputConfig:
     only subscribers holding an allowed key connect, and all traffic is encrypted."""
     publish_curve_clients: str | None = None
     """CURVE: folder of the subscribers' public ``*.key`` files that may connect."""
+    mqtt: str | None = None
+    """MQTT broker to publish every record to (the published JSON, ``docs/publishing.md``):
+    ``mqtt://[USER:PASSWORD@]HOST[:PORT]/PREFIX``, topic ``PREFIX/STREAM``; None: none."""
+    mqtt_qos: int = 1
+    """QoS of the MQTT messages (0, 1 or 2)."""
+    redis: str | None = None
+    """Redis to add every record to, as Redis Streams entries (field ``record``):
+    ``redis://[:PASSWORD@]HOST[:PORT][/DB]``; None: none."""
+    redis_key: str = "streamseg:{stream}"
+    """The Redis stream of each stream's records (``{stream}``: the stream id)."""
+    redis_maxlen: int = 100000
+    """Each Redis stream is kept to about this many entries (``XADD MAXLEN ~``)."""
+    broker_buffer: int = 10000
+    """Records kept per broker while it is away (reconnected with backoff); beyond, the oldest are
+    dropped and counted. The pipeline never waits for a broker."""
 
 
 @dataclass(frozen=True)
@@ -672,6 +687,9 @@ def validate(config: Config) -> None:
         (config.serve.http.rpartition(":")[2].isdigit() and bool(config.serve.http.rpartition(":")[0]),
          f"serve.http must be HOST:PORT, got {config.serve.http!r}"),
         (0 <= config.runtime.metrics_port < 65536, "runtime.metrics_port must be a tcp port number (0: none)"),
+        (config.output.mqtt_qos in (0, 1, 2), "output.mqtt_qos must be 0, 1 or 2"),
+        (config.output.redis_maxlen >= 1 and config.output.broker_buffer >= 1,
+         "output.redis_maxlen and output.broker_buffer must be at least 1"),
         (config.serve.max_streams >= 1, "serve.max_streams must be at least 1"),
         (config.serve.add_timeout_s > 0, "serve.add_timeout_s must be positive"),
         (config.serve.max_body_bytes >= 1024, "serve.max_body_bytes must be at least 1024"),

@@ -70,6 +70,16 @@ def _areas(config: Config) -> dict[str, Any]:
         else {}
 
 
+def brokers(config: Config) -> dict[str, Any]:
+    """The broker stage's parameters (the ``output`` section's ``mqtt`` and ``redis``), or nothing
+    when the run feeds no broker."""
+    out = config.output
+    if not out.mqtt and not out.redis:
+        return {}
+    return dict(model_info=model_info(config.model.name).to_dict(), mqtt=out.mqtt, mqtt_qos=out.mqtt_qos,
+                redis=out.redis, redis_key=out.redis_key, redis_maxlen=out.redis_maxlen, buffer=out.broker_buffer)
+
+
 def source_stage_names(config: Config) -> list[str]:
     """Names of the decode workers: ``decode``, or ``decode-ID`` per stream with several sources."""
     streams = config.input.streams()
@@ -187,9 +197,9 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     """The worker specs of the pipeline, with their endpoints. Links are named here (``frames-0``,
     ``batches``, ``results-masks``...) and given endpoints once both their ends are known."""
     out = config.output
-    if not out.video and not out.masks and not out.publish:
-        raise ConfigError("nothing to write: give an annotated video (-o FILE), masks (--masks FILE) "
-                          "and/or a publish endpoint (--publish)")
+    if not out.video and not out.masks and not out.publish and not brokers(config):
+        raise ConfigError("nothing to write: give an annotated video (-o FILE), masks (--masks FILE), "
+                          "a publish endpoint (--publish) and/or a broker (output.mqtt, output.redis)")
     info = model_info(config.model.name).to_dict()
     streams = config.input.streams()
     live = [is_live(url, config.input.live) for _, url in streams]
@@ -201,7 +211,7 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     # with a live stream only one batch, and the batcher holds the rest and drops what the model
     # cannot keep up with, so latency stays bounded
     batches = -(-config.transport.hwm_frames // config.batch.max_batch)
-    wanted = {"render": out.video, "masks": out.masks, "publish": out.publish}
+    wanted = {"render": out.video, "masks": out.masks, "publish": out.publish, "brokers": brokers(config)}
     ports = [port for port in STAGES["track"].outputs if wanted[port]]
     tracked = tracked_streams(config, info["masks"])
     infer_ports = ["track"] if tracked else ports  # with tracking, the track stage feeds the writers
@@ -209,7 +219,7 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     if _areas(config) and not tracked:
         raise ConfigError("analytics zones and lines count tracks: this run tracks no stream (track.enabled, "
                           "an image folder, or a model without masks)")
-    progress_stage = "encode" if out.video else "masks" if out.masks else "publish"
+    progress_stage = "encode" if out.video else "masks" if out.masks else "publish" if out.publish else "brokers"
     decoders = [_spec(name, "decode", config,
                       dict(source=url, stream_id=sid, live=is_live_stream,
                            drop_when_full=config.batch.live_policy != "block"),
@@ -246,6 +256,9 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
                            publish={"publish": out.publish}, publish_hwm=out.publish_hwm,
                            publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients),
                            progress=progress_stage == "publish"))
+    if brokers(config):
+        specs.append(_spec("brokers", "brokers", config, brokers(config), common, inputs=("results-brokers",),
+                           progress=progress_stage == "brokers"))
     missing = set(config.transport.remote) - {spec.name for spec in specs}
     if missing:
         raise ConfigError(f"transport.remote names {', '.join(sorted(missing))}, which this run does not have")

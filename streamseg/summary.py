@@ -8,7 +8,7 @@ from typing import Any
 
 from .config import Config
 from .plan import source_stage_names, stream_outputs
-from .sources import describe_input
+from .sources import describe_input, safe_url
 from .stages import STAGES
 
 
@@ -166,6 +166,9 @@ def summarise(config: Config, stats: dict[str, dict[str, Any]], progress_stage: 
                for k, v in (("video", config.output.video), ("masks", config.output.masks)) if v}
     if config.output.publish:
         outputs["published"] = config.output.publish
+    for broker in ("mqtt", "redis"):
+        if getattr(config.output, broker):
+            outputs[broker] = safe_url(getattr(config.output, broker))
     latency_at = "publish" if "publish" in stats else min(sinks, default=progress_stage)
     dropped = sum(int(c.get("dropped", 0)) for c in decoders)
     dropped += int(stats.get("batch", {}).get("counters", {}).get("dropped", 0))

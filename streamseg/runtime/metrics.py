@@ -28,6 +28,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "frames_dropped": ("counter", ("stage", "stream", "reason"), "Frames dropped before inference: a live "
                        "source's frame with no room at the batcher (no_room), or by batch.live_policy."),
     "messages_rejected": ("counter", ("stage",), "Malformed messages a stage refused."),
+    "records_dropped": ("counter", ("stage", "broker"), "Records a broker (mqtt, redis) did not get: it was away "
+                        "and its buffer (output.broker_buffer) was full."),
     "reconnects": ("counter", ("stream",), "Times a live source was reconnected after a loss."),
     "restarts": ("counter", ("stage",), "Times a worker was replaced after it failed."),
     "latency_seconds": ("histogram", ("stage", "stream"), "Seconds from a frame's capture until it was written "
@@ -100,7 +102,11 @@ def mark_dead(pid: int | None) -> None:
 
 def exposition() -> tuple[bytes, str]:
     """Every process's metrics in Prometheus's text format, and its content type."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+    )
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()

@@ -105,7 +105,7 @@ def check_request(body: Any, config: Config, taken: set[str], outputs: set[str],
     serve, out = config.serve, config.output
     video = body.get("output") or (stream_output(out.video, sid, True) if out.video else "")
     masks = body.get("masks") or (stream_output(out.masks, sid, True) if out.masks else "")
-    if not video and not masks and not out.publish:
+    if not video and not masks and not out.publish and not out.mqtt and not out.redis:
         raise RequestError(400, "nothing to write: give output and/or masks (the service publishes nothing)")
     for path, what in ((video, "output"), (masks, "masks")):
         if not path:

@@ -40,11 +40,13 @@ class StageType:
 STAGES: dict[str, StageType] = {kind.name: kind for kind in (
     StageType("decode", "streamseg.stages.decode:DecodeStage", "input", ("frames",)),
     StageType("batch", "streamseg.stages.batch:BatchStage", "batch", ("batches",)),
-    StageType("infer", "streamseg.stages.infer:InferStage", "model", ("track", "render", "masks", "publish")),
-    StageType("track", "streamseg.stages.track:TrackStage", "track", ("render", "masks", "publish")),
+    StageType("infer", "streamseg.stages.infer:InferStage", "model", ("track", "render", "masks", "publish",
+                                                                       "brokers")),
+    StageType("track", "streamseg.stages.track:TrackStage", "track", ("render", "masks", "publish", "brokers")),
     StageType("render", "streamseg.stages.render:RenderStage", "render", ("frames",)),
     StageType("encode", "streamseg.stages.encode:EncodeStage", "encode"),
     StageType("masks", "streamseg.stages.maskwriter:MaskWriterStage", None),
     StageType("publish", "streamseg.stages.publish:PublishStage", None),
+    StageType("brokers", "streamseg.stages.brokers:BrokerStage", None),
 )}
 """Stage name -> :class:`StageType`, in data-flow order (also the summary's row order)."""

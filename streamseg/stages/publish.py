@@ -21,7 +21,13 @@ from typing import Any, Iterable
 
 from ..formats.records import SCHEMA, VERSION, frame_record
 from ..models.registry import ModelInfo
-from ..runtime.messages import EndOfStream, FrameResult, StreamStart, StreamStatus, TrackEvent
+from ..runtime.messages import (
+    EndOfStream,
+    FrameResult,
+    StreamStart,
+    StreamStatus,
+    TrackEvent,
+)
 from ..runtime.stage import Emit, Published, Stage
 
 

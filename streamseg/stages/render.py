@@ -14,7 +14,15 @@ import numpy as np
 
 from ..config import AnalyticsConfig, RenderConfig, section_from_dict
 from ..models.registry import ModelInfo
-from ..runtime.messages import AreaCount, Detections, EndOfStream, Frame, FrameResult, MaskRegions, StreamStart
+from ..runtime.messages import (
+    AreaCount,
+    Detections,
+    EndOfStream,
+    Frame,
+    FrameResult,
+    MaskRegions,
+    StreamStart,
+)
 from ..runtime.stage import ALL_PORTS, Emit, Published, Stage
 
 

@@ -27,7 +27,15 @@ import numpy as np
 from ..config import TrackConfig, section_from_dict
 from ..formats.records import frame_record
 from ..models.registry import ModelInfo
-from ..runtime.messages import AreaCount, Detections, EndOfStream, FrameResult, StreamStart, StreamStatus, TrackEvent
+from ..runtime.messages import (
+    AreaCount,
+    Detections,
+    EndOfStream,
+    FrameResult,
+    StreamStart,
+    StreamStatus,
+    TrackEvent,
+)
 from ..runtime.stage import ALL_PORTS, Emit, Stage
 from ..sources import source_kind
 from ..tracking.analytics import StreamAnalytics
