@@ -308,6 +308,10 @@ class OutputConfig:
     """The Redis stream of each stream's records (``{stream}``: the stream id)."""
     redis_maxlen: int = 100000
     """Each Redis stream is kept to about this many entries (``XADD MAXLEN ~``)."""
+    segment_s: float = 0.0
+    """Record in segments: every this many seconds of a stream, its annotated video and its masks
+    file are finished and new ones begin, named by the segment's start (UTC: ``cam1.mp4`` ->
+    ``cam1-20261205T140000Z.mp4``); 0: one file per stream. Stream URLs are not cut."""
     broker_buffer: int = 10000
     """Records kept per broker while it is away (reconnected with backoff); beyond, the oldest are
     dropped and counted. The pipeline never waits for a broker."""
@@ -688,6 +692,7 @@ def validate(config: Config) -> None:
          f"serve.http must be HOST:PORT, got {config.serve.http!r}"),
         (0 <= config.runtime.metrics_port < 65536, "runtime.metrics_port must be a tcp port number (0: none)"),
         (config.output.mqtt_qos in (0, 1, 2), "output.mqtt_qos must be 0, 1 or 2"),
+        (config.output.segment_s == 0 or config.output.segment_s >= 1, "output.segment_s must be 0 or at least 1"),
         (config.output.redis_maxlen >= 1 and config.output.broker_buffer >= 1,
          "output.redis_maxlen and output.broker_buffer must be at least 1"),
         (config.serve.max_streams >= 1, "serve.max_streams must be at least 1"),

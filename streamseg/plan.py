@@ -80,6 +80,11 @@ def brokers(config: Config) -> dict[str, Any]:
                 redis=out.redis, redis_key=out.redis_key, redis_maxlen=out.redis_maxlen, buffer=out.broker_buffer)
 
 
+def _segments(config: Config) -> dict[str, float]:
+    """The encoder's and mask writer's ``segment_s`` parameter, when the run records in segments."""
+    return {"segment_s": config.output.segment_s} if config.output.segment_s else {}
+
+
 def source_stage_names(config: Config) -> list[str]:
     """Names of the decode workers: ``decode``, or ``decode-ID`` per stream with several sources."""
     streams = config.input.streams()
@@ -187,7 +192,7 @@ def _video_specs(config: Config, info: dict[str, Any], common: dict[str, Any], p
              for i, name in enumerate(renderers)]
     for j, name in enumerate(encoders):
         mine = {sid: path for sid, path in paths.items() if shares[sid] == j}
-        specs.append(_spec(name, "encode", config, dict(paths=mine), common,
+        specs.append(_spec(name, "encode", config, dict(paths=mine, **_segments(config)), common,
                            inputs=tuple(f"rendered-{i}-{ports[j]}" for i in range(len(renderers))),
                            progress=progress, ordered=len(renderers) > 1, streams=len(mine)))
     return specs
@@ -249,7 +254,7 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
         specs += _video_specs(config, info, common, progress_stage == "encode")
     if out.masks:
         specs.append(_spec("masks", "masks", config, dict(path="", paths=stream_outputs(config, out.masks),
-                                                          model_info=info),
+                                                          model_info=info, **_segments(config)),
                            common, inputs=("results-masks",), progress=progress_stage == "masks"))
     if out.publish:
         specs.append(_spec("publish", "publish", config, dict(model_info=info), common, inputs=("results-publish",),

@@ -163,6 +163,7 @@ def summarise(config: Config, stats: dict[str, dict[str, Any]], progress_stage: 
     remote = {name.partition("-")[0] for name in config.transport.remote}
     outputs = {k: ", ".join(dict.fromkeys(stream_outputs(config, v).values()))
                + (" (on the host of its streamseg worker)" if STAGE_OF_OUTPUT[k] in remote else "")
+               + (f" (in {config.output.segment_s:g} s segments, NAME-START.EXT)" if config.output.segment_s else "")
                for k, v in (("video", config.output.video), ("masks", config.output.masks)) if v}
     if config.output.publish:
         outputs["published"] = config.output.publish

@@ -61,6 +61,8 @@ class StreamStart:
     serve``); empty: where the run's plan sends it (the encoder's own paths)."""
     masks: str = ""
     """Where this stream's masks file goes, likewise; empty: the mask writer's own paths."""
+    started: float = 0.0
+    """Unix time the stream started (its decoder's first start): recorded segments are named from it."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0 and self.height > 0, f"bad frame size {self.width}x{self.height}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..config import Config
 from ..errors import ConfigError
 from ..models import model_info
-from ..plan import _areas, _Endpoints, _resolve_links, _spec, brokers, worker_names
+from ..plan import _areas, _Endpoints, _resolve_links, _segments, _spec, brokers, worker_names
 from ..runtime.spec import WorkerSpec
 from ..sources import is_live
 from ..stages import STAGES
@@ -96,11 +96,12 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
                     publish={"view": views[i]} if config.serve.view_fps else {}, publish_hwm=4,
                     parallel=len(renderers) > 1)
               for i, name in enumerate(renderers)]
-    specs += [_spec(name, "encode", config, {}, lasting,
+    specs += [_spec(name, "encode", config, _segments(config), lasting,
                     inputs=tuple(f"rendered-{i}-{render_ports[j]}" for i in range(len(renderers))),
                     ordered=len(renderers) > 1)
               for j, name in enumerate(encoders)]
-    specs.append(_spec("masks", "masks", config, dict(path="", model_info=info), lasting, inputs=("results-masks",)))
+    specs.append(_spec("masks", "masks", config, dict(path="", model_info=info, **_segments(config)), lasting,
+                       inputs=("results-masks",)))
     if config.output.publish:
         from ..security import server_from_config
 

@@ -129,7 +129,9 @@ class DecodeStage(Source):
             frames = min(frames or 1 << 62, math.ceil(self.config.duration_s * start.rate))
         if self.config.max_frames:
             frames = min(frames, self.config.max_frames) if frames else self.config.max_frames
-        return dataclasses.replace(start, frames=frames, **self.outputs)
+        started = float(self.previous.get("started", time.time()))  # a replacement keeps the first one's
+        self._checkpoint(started=started)
+        return dataclasses.replace(start, frames=frames, started=started, **self.outputs)
 
     def _video_start(self, reader: VideoReader) -> StreamStart:
         start = reader.stream_start(self.stream_id, self.live)  # a file's rotation is its first frame's

@@ -11,6 +11,7 @@ frames that its upstream sends again; the journal is removed once the output is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -23,6 +24,7 @@ import cv2
 from ..config import EncodeConfig
 from ..errors import MessageError, OutputError
 from ..formats.journal import Journal, JournalPacket, Recovered
+from ..formats.segments import segment_of
 from ..runtime.messages import EndOfStream, Frame, StreamStart
 from ..runtime.stage import Emit, Stage
 from ..sources import safe_url, stream_format
@@ -223,11 +225,18 @@ class EncodeStage(Stage):
 
     totals = ("frames",)
 
-    def __init__(self, config: EncodeConfig, paths: dict[str, str] | None = None, path: str = "") -> None:
+    def __init__(self, config: EncodeConfig, paths: dict[str, str] | None = None, path: str = "",
+                 segment_s: float | None = None) -> None:
+        """``segment_s``: ``output.segment_s``, a file output in segments of that many seconds (None: whole)."""
         super().__init__()
         self.config = config
         self.paths = dict(paths or {})
         self.path = path
+        self.segment_s = segment_s
+        self.segmented: dict[str, tuple[str, StreamStart]] = {}
+        """Stream -> (its output, its start), for a stream recorded in segments."""
+        self.segment: dict[str, int] = {}
+        """Stream -> the segment its writer writes."""
         self.writers: dict[str, _Writer] = {}
         self.finished: set[str] = set()
         """Streams whose output is complete (by this process or the one it replaced)."""
@@ -238,7 +247,11 @@ class EncodeStage(Stage):
         if isinstance(message, StreamStart):
             self._open(message)
         elif isinstance(message, Frame) and message.stream_id not in self.finished:
+            if message.stream_id in self.segmented:
+                self._to_segment(message)
             writer = self.writers.get(message.stream_id)
+            if writer is None and message.stream_id in self.segmented:
+                return ()  # a segment its predecessor finished
             if writer is None:
                 raise MessageError(f"a frame of stream {message.stream_id!r} came before its StreamStart")
             if writer.write(message):
@@ -258,6 +271,29 @@ class EncodeStage(Stage):
             return  # a service's stream without a video (render sends none of its frames)
         if not path:
             raise MessageError(f"no output is configured for stream {start.stream_id!r}")
+        if self.segment_s and stream_format(path) is None:
+            # its writer comes with its first frame; a segment carries no audio (the source's would
+            # be copied from its start), and its timestamps go on from the stream's
+            self.segmented[start.stream_id] = (path, dataclasses.replace(start, audio=False))
+            return
+        self._writer(start.stream_id, path, start)
+
+    def _to_segment(self, frame: Frame) -> None:
+        """Finish the stream's segment when ``frame`` begins the next one; open the next one's file."""
+        sid = frame.stream_id
+        path, start = self.segmented[sid]
+        k, file = segment_of(path, start.started, frame.time_s, self.segment_s)
+        if self.segment.get(sid) == k:
+            return
+        writer = self.writers.pop(sid, None)
+        if writer is not None:
+            self._finish(writer, all_audio=False)
+            self._forget(writer)
+        self.segment[sid] = k
+        self._writer(sid, file, start)
+
+    def _writer(self, sid: str, path: str, start: StreamStart) -> None:
+        """A writer of ``path`` for stream ``sid``; a replacement's goes on from its journal."""
         journal = Journal(path) if stream_format(path) is None else None
         recovered = None
         if self.restarted and journal is not None and journal.exists():
@@ -265,15 +301,21 @@ class EncodeStage(Stage):
             self.count("frames", recovered.frames)
             if recovered.finished:
                 log.info("%s: finished before this encode worker started", path)
-                self.finished.add(start.stream_id)
+                if sid not in self.segmented:
+                    self.finished.add(sid)
                 self.journals.append(journal)
                 return
-        writer = self.writers[start.stream_id] = _Writer(path, start, self.config, journal, recovered)
+        writer = self.writers[sid] = _Writer(path, start, self.config, journal, recovered)
         if writer.warning:
             self.notify("warning", message=writer.warning)
 
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         writer = self.writers.pop(eos.stream_id, None)
+        self.segment.pop(eos.stream_id, None)
+        if self.segmented.pop(eos.stream_id, None) is not None and writer is not None:
+            self._finish(writer, all_audio=False)
+            self._forget(writer)
+            return ()
         if writer is not None:
             self._finish(writer, all_audio=eos.reason == "end")
             if writer.service:  # a service's stream: nothing of it is left to resume

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from ..errors import MessageError, OutputError
 from ..formats.records import frame_record
+from ..formats.segments import segment_of
 from ..models.registry import ModelInfo
 from ..runtime.messages import EndOfStream, FrameResult, StreamStart
 from ..runtime.stage import Emit, Stage
@@ -45,10 +46,18 @@ class MaskWriterStage(Stage):
 
     totals = ("frames",)
 
-    def __init__(self, path: str, model_info: dict[str, Any], paths: dict[str, str] | None = None) -> None:
+    def __init__(self, path: str, model_info: dict[str, Any], paths: dict[str, str] | None = None,
+                 segment_s: float | None = None) -> None:
+        """``segment_s``: ``output.segment_s``, a file per segment of that many seconds (None: one per stream)."""
         super().__init__()
         self.paths = dict(paths or {}) or ({"": path} if path else {})
         """Stream id -> file; in a service, also each stream's own, from its StreamStart."""
+        self.segment_s = segment_s
+        self.starts: dict[str, float] = {}
+        """Stream -> when it started (its segments' names), when in segments."""
+        self.segment: dict[str, int] = {}
+        self.opened: dict[str, str] = {}
+        """Stream -> the segment file it writes now."""
         self.fixed = bool(self.paths)
         """The run's files are given here; otherwise (a service) a stream without a file of its own has none."""
         self.service: set[str] = set()
@@ -62,6 +71,8 @@ class MaskWriterStage(Stage):
         """Whether an error about these files was raised (and so said)."""
 
     def setup(self) -> None:
+        if self.segment_s:
+            return  # each file opens with the first frame of its segment
         for stream_id, path in self.paths.items():
             self._open_file(stream_id, path)
 
@@ -103,7 +114,12 @@ class MaskWriterStage(Stage):
         if isinstance(message, StreamStart) and message.masks and message.stream_id not in self.files:
             self.paths[message.stream_id] = message.masks
             self.service.add(message.stream_id)
-            self._open_file(message.stream_id, message.masks)
+            if not self.segment_s:
+                self._open_file(message.stream_id, message.masks)
+        if isinstance(message, StreamStart):
+            self.starts[message.stream_id] = message.started
+        if isinstance(message, FrameResult) and self.segment_s and message.stream_id in self.starts:
+            self._to_segment(message)
         if isinstance(message, FrameResult):
             fd = self.files.get(message.stream_id, self.files.get(""))
             if fd is None and self.fixed:
@@ -121,6 +137,24 @@ class MaskWriterStage(Stage):
                 self._sync()
         return ()
 
+    def _to_segment(self, result: FrameResult) -> None:
+        """Close the stream's file when ``result`` begins its next segment, and open that one's."""
+        sid = result.stream_id
+        path = self.paths.get(sid, self.paths.get(""))
+        if path is None:
+            return
+        k, file = segment_of(path, self.starts[sid], result.time_s, self.segment_s)
+        if self.segment.get(sid) == k:
+            return
+        fd = self.files.pop(sid, None)
+        if fd is not None:
+            os.fsync(fd)
+            os.close(fd)
+        self.segment[sid] = k
+        self.written.pop(sid, None)
+        self._open_file(sid, file)
+        self.opened[sid] = file
+
     def _append(self, fd: int, stream_id: str, line: bytes) -> None:
         """Write one whole line; when it cannot be (a full disk), cut off what of it was written."""
         view = memoryview(line)
@@ -137,7 +171,7 @@ class MaskWriterStage(Stage):
                               f"last whole line, frame {self.written.get(stream_id, -1)})") from None
 
     def _path(self, stream_id: str) -> str:
-        return self.paths.get(stream_id, self.paths.get("", stream_id))
+        return self.opened.get(stream_id) or self.paths.get(stream_id, self.paths.get("", stream_id))
 
     def _sync(self) -> None:
         for stream_id, fd in self.files.items():
@@ -155,11 +189,16 @@ class MaskWriterStage(Stage):
             if not os.path.exists(path):
                 self.failed = True
                 raise OutputError(f"the masks file {path} was removed while it was written (its folder is gone?)")
+        if self.segment_s and eos.stream_id in self.files:  # its last segment is complete
+            os.close(self.files.pop(eos.stream_id))
+            self.segment.pop(eos.stream_id, None)
+            self.opened.pop(eos.stream_id, None)
         if eos.stream_id in self.service:  # a service's stream: its file is complete, and its id may come again
             self.service.discard(eos.stream_id)
             self.written.pop(eos.stream_id, None)
             self.paths.pop(eos.stream_id, None)
-            os.close(self.files.pop(eos.stream_id))
+            if eos.stream_id in self.files:
+                os.close(self.files.pop(eos.stream_id))
         return ()
 
     def close(self) -> None:
