@@ -20,6 +20,7 @@ import logging
 import mmap
 import os
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ MIN_BYTES = 1 << 16
 SLOT_ALIGN = 1 << 16
 NAME = re.compile(r"^sseg-[0-9a-f]{1,32}-[0-9a-f]{1,32}-[0-9]{1,12}$")
 MAX_MAPPINGS = 512
+SWEEP_S = 2.0
+"""How often a worker lets go of the mapped slots of workers that ended (:meth:`Mappings.sweep`)."""
 """Segments a receiver keeps mapped (least recently used dropped; views already made stay valid)."""
 
 
@@ -166,6 +169,7 @@ class Mappings:
 
     def __init__(self) -> None:
         self.maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.swept = 0.0
 
     def view(self, name: str, offset: int, nbytes: int) -> memoryview:
         """``nbytes`` bytes at ``offset`` of the named slot; MessageError when there is no such slot."""
@@ -199,6 +203,20 @@ class Mappings:
             _, dropped = self.maps.popitem(last=False)
             REGISTRY.remove(dropped.__array_interface__["data"][0])
         return whole
+
+    def sweep(self, every_s: float = SWEEP_S) -> int:
+        """Let go of the slots whose names are gone (their worker ended: a service's removed stream's
+        decoder), at most once every ``every_s``; how many. A mapping holds a file descriptor and the
+        slot's memory (Python's mmap keeps a copy of the descriptor) until it is let go; an array still
+        in use keeps its own mapping alive until it is done."""
+        now = time.monotonic()
+        if now - self.swept < every_s:
+            return 0
+        self.swept = now
+        gone = [name for name in self.maps if not exists(name)]
+        for name in gone:
+            REGISTRY.remove(self.maps.pop(name).__array_interface__["data"][0])
+        return len(gone)
 
     def close(self) -> None:
         for whole in self.maps.values():

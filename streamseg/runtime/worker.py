@@ -290,6 +290,7 @@ class Runtime:
         service's orders."""
         self.obey()
         self.measure_queues()
+        self.mappings.sweep()
         for port, sock in self.pub_out.items():
             while True:
                 try:

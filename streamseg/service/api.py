@@ -69,6 +69,9 @@ class Api:
             if exc.status < 400:
                 raise
             return _error(exc.status, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - a bug here: said, and the service goes on
+            log.exception("%s %s failed", request.method, request.path)
+            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:

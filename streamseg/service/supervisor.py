@@ -91,7 +91,9 @@ class ServiceSupervisor(Supervisor):
         """Every lasting stage and every stream, healthy or not and why."""
         now = time.monotonic()
         with self.lock:
-            stages = {name: self._stage_health(self.workers[name], now) for name in self.lasting}
+            stages = {name: self._stage_health(self.workers[name], now) if name in self.workers else
+                      {"healthy": False, "reason": "not started yet", "restarts": 0, "pid": None}
+                      for name in self.lasting}
             streams = {sid: {"healthy": s.state == "running" and not s.detail.startswith(("lost", "reconnecting")),
                              "state": s.state, "reason": s.detail} for sid, s in self.streams.items()}
         healthy = all(s["healthy"] for s in stages.values()) and all(s["healthy"] for s in streams.values())
@@ -99,7 +101,8 @@ class ServiceSupervisor(Supervisor):
 
     def ready(self) -> bool:
         with self.lock:
-            return not self.closing and all(self.workers[n].ready and self.workers[n].alive() for n in self.lasting)
+            return not self.closing and all(n in self.workers and self.workers[n].ready and self.workers[n].alive()
+                                            for n in self.lasting)
 
     def _stage_health(self, w: WorkerState, now: float) -> dict[str, Any]:
         if not w.alive():
