@@ -404,3 +404,20 @@ def test_a_run_serves_the_same_metrics_with_metrics_port(cli: CLI, tmp_path: Pat
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
+
+
+@pytest.mark.slow
+def test_the_streams_command_adds_lists_and_removes_over_the_api(serve: Any, cli: CLI, tmp_path: Path) -> None:
+    service = serve()
+    added = cli.run("streams", "--url", service.url, "add", str(tmp_path / "clip.mp4"), "--id", "door", "--loop",
+                    "--masks", str(tmp_path / "door.jsonl"))
+    assert added.returncode == 0 and json.loads(added.stdout)["state"] == "running", added.stderr
+    listed = cli.run("streams", "--url", service.url, "ls")
+    assert listed.returncode == 0 and listed.stdout.split()[:2] == ["door", "running"]
+    again = cli.run("streams", "--url", service.url, "add", str(tmp_path / "clip.mp4"), "--id", "door")
+    assert again.returncode == 2 and "409" in again.stderr and "exists already" in again.stderr
+    removed = cli.run("streams", "--url", service.url, "rm", "door")
+    assert removed.returncode == 0 and json.loads(removed.stdout)["state"] == "removed"
+    assert service.stop() == 0
+    gone = cli.run("streams", "--url", service.url, "ls")
+    assert gone.returncode == 1 and "cannot reach the service" in gone.stderr
