@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -396,8 +397,11 @@ class ServeConfig:
     """File holding the bearer token every request must carry (``Authorization: Bearer TOKEN``, or
     ``?token=`` for the pages); required when ``http`` binds beyond loopback."""
     allow_dirs: tuple[str, ...] = ()
-    """Folders that file sources (and cameras: ``/dev``) and output files may lie in; none: no
-    file source and no output file may be added over the API."""
+    """Folders that file sources and output files of streams added over the API may lie in (an
+    output must be a regular file: a new one, or one it overwrites); none: no file source and no
+    output file may be added over the API."""
+    allow_cameras: bool = False
+    """Whether streams added over the API may read cameras (``/dev/videoN``)."""
     allow_schemes: tuple[str, ...] = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt")
     """URL schemes a source added over the API may have."""
     state: str | None = None
@@ -692,6 +696,10 @@ def validate(config: Config) -> None:
          f"serve.http must be HOST:PORT, got {config.serve.http!r}"),
         (0 <= config.runtime.metrics_port < 65536, "runtime.metrics_port must be a tcp port number (0: none)"),
         (config.output.mqtt_qos in (0, 1, 2), "output.mqtt_qos must be 0, 1 or 2"),
+        (not config.output.mqtt or config.output.mqtt.startswith("mqtt://")
+         and bool(urlsplit(config.output.mqtt).hostname), "output.mqtt must be mqtt://[USER:PASSWORD@]HOST[:PORT]/PREFIX"),
+        (not config.output.redis or config.output.redis.startswith(("redis://", "rediss://")),
+         "output.redis must be redis://[:PASSWORD@]HOST[:PORT][/DB]"),
         (config.output.segment_s == 0 or config.output.segment_s >= 1, "output.segment_s must be 0 or at least 1"),
         (config.output.redis_maxlen >= 1 and config.output.broker_buffer >= 1,
          "output.redis_maxlen and output.broker_buffer must be at least 1"),

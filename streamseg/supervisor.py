@@ -27,18 +27,16 @@ Failure policy (:class:`RestartPolicy`, set by the ``runtime`` config keys):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing as mp
 import os
 import signal
-import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import zmq
 
@@ -47,7 +45,7 @@ from .health import DONE_EXIT_S, Failure, RestartPolicy, WorkerState, diagnose, 
 from .remote import SPEC, STOP, WAIT, JoinServer, RemoteStages
 from .runtime import shm
 from .runtime.metrics import mark_dead, meter
-from .runtime.process import worker_main
+from .runtime.process import callers_main_hidden, worker_main
 from .runtime.spec import (
     DRAIN_SIGNAL,
     JOB_SIGNALS,
@@ -59,6 +57,9 @@ from .security import TransportCurve
 
 log = logging.getLogger(__name__)
 
+SLOTS_KEPT_S = 20.0
+"""How long a dead worker's shared-memory slots stay (:meth:`Supervisor.remove_slots_later`); the run's end
+removes what is left."""
 SAME_SIGNAL_S = 0.5
 """SIGINTs this close together are one interruption: ``timeout -s INT`` sends it to the command and
 then to its process group, and a terminal's Ctrl-C reaches every process of the job; a person
@@ -102,6 +103,8 @@ class Supervisor:
         self.last_interrupt = -SAME_SIGNAL_S
         self.started_at = 0.0
         self.meter = meter()
+        self.doomed: list[tuple[float, str]] = []
+        """(when, prefix) of dead workers' shared-memory slots to remove (:meth:`remove_slots_later`)."""
 
     # --- signals ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -182,7 +185,7 @@ class Supervisor:
         # has left the job's process group: a Ctrl-C during start-up then reaches only us
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
         try:
-            with _callers_main_hidden():
+            with callers_main_hidden():
                 process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -193,6 +196,16 @@ class Supervisor:
             except OSError:
                 pass  # it has exited already: its exit code tells
 
+    def remove_slots_later(self, worker: WorkerState) -> None:
+        """A dead worker's shared-memory slots go in :data:`SLOTS_KEPT_S`: a message it sent just before
+        it died may still be on its way to a worker that has not mapped the slot yet."""
+        if self.shm_run:
+            self.doomed.append((time.monotonic() + SLOTS_KEPT_S, self._shm_prefix(worker) + "-"))
+
+    def remove_due_slots(self) -> None:
+        while self.doomed and self.doomed[0][0] <= time.monotonic():
+            shm.remove_all(self.doomed.pop(0)[1])
+
     def _shm_prefix(self, worker: WorkerState) -> str:
         return f"sseg-{self.shm_run}-{worker.instance[:12]}" if self.shm_run and not worker.remote else ""
 
@@ -201,6 +214,7 @@ class Supervisor:
         all_ready = False
         while True:
             self._read_events(events, 50 if stop_deadline is None else 20)
+            self.remove_due_slots()
             if self.join is not None:
                 self._serve_joins()
             failure = self._failure()
@@ -308,8 +322,7 @@ class Supervisor:
                 worker.process.kill()  # SIGKILL also ends a stopped process
             worker.process.join(5.0)
             mark_dead(worker.process.pid)
-            if self.shm_run:  # what it mapped elsewhere stays readable there; the names go
-                shm.remove_all(self._shm_prefix(worker) + "-")
+            self.remove_slots_later(worker)
         worker.past.append(worker.stats)
         worker.stats = {}
         worker.restarts.append(cause)
@@ -371,26 +384,3 @@ class Supervisor:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(2.0)
-
-
-_MAIN_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _callers_main_hidden() -> Iterator[None]:
-    """While a worker starts: ``spawn`` would run the caller's main module again in the new process
-    (a script's top level, so ``streamseg.run`` in a script without ``if __name__ == "__main__":``
-    would start a pipeline in every worker). A worker needs nothing of it: hide it from spawn."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    with _MAIN_LOCK:  # runs started at once in two threads: one hides and restores at a time
-        saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
-        try:
-            main.__spec__ = None
-            main.__dict__.pop("__file__", None)
-            yield
-        finally:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)

@@ -165,7 +165,9 @@ def test_a_replacement_decoder_goes_on_after_repaired_timestamps(corpus: Path) -
     assert [f.pts for f in after] == [f.pts for f in frames[31:]]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(after, frames[31:]))
     assert rest[-1].reason == "end" and rest[-1].frames == 50
-    assert [data for event, data in events if event == "checkpoint"][-1] == {"resumed_at": 30, "repaired": True}
+    # (and the stream's start time: the replacement's StreamStart says the first one's)
+    assert [data for event, data in events if event == "checkpoint"][-1] == {
+        "resumed_at": 30, "repaired": True, "started": checkpoints[-1]["started"]}
 
 
 def test_audio_stays_in_sync_through_an_edit_list(corpus: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ real worker processes, is driven over HTTP with a real client (urllib).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -56,7 +57,7 @@ def test_a_service_s_worker_ends_when_told_no_stream_will_come_and_an_ended_id_m
     assert admission.admit(EndOfStream("a", 1)) is not None
     assert admission.admit(EndOfStream("a", 1)) is None  # a repeat
     assert admission.open_streams([])
-    assert admission.admit(_start("a")) is not None  # the id again: a new stream, from frame 0
+    assert admission.admit(dataclasses.replace(_start("a"), started=1.0)) is not None  # the id again: a new stream
     assert admission.admit(_frame("a", 0)) is not None
     admission.closing = True
     assert admission.open_streams([])  # "a" is still open
@@ -78,11 +79,15 @@ def test_orders_reach_their_worker_only_and_the_newest_wins(tmp_path: Path) -> N
             time.sleep(0.05)
             got = one.latest()
         assert got == Orders(("ipc://a",), False)
+        publisher.set("decode-10", Orders(("ipc://ten",), False))  # "decode-1" is a prefix of its name
         publisher.set("decode-1", Orders(("ipc://a", "ipc://b"), False))
         publisher.set("decode-1", Orders(("ipc://b",), True))
-        time.sleep(0.2)
-        assert one.latest() == Orders(("ipc://b",), True)
-        assert ten.latest() is None  # "decode-1" is a prefix of its name, not its name
+        deadline = time.monotonic() + 10
+        while (ten_got := ten.latest()) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert ten_got == Orders(("ipc://ten",), False)  # it came before decode-1's last: those are here too
+        assert one.latest() == Orders(("ipc://b",), True)  # the newest of its own, not decode-10's
     finally:
         one.close()
         ten.close()
@@ -103,7 +108,10 @@ def test_orders_reach_their_worker_only_and_the_newest_wins(tmp_path: Path) -> N
     ({"source": "{dir}/missing.mp4"}, 422, "input not found"),
     ({"source": "{dir}/clip.mp4", "output": "/tmp/x.mp4"}, 403, "outside the folders this service may write"),
     ({"source": "{dir}/clip.mp4", "output": "{dir}/no/x.mp4"}, 422, "folder does not exist"),
-    ({"source": "{dir}/clip.mp4", "masks": "{dir}/used.jsonl"}, 409, "written by another stream"),
+    ({"source": "{dir}/clip.mp4", "masks": "{dir}/used.jsonl"}, 409, "in use"),
+    ({"source": "{dir}/clip.mp4", "masks": "{dir}/x", "output": "{dir}/x"}, 400, "the same file"),
+    ({"source": "{dir}/clip.mp4", "masks": "{dir}"}, 403, "not a regular file"),
+    ({"source": "{dir}/clip\u0000.mp4"}, 400, "control character"),
     ({"source": "{dir}/clip.mp4", "masks": ""}, 400, "nothing to write"),
 ])
 def test_a_request_that_breaks_a_rule_is_refused_with_what_is_wrong(tmp_path: Path, body: Any, status: int,
@@ -156,8 +164,9 @@ class Service:
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
              headers: dict[str, str] | None = None, timeout: float = 90) -> tuple[int, Any]:
         data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json"} if data is not None else {}
         request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={**self.headers, **(headers or {})})
+                                         headers={**sent, **self.headers, **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.loads(response.read())
@@ -224,8 +233,13 @@ def serve(cli: CLI, tmp_path: Path) -> Any:
         return service
 
     yield start
-    for service in started:
-        service.proc.kill()
+    for service in started:  # a test that failed half-way: stopped as a user would, so nothing is left behind
+        if service.proc.poll() is None:
+            service.proc.send_signal(signal.SIGTERM)
+            try:
+                service.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                service.proc.kill()
 
 
 @pytest.mark.slow
@@ -239,13 +253,13 @@ def test_streams_added_and_removed_while_the_model_runs(serve: Any, cli: CLI, tm
     assert status == 201 and a["state"] == "running" and a["id"] == "a"
     status, b = service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "loop": True,
                                                   "masks": str(tmp_path / "b.jsonl")})
-    assert status == 201 and b["id"] == "stream-2"
+    assert status == 201 and b["id"] == "stream-1"  # the first id made up
     service.wait_frames("a", 40)  # past the clip's end: it loops
     status, removed = service.call("DELETE", "/streams/a")
     assert status == 200 and removed["state"] == "removed"
     _assert_complete(tmp_path / "a.mp4", tmp_path / "a.jsonl")  # finished and closed when DELETE answers
-    assert [s["id"] for s in service.call("GET", "/streams")[1]] == ["stream-2"]
-    service.wait_frames("stream-2", service.frames("stream-2") + 20)  # the other stream goes on
+    assert [s["id"] for s in service.call("GET", "/streams")[1]] == ["stream-1"]
+    service.wait_frames("stream-1", service.frames("stream-1") + 20)  # the other stream goes on
     # the same id again: a new stream with new outputs
     status, again = service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "id": "a",
                                                       "output": str(tmp_path / "a2.mp4"),
@@ -279,6 +293,13 @@ def test_bad_requests_are_refused_and_change_nothing(serve: Any, tmp_path: Path)
         (service.call("POST", "/streams", {"source": "/etc/hostname"}), 403, "outside the folders"),
         (service.call("POST", "/streams", raw=b'{"source": "' + b"x" * 4096 + b'"}'), 413, "larger than"),
         (service.call("DELETE", "/streams/nope"), 404, "no stream"),
+        (service.call("POST", "/streams", body | {"id": "form"}, headers={"Content-Type": "text/plain"}), 415,
+         "application/json"),  # what a page elsewhere could send without asking
+        (service.call("GET", "/streams", headers={"Host": "attacker.example:80"}), 403, "not this machine"),
+        (service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "masks": str(tmp_path / "clip.mp4")}),
+         409, "in use"),  # over a stream's own source
+        (service.call("POST", "/streams", {"source": "/dev/video0", "masks": str(tmp_path / "v.jsonl")}), 403,
+         "cameras are not allowed"),
         (service.call("GET", "/nothing/here"), 404, "Not Found"),
     ]
     for (status, answer), want, needle in refused:
@@ -421,3 +442,13 @@ def test_the_streams_command_adds_lists_and_removes_over_the_api(serve: Any, cli
     assert service.stop() == 0
     gone = cli.run("streams", "--url", service.url, "ls")
     assert gone.returncode == 1 and "cannot reach the service" in gone.stderr
+
+
+def test_the_start_of_an_ended_stream_sent_again_is_a_repeat_and_a_new_stream_of_its_id_is_not() -> None:
+    admission = Admission(None)
+    first = dataclasses.replace(_start("a"), started=1000.0)
+    assert admission.admit(first) is not None
+    admission.admit(EndOfStream("a", 0))
+    assert admission.admit(first) is None  # sent again after a restart upstream: not a new stream
+    again = dataclasses.replace(first, started=2000.0)
+    assert admission.admit(again) is not None  # the id added again

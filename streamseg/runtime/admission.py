@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections import OrderedDict
 from typing import Any, Hashable, Iterable
 
 from ..errors import MessageError
 from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart, StreamStatus
 
 log = logging.getLogger(__name__)
+
+ENDED_KEPT = 10000
+"""Ended streams a worker whose streams come and go remembers (what a restart upstream may send again)."""
 
 
 @dataclass
@@ -30,6 +34,8 @@ class StreamState:
     last_index: int = -1
     """Index of the newest frame let through."""
     last_pts: int = 0
+    started: float = 0.0
+    """Its StreamStart's ``started``: which stream of that id it is (in a service, an id comes again)."""
 
 
 class Admission:
@@ -48,6 +54,9 @@ class Admission:
         self.expected = streams
         self.closing = False
         """With streams that come and go: no stream will come any more."""
+        self.ended: OrderedDict[str, float] = OrderedDict()
+        """With streams that come and go: id -> ``started`` of the ended streams (the newest
+        :data:`ENDED_KEPT`), so that a StreamStart of one, sent again, is known for a repeat."""
         self.parallel = parallel
         self.joined = joined
         self.streams: dict[str, StreamState] = {}
@@ -58,10 +67,13 @@ class Admission:
         """The part of ``message`` that is new for its stream; None for a repeat. MessageError when it
         does not fit (a bare Detections, a frame of a stream that is not open)."""
         if isinstance(message, StreamStart):
+            if self.expected is None and self.ended.get(message.stream_id) == message.started:
+                return None  # the start of a stream that ended here, sent again after a restart upstream
             state = self.streams.setdefault(message.stream_id, StreamState())
             if state.open or state.ended:
                 return None
-            state.open = True
+            state.open, state.started = True, message.started
+            self.ended.pop(message.stream_id, None)
             return message
         if isinstance(message, EndOfStream):
             state = self.streams.get(message.stream_id)
@@ -70,7 +82,9 @@ class Admission:
             state = self._open(message.stream_id, "end of stream")
             state.open, state.ended = False, True
             if self.expected is None:  # the id may come again, as a new stream
-                del self.streams[message.stream_id]
+                self.ended[message.stream_id] = self.streams.pop(message.stream_id).started
+                while len(self.ended) > ENDED_KEPT:
+                    self.ended.popitem(last=False)
             return message
         if isinstance(message, StreamStatus):
             self._open(message.stream_id, "StreamStatus")

@@ -35,7 +35,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "latency_seconds": ("histogram", ("stage", "stream"), "Seconds from a frame's capture until it was written "
                         "or published, per sink."),
     "batch_frames": ("histogram", (), "Frames in each batch the model ran."),
-    "queue_messages": ("gauge", ("stage", "port"), "Messages sent on a stage's output port and not yet done, or "
+    "queue_messages": ("gauge", ("worker", "port"), "Messages sent on a worker's output port and not yet done, or "
                        "waiting for room there."),
     "streams_up": ("gauge", (), "Streams running now."),
     "gpu_memory_bytes": ("gauge", ("device",), "GPU memory the model's tensors hold (CUDA only)."),

@@ -11,11 +11,13 @@ output usable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 from .spec import DRAIN_SIGNAL, JOB_SIGNALS, START_SIGNAL, WorkerSpec
 from .stage import Source
@@ -78,3 +80,26 @@ def worker_main(spec: WorkerSpec) -> None:
         except (OSError, ValueError):
             pass  # a closed pipe: nothing more can be said there, and the exit code still must be
     os._exit(code)
+
+
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def callers_main_hidden() -> Iterator[None]:
+    """While a worker starts: ``spawn`` would run the caller's main module again in the new process
+    (a script's top level, so ``streamseg.run`` in a script without ``if __name__ == "__main__":``
+    would start a pipeline in every worker). A worker needs nothing of it: hide it from spawn."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    with _MAIN_LOCK:  # runs started at once in two threads: one hides and restores at a time
+        saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
+        try:
+            main.__spec__ = None
+            main.__dict__.pop("__file__", None)
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)

@@ -37,9 +37,11 @@ MIN_BYTES = 1 << 16
 SLOT_ALIGN = 1 << 16
 NAME = re.compile(r"^sseg-[0-9a-f]{1,32}-[0-9a-f]{1,32}-[0-9]{1,12}$")
 MAX_MAPPINGS = 512
-SWEEP_S = 2.0
-"""How often a worker lets go of the mapped slots of workers that ended (:meth:`Mappings.sweep`)."""
 """Segments a receiver keeps mapped (least recently used dropped; views already made stay valid)."""
+SWEEP_S = 2.0
+"""How often a worker looks for mapped slots of workers that ended (:meth:`Mappings.sweep`)."""
+SWEEP_GRACE_S = 30.0
+"""How long a worker keeps a slot mapped after its name is gone (messages in flight may name it)."""
 
 
 def available() -> bool:
@@ -170,6 +172,8 @@ class Mappings:
     def __init__(self) -> None:
         self.maps: OrderedDict[str, np.ndarray] = OrderedDict()
         self.swept = 0.0
+        self.gone: dict[str, float] = {}
+        """Mapped slots whose names are gone, and since when (monotonic)."""
 
     def view(self, name: str, offset: int, nbytes: int) -> memoryview:
         """``nbytes`` bytes at ``offset`` of the named slot; MessageError when there is no such slot."""
@@ -204,19 +208,27 @@ class Mappings:
             REGISTRY.remove(dropped.__array_interface__["data"][0])
         return whole
 
-    def sweep(self, every_s: float = SWEEP_S) -> int:
-        """Let go of the slots whose names are gone (their worker ended: a service's removed stream's
-        decoder), at most once every ``every_s``; how many. A mapping holds a file descriptor and the
-        slot's memory (Python's mmap keeps a copy of the descriptor) until it is let go; an array still
-        in use keeps its own mapping alive until it is done."""
+    def sweep(self, every_s: float = SWEEP_S, grace_s: float = SWEEP_GRACE_S) -> int:
+        """Let go of the slots whose names have been gone for ``grace_s`` (their worker ended: a
+        service's removed stream's decoder), looking at most once every ``every_s``; how many. A
+        mapping holds a file descriptor and the slot's memory (Python's mmap keeps a copy of the
+        descriptor) until it is let go; an array still in use keeps its own mapping alive until it
+        is done. The grace: a message sent before its slot's worker died may still name it, and is
+        read from the mapping kept here (the name cannot be opened again)."""
         now = time.monotonic()
         if now - self.swept < every_s:
             return 0
         self.swept = now
-        gone = [name for name in self.maps if not exists(name)]
-        for name in gone:
-            REGISTRY.remove(self.maps.pop(name).__array_interface__["data"][0])
-        return len(gone)
+        for name in self.maps:
+            if name not in self.gone and not exists(name):
+                self.gone[name] = now
+        due = [name for name, since in self.gone.items() if now - since >= grace_s]
+        for name in due:
+            del self.gone[name]
+            whole = self.maps.pop(name, None)
+            if whole is not None:
+                REGISTRY.remove(whole.__array_interface__["data"][0])
+        return len(due)
 
     def close(self) -> None:
         for whole in self.maps.values():

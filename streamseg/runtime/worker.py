@@ -174,7 +174,7 @@ class Runtime:
         self._queues_measured = now
         for port, outbox in self.outboxes.items():
             waiting = outbox.backlog + sum(len(p.inflight) for p in outbox.peers.values())
-            self.meter.add("queue_messages", waiting, stage=self.spec.name, port=port)
+            self.meter.add("queue_messages", waiting, worker=self.spec.name, port=port)
 
     # --- events to the supervisor -------------------------------------------------------------
     def event(self, event: str, **data: Any) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from ..config import Config
 from ..models import model_info
@@ -18,18 +17,18 @@ from ..runtime import metrics, shm
 log = logging.getLogger(__name__)
 
 
-def serve(config: Config, initial: list[dict[str, Any]]) -> int:
+def serve(config: Config, initial: list[dict[str, Any]], announce: Callable[[str], None] = log.warning) -> int:
     """Run a service until SIGTERM or SIGINT: the lasting stages, the HTTP API at ``serve.http``,
     and the streams of ``serve.state`` (when that file exists) and of ``initial`` (request bodies).
-    Returns the exit code: 0 when it stopped cleanly."""
+    ``announce`` is told where it serves, once it does. Returns the exit code: 0 when it stopped cleanly."""
     from .api import Api, ApiThread, load_token
     from .plan import build_service
     from .streams import read_state
-    from .supervisor import ServiceSupervisor, requests_of
+    from .supervisor import ServiceSupervisor
 
     model_info(config.model.name)  # an unknown model fails here
     token = load_token(config)
-    saved = requests_of(read_state(config.serve.state)) if config.serve.state else []
+    saved = read_state(config.serve.state) if config.serve.state else []
     ids = {body.get("id") for body in saved}
     ipc_dir = config.transport.ipc_dir or tempfile.mkdtemp(prefix="streamseg-serve-")
     os.makedirs(ipc_dir, exist_ok=True)
@@ -42,8 +41,8 @@ def serve(config: Config, initial: list[dict[str, Any]]) -> int:
         supervisor.initial = saved + [body for body in initial if not body.get("id") or body.get("id") not in ids]
         api = ApiThread(Api(supervisor, config, token, plan.views), config.serve.http)
         api.start_serving()
-        print(f"streamseg: serving at http://{config.serve.http.rpartition(':')[0]}:{api.port}/ "
-              f"({len(supervisor.initial)} streams to start)", file=sys.stderr, flush=True)
+        announce(f"serving at http://{config.serve.http.rpartition(':')[0]}:{api.port}/ "
+                 f"({len(supervisor.initial)} streams to start)")
         try:
             supervisor.run()
         finally:
@@ -51,4 +50,7 @@ def serve(config: Config, initial: list[dict[str, Any]]) -> int:
     finally:
         if not config.transport.ipc_dir:
             shutil.rmtree(ipc_dir, ignore_errors=True)
+        elif os.environ.get(metrics.ENV):
+            shutil.rmtree(os.environ[metrics.ENV], ignore_errors=True)
+        os.environ.pop(metrics.ENV, None)
     return 0

@@ -80,6 +80,14 @@ class Api:
                 or request.query.get("token", "")
             if not hmac.compare_digest(given.encode(), self.token.encode()):
                 return _error(401, "a valid token is required (Authorization: Bearer TOKEN)")
+        elif request.url.host not in LOOPBACK:
+            # without a token the service is for this machine only: a page elsewhere that makes the
+            # browser ask it under another name (DNS rebinding) is refused
+            return _error(403, f"host {request.host!r} is not this machine's loopback (give the service a token)")
+        if request.method == "POST" and request.content_type != "application/json":
+            # a page's form or plain-text request cannot add streams: browsers send this type only
+            # after asking (CORS), which this service never allows
+            return _error(415, "the body must be sent as application/json")
         return await handler(request)
 
     async def list_streams(self, request: web.Request) -> web.Response:

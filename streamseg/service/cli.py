@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import urllib.error
 import urllib.request
 from typing import Any, Callable
@@ -34,7 +35,7 @@ def service_parsers(sub: Any, pipeline_options: Callable[[argparse.ArgumentParse
                         "said on stderr); beyond loopback it needs --token-file")
     p.add_argument("--allow-dir", dest="allow_dirs", action="append", metavar="DIR",
                    help="a folder whose files may be sources and outputs of streams added over the API "
-                        "(repeatable; /dev for cameras)")
+                        "(repeatable; cameras: --set serve.allow_cameras=true)")
     p.add_argument("--state", metavar="FILE", help="keep the stream list in FILE; started again with it, "
                                                    "the service adds them back")
     p.add_argument("--token-file", metavar="FILE", help="every request must carry the token in FILE "
@@ -73,7 +74,7 @@ def serve_command(args: argparse.Namespace, layer: dict[str, dict[str, Any]]) ->
     initial = [{"source": url, "id": sid} for sid, url in config.input.streams()]
     config = dataclasses.replace(config, input=dataclasses.replace(config.input, path=None, sources=(),
                                                                    stream_id=None, stream_ids=()))
-    return serve(config, initial)
+    return serve(config, initial, lambda line: print(f"streamseg: {line}", file=sys.stderr, flush=True))
 
 
 def streams_command(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import Config
+from ..errors import ConfigError
 from ..plan import stream_output
 from ..sources import safe_url, source_kind, stream_format
 
@@ -79,11 +80,12 @@ def _inside(path: str, folders: tuple[str, ...]) -> bool:
     return any(os.path.commonpath([real, os.path.realpath(f)]) == os.path.realpath(f) for f in folders)
 
 
-def check_request(body: Any, config: Config, taken: set[str], outputs: set[str], number: int,
+def check_request(body: Any, config: Config, taken: set[str], files: set[str], number: int,
                   trusted: bool = False) -> StreamRequest:
-    """A request's body checked against the service's rules; ``taken``: the ids in use, ``outputs``:
-    the output files in use, ``number``: for an id made up when none is given; ``trusted``: a stream
-    of the command line or the state file, which need not lie in the allowed folders."""
+    """A request's body checked against the service's rules; ``taken``: the ids in use, ``files``:
+    the files in use (every stream's source and outputs, the state and token files, as real paths),
+    ``number``: for an id made up when none is given; ``trusted``: a stream of the command line or
+    the state file, which need not lie in the allowed folders."""
     if not isinstance(body, dict):
         raise RequestError(400, "the body must be a JSON object")
     unknown = sorted(set(body) - set(FIELDS))
@@ -92,6 +94,8 @@ def check_request(body: Any, config: Config, taken: set[str], outputs: set[str],
     for name, kind in FIELDS.items():
         if name in body and body[name] is not None and not isinstance(body[name], kind):
             raise RequestError(400, f"{name} must be a {'boolean' if kind is bool else 'string'}")
+        if isinstance(body.get(name), str) and not body[name].isprintable():
+            raise RequestError(400, f"{name} holds a control character")
     source = body.get("source")
     if not source:
         raise RequestError(400, "source is required (a file path, a URL or a camera)")
@@ -107,6 +111,8 @@ def check_request(body: Any, config: Config, taken: set[str], outputs: set[str],
     masks = body.get("masks") or (stream_output(out.masks, sid, True) if out.masks else "")
     if not video and not masks and not out.publish and not out.mqtt and not out.redis:
         raise RequestError(400, "nothing to write: give output and/or masks (the service publishes nothing)")
+    if video and video == masks:
+        raise RequestError(400, "output and masks are the same file")
     for path, what in ((video, "output"), (masks, "masks")):
         if not path:
             continue
@@ -122,8 +128,10 @@ def check_request(body: Any, config: Config, taken: set[str], outputs: set[str],
                                     f"(serve --allow-dir)")
         if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise RequestError(422, f"{what} folder does not exist: {os.path.dirname(os.path.abspath(path))}")
-        if os.path.realpath(path) in outputs:
-            raise RequestError(409, f"{what} {path} is written by another stream")
+        if os.path.realpath(path) in files:
+            raise RequestError(409, f"{what} {path} is in use (another stream's, or the service's own)")
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise RequestError(403, f"{what} {path} is not a regular file")
     return StreamRequest(sid, source, body.get("loop"), video, masks)
 
 
@@ -137,6 +145,10 @@ def _check_source(source: str, config: Config, trusted: bool) -> None:
         return
     if "://" in source:
         raise RequestError(403, f"sources with URL scheme {urlsplit(source).scheme!r} are not allowed")
+    if kind == "device":
+        if not config.serve.allow_cameras and not trusted:
+            raise RequestError(403, f"{source}: cameras are not allowed (serve.allow_cameras)")
+        return
     if not trusted and not _inside(source, config.serve.allow_dirs):
         raise RequestError(403, f"{source} is outside the folders this service may read (serve --allow-dir)")
     if kind == "file" and not os.path.exists(source):
@@ -144,18 +156,18 @@ def _check_source(source: str, config: Config, trusted: bool) -> None:
 
 
 def read_state(path: str) -> list[dict[str, Any]]:
-    """The streams a state file lists (none when it does not exist yet)."""
+    """The request bodies that add the streams of a state file again (none when it does not exist yet)."""
     try:
         with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
-        raise RequestError(500, f"cannot read the state file {path}: {exc}") from None
+        raise ConfigError(f"cannot read the state file {path}: {exc}") from None
     streams = data.get("streams") if isinstance(data, dict) else None
     if not isinstance(streams, list):
-        raise RequestError(500, f"the state file {path} holds no stream list")
-    return streams
+        raise ConfigError(f"the state file {path} holds no stream list")
+    return [{k: v for k, v in s.items() if v not in ("", None)} for s in streams if isinstance(s, dict)]
 
 
 def write_state(path: str, requests: list[StreamRequest]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,15 +32,14 @@ from typing import Any, Callable
 import zmq
 
 from ..config import Config
-from ..errors import Interrupted
 from ..health import RestartPolicy, WorkerState
-from ..runtime import shm
 from ..runtime.control import Orders, Publisher
 from ..runtime.metrics import mark_dead
 from ..runtime.spec import DRAIN_SIGNAL, START_SIGNAL
+from ..sources import safe_url
 from ..supervisor import Supervisor
 from .plan import ServicePlan
-from .streams import RequestError, Stream, StreamRequest, check_request, write_state
+from .streams import RequestError, Stream, check_request, write_state
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class ServiceSupervisor(Supervisor):
     """Runs a service until it is stopped. ``requests`` takes ``(kind, argument, future)``: ``add``
     with a request body, ``remove`` with a stream id; the future gets an :data:`Answer`."""
 
-    def __init__(self, plan: ServicePlan, on_event: Callable[[dict[str, Any]], None] | None = None,
-                 shm_run: str = "") -> None:
+    def __init__(self, plan: ServicePlan, on_event: Callable[[dict[str, Any]], None] | None = None, shm_run: str = ""
+                 ) -> None:
         rt = plan.config.runtime
         super().__init__(plan.specs, plan.events, set(), rt.stop_timeout_s, rt.kill_timeout_s, rt.start_timeout_s,
                          on_event, RestartPolicy.of(rt), None, shm_run)
@@ -65,10 +65,9 @@ class ServiceSupervisor(Supervisor):
         self.requests: queue.Queue[tuple[str, Any, concurrent.futures.Future[Answer]]] = queue.Queue()
         self.adding: dict[str, tuple[concurrent.futures.Future[Answer] | None, float]] = {}
         self.removing: dict[str, list[concurrent.futures.Future[Answer]]] = {}
-        self.closing = False
+        self.closing = self.started_all = False
         self.numbers = 0
         self.control: Publisher | None = None
-        self.started_all = False
         self.initial: list[dict[str, Any]] = []
         """Request bodies of the streams the service starts with (its state file's, the command line's)."""
 
@@ -133,7 +132,7 @@ class ServiceSupervisor(Supervisor):
                     try:
                         self._add(body, None, trusted=True)
                     except RequestError as exc:
-                        log.error("cannot add stream %s: %s", body.get("id") or body.get("source"), exc)
+                        log.error("cannot add stream %s: %s", body.get("id") or safe_url(str(body.get("source"))), exc)
             self._serve(events)
         finally:
             self.control.close()
@@ -145,8 +144,9 @@ class ServiceSupervisor(Supervisor):
     def _serve(self, events: zmq.Socket) -> None:
         stop_deadline: float | None = None
         while True:
+            self._read_events(events, 20)  # each event is handled under the lock (_handle)
+            self.remove_due_slots()
             with self.lock:
-                self._read_events(events, 20)
                 self._take_requests()
                 failure = self._failure()
                 if failure is not None:
@@ -199,24 +199,39 @@ class ServiceSupervisor(Supervisor):
                     self._remove(argument, future)
             except RequestError as exc:
                 future.set_result((exc.status, {"error": str(exc)}))
+            except Exception as exc:  # noqa: BLE001 - a request must not take the service down
+                log.exception("a request to %s failed", kind)
+                if not future.done():
+                    future.set_result((500, {"error": f"internal error: {type(exc).__name__}: {exc}"}))
 
     def _add(self, body: Any, future: concurrent.futures.Future[Answer] | None, trusted: bool = False) -> None:
         if self.closing or self.stop_requested:
             raise RequestError(503, "the service is stopping")
-        if len(self.streams) >= self.config.serve.max_streams:
-            raise RequestError(429, f"the service has {len(self.streams)} streams, its most (serve.max_streams)")
-        self.numbers += 1
-        while f"stream-{self.numbers}" in self.streams:
-            self.numbers += 1
-        outputs = {p for s in self.streams.values() for p in (s.request.video, s.request.masks) if p}
-        request = check_request(body, self.config, set(self.streams), outputs, self.numbers, trusted)
+        number = self.numbers + 1
+        while f"stream-{number}" in self.streams:
+            number += 1
+        request = check_request(body, self.config, set(self.streams), self._files(), number, trusted)
+        active = sum(s.state in ("starting", "running", "stopping") for s in self.streams.values())
+        if active >= self.config.serve.max_streams:
+            raise RequestError(429, f"the service has {active} streams, its most (serve.max_streams)")
+        self.numbers = number if request.id == f"stream-{number}" else self.numbers
         spec = self.plan.decoder(request.id, request.source, request.video, request.masks, request.loop)
         stream = self.streams[request.id] = Stream(request, spec.name)
         self.workers[spec.name] = WorkerState(spec, None)
-        self._spawn(self.workers[spec.name])
+        try:
+            self._spawn(self.workers[spec.name])
+        except Exception:
+            del self.streams[request.id], self.workers[spec.name]
+            raise
         self.adding[request.id] = (future, time.monotonic() + self.config.serve.add_timeout_s)
         self._orders()
         log.info("stream %s: adding %s", request.id, stream.public()["source"])
+
+    def _files(self) -> set[str]:
+        """Real paths no new output may take: every stream's source and outputs, the state and token files."""
+        serve = self.config.serve
+        paths = [p for s in self.streams.values() for p in (s.request.source, s.request.video, s.request.masks)]
+        return {os.path.realpath(p) for p in [*paths, serve.state, serve.token_file] if p and "://" not in p}
 
     def _remove(self, sid: str, future: concurrent.futures.Future[Answer]) -> None:
         stream = self.streams.get(sid)
@@ -247,11 +262,15 @@ class ServiceSupervisor(Supervisor):
         if worker.started:
             self._signal(worker, DRAIN_SIGNAL)
             return
-        self._drop(name)
         stream = self._stream_of(name)
-        if stream is not None:
+        self._drop(name)  # the batcher ends downstream what the stream had opened
+        if stream is None:
+            return
+        if stream.state == "starting":
             del self.streams[stream.request.id]
             self._answer_add(stream.request.id, (503, {"error": "the service is stopping"}))
+        else:  # a replacement decoder that had not started yet
+            self._finish_removal(stream)
 
     def _start_ready(self, now: float) -> None:
         """Start the decoders that are ready (once every lasting stage is); time out those that are not."""
@@ -337,11 +356,14 @@ class ServiceSupervisor(Supervisor):
         if worker.process is not None:
             worker.process.join(5.0)
             mark_dead(worker.process.pid)
-        if self.shm_run:
-            shm.remove_all(self._shm_prefix(worker) + "-")
+        self.remove_slots_later(worker)  # (a decoder that finished removed its own)
         self._orders()
 
     def _handle(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self._handle_locked(event)
+
+    def _handle_locked(self, event: dict[str, Any]) -> None:
         super()._handle(event)
         del self.warnings[:-100]  # a service runs for months: the newest only
         if event.get("event") == "warning" and str(event.get("stage")) not in self.lasting:
@@ -375,11 +397,3 @@ class ServiceSupervisor(Supervisor):
             write_state(path, keep)
         except OSError as exc:
             log.error("cannot write the state file %s: %s", path, exc)
-
-
-def requests_of(saved: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The bodies that add the streams of a state file again."""
-    return [{k: v for k, v in s.items() if v not in ("", None)} for s in saved if isinstance(s, dict)]
-
-
-__all__ = ["Answer", "Interrupted", "ServiceSupervisor", "StreamRequest", "requests_of"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import urllib.parse
 from typing import Any, AsyncIterator, Callable
 
 import zmq
@@ -71,9 +72,10 @@ class LiveView:
 
     @staticmethod
     def _query(request: web.Request) -> str:
-        """The token the page was opened with, passed on to its video and updates."""
+        """The token the page was opened with, passed on to its video and updates (URL-encoded: safe
+        in an attribute and in the script's string alike)."""
         token = request.query.get("token")
-        return f"?token={html.escape(token, quote=True)}" if token else ""
+        return f"?token={urllib.parse.quote(token, safe='')}" if token else ""
 
     async def index(self, request: web.Request) -> web.Response:
         query = self._query(request)
@@ -93,6 +95,11 @@ class LiveView:
         sid = self._known(request)
         body = STREAM.format(sid=html.escape(sid), quoted=html.escape(sid, quote=True), query=self._query(request))
         return web.Response(text=PAGE.format(title=html.escape(sid), body=body), content_type="text/html")
+
+    def _gone(self, request: web.Request, sid: str) -> bool:
+        """Whether a viewer's connection should end: it went away, or its stream did."""
+        transport = request.transport
+        return transport is None or transport.is_closing() or not any(s["id"] == sid for s in self.streams())
 
     async def _frames(self, sid: str) -> AsyncIterator[tuple[bytes, bytes] | None]:
         """The stream's view messages (JPEG, detections JSON) as they come; None every ``WAIT_S`` without."""
@@ -123,6 +130,8 @@ class LiveView:
         await response.prepare(request)
         try:
             async for item in self._frames(sid):
+                if item is None and self._gone(request, sid):
+                    break
                 if item is not None:
                     jpeg = item[0]
                     await response.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
@@ -139,6 +148,8 @@ class LiveView:
         try:
             await response.write(b"retry: 2000\n\n")
             async for item in self._frames(sid):
+                if item is None and self._gone(request, sid):
+                    break
                 if item is None:
                     idle += WAIT_S
                     if idle >= KEEPALIVE_S:

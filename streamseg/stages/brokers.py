@@ -17,7 +17,6 @@ from collections import deque
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
 from ..runtime.stage import Emit, Published
 from .publish import PublishStage
 
@@ -37,7 +36,9 @@ class Sink:
     kind = ""
 
     def __init__(self, capacity: int) -> None:
-        self.buffer: deque[tuple[str, bytes]] = deque()
+        self.buffer: deque[tuple[int, str, bytes]] = deque()
+        """``(number, stream, record)``, the oldest first."""
+        self.number = 0
         self.capacity = capacity
         self.dropped = 0
         self.sent = 0
@@ -55,7 +56,8 @@ class Sink:
     def put(self, stream: str, record: bytes) -> int:
         """Queue one record; returns how many old ones were dropped to make room (0 or 1)."""
         with self.lock:
-            self.buffer.append((stream, record))
+            self.number += 1
+            self.buffer.append((self.number, stream, record))
             dropped = 0
             if len(self.buffer) > self.capacity:
                 self.buffer.popleft()
@@ -68,7 +70,8 @@ class Sink:
         delay = BACKOFF_S[0]
         while True:
             with self.lock:
-                batch = [self.buffer[i] for i in range(min(BATCH, len(self.buffer)))]
+                numbered = [self.buffer[i] for i in range(min(BATCH, len(self.buffer)))]
+            batch = [(stream, record) for _, stream, record in numbered]
             if not batch:
                 if self.closing:
                     return
@@ -85,7 +88,7 @@ class Sink:
             except Exception as exc:  # noqa: BLE001 - any client error: the broker is away, try again later
                 if self.connected:
                     log.warning("%s: lost the broker (%s); reconnecting, records wait (at most %d)", self.kind,
-                                exc, self.capacity)
+                                type(exc).__name__, self.capacity)
                 self.connected = False
                 self._disconnect()
                 if self.closing and time.monotonic() > self.deadline:
@@ -96,8 +99,9 @@ class Sink:
                     self.stopping.wait(delay)  # a wait that the end of the run cuts short
                 delay = min(delay * 2, BACKOFF_S[1])
                 continue
-            with self.lock:
-                for _ in range(min(done, len(self.buffer))):
+            with self.lock:  # what went: those of the batch still here (put() may have dropped some meanwhile)
+                last = numbered[done - 1][0] if done else 0
+                while self.buffer and self.buffer[0][0] <= last:
                     self.buffer.popleft()
                 self.sent += done
 
@@ -133,8 +137,6 @@ class MqttSink(Sink):
     def __init__(self, url: str, qos: int, capacity: int) -> None:
         super().__init__(capacity)
         parts = urlsplit(url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ConfigError(f"output.mqtt must be mqtt://HOST[:PORT]/PREFIX, got {url!r}")
         self.host, self.port = parts.hostname, parts.port or 1883
         self.prefix = parts.path.strip("/") or "streamseg"
         self.user, self.password = parts.username, parts.password
@@ -179,8 +181,6 @@ class RedisSink(Sink):
 
     def __init__(self, url: str, key: str, maxlen: int, capacity: int) -> None:
         super().__init__(capacity)
-        if urlsplit(url).scheme not in ("redis", "rediss"):
-            raise ConfigError(f"output.redis must be redis://HOST[:PORT][/DB], got {url!r}")
         self.url, self.key, self.maxlen = url, key, maxlen
         self.client: Any = None
 
