@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def call(url: str, method: str = "GET", body: dict | None = None) -> tuple[int, object]:
-    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), method=method)
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -192,7 +193,7 @@ def measure(args: argparse.Namespace, tmp: Path, clip: Path, rtsp: list, started
           f"{[s['id'] + ':' + s['state'] for s in listing]}")
     print(f"left behind: processes {left}, shared-memory slots {shm_left}")
     print(f"worker processes during the run: {min(s[3] for s in samples)} to {max(s[3] for s in samples)} "
-          f"(lasting {len(lasting)} + one decoder per stream: {len(lasting) + len(sources)}); "
+          f"(the {len(lasting) - 1} lasting stages and one decoder per stream: {len(lasting) - 1 + len(sources)}); "
           f"/dev/shm slots: {min(s[4] for s in samples)} to {max(s[4] for s in samples)}")
     print("| process | RSS after warm-up MiB | RSS at the end MiB | ratio | fds after warm-up | fds at the end |")
     print("|---|---|---|---|---|---|")

@@ -110,7 +110,8 @@ def main() -> None:
             except urllib.error.HTTPError:  # 503 while the stages start
                 time.sleep(0.2)
         body = json.dumps({"source": str(clip), "id": "cam", "masks": str(tmp / "cam.jsonl")}).encode()
-        urllib.request.urlopen(urllib.request.Request(url + "/streams", data=body, method="POST"), timeout=60)
+        urllib.request.urlopen(urllib.request.Request(url + "/streams", data=body, method="POST",
+                                                      headers={"Content-Type": "application/json"}), timeout=60)
         with urllib.request.urlopen(url + "/streams/cam/events", timeout=30) as events:
             while not (line := events.readline()).startswith(b"data: "):
                 pass

