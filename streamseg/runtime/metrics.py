@@ -50,6 +50,9 @@ def enabled() -> bool:
 class Meter:
     """A process's metrics; this one measures nothing (no :data:`ENV`)."""
 
+    active = False
+    """Whether it measures: callers skip the work of building what it would only drop."""
+
     def add(self, key: str, value: float = 1.0, **labels: str) -> None:
         """Add ``value`` to counter ``key``, observe it into histogram ``key``, or set gauge ``key``."""
 
@@ -57,6 +60,8 @@ class Meter:
 class PrometheusMeter(Meter):
     """Writes into this process's files in the :data:`ENV` folder; a metric is made when first used
     (a process shows only what it measures: no gauge at 0 for what it does not do)."""
+
+    active = True
 
     def __init__(self) -> None:
         self.metrics: dict[str, Any] = {}

@@ -151,6 +151,8 @@ class Runtime:
     # --- metrics ------------------------------------------------------------------------------------
     def measure(self, key: str, value: float = 1.0, **labels: str) -> None:
         """Add to a metric; its ``stage`` label is this stage's kind (parallel workers' add up)."""
+        if not self.meter.active:
+            return
         if "stage" in METRICS[key][1]:
             labels["stage"] = self.spec.stage
         self.meter.add(key, value, **labels)
@@ -160,6 +162,8 @@ class Runtime:
         return any(topic.startswith(t) for t in self.watching.get(port, ()))
 
     def measure_frames(self, message: Any) -> None:
+        if not self.meter.active:
+            return  # a message's hot path: nothing to look at without metrics
         if isinstance(message, (Frame, FrameResult)):
             self.measure("frames", stream=message.stream_id)
         elif isinstance(message, Batch):
@@ -169,7 +173,7 @@ class Runtime:
     def measure_queues(self) -> None:
         """What waits on each output port, at most twice a second."""
         now = time.monotonic()
-        if now - self._queues_measured < 0.5:
+        if not self.meter.active or now - self._queues_measured < 0.5:
             return
         self._queues_measured = now
         for port, outbox in self.outboxes.items():
