@@ -202,7 +202,8 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     """The worker specs of the pipeline, with their endpoints. Links are named here (``frames-0``,
     ``batches``, ``results-masks``...) and given endpoints once both their ends are known."""
     out = config.output
-    if not out.video and not out.masks and not out.publish and not brokers(config):
+    feeds = brokers(config)
+    if not out.video and not out.masks and not out.publish and not feeds:
         raise ConfigError("nothing to write: give an annotated video (-o FILE), masks (--masks FILE), "
                           "a publish endpoint (--publish) and/or a broker (output.mqtt, output.redis)")
     info = model_info(config.model.name).to_dict()
@@ -216,7 +217,7 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     # with a live stream only one batch, and the batcher holds the rest and drops what the model
     # cannot keep up with, so latency stays bounded
     batches = -(-config.transport.hwm_frames // config.batch.max_batch)
-    wanted = {"render": out.video, "masks": out.masks, "publish": out.publish, "brokers": brokers(config)}
+    wanted = {"render": out.video, "masks": out.masks, "publish": out.publish, "brokers": feeds}
     ports = [port for port in STAGES["track"].outputs if wanted[port]]
     tracked = tracked_streams(config, info["masks"])
     infer_ports = ["track"] if tracked else ports  # with tracking, the track stage feeds the writers
@@ -261,8 +262,8 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
                            publish={"publish": out.publish}, publish_hwm=out.publish_hwm,
                            publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients),
                            progress=progress_stage == "publish"))
-    if brokers(config):
-        specs.append(_spec("brokers", "brokers", config, brokers(config), common, inputs=("results-brokers",),
+    if feeds:
+        specs.append(_spec("brokers", "brokers", config, feeds, common, inputs=("results-brokers",),
                            progress=progress_stage == "brokers"))
     missing = set(config.transport.remote) - {spec.name for spec in specs}
     if missing:

@@ -12,8 +12,8 @@ worker runtime asks it, and tests drive it directly.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Hashable, Iterable
 
 from ..errors import MessageError

@@ -105,32 +105,32 @@ def mark_dead(pid: int | None) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def exposition() -> tuple[bytes, str]:
-    """Every process's metrics in Prometheus's text format, and its content type."""
-    from prometheus_client import (
-        CONTENT_TYPE_LATEST,
-        CollectorRegistry,
-        generate_latest,
-    )
+def _registry() -> Any:
+    """A registry that reads every process's files in the :data:`ENV` folder."""
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return registry
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every process's metrics in Prometheus's text format, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
 
 
 def exporter(port: int) -> Callable[[], None]:
     """Serve :func:`exposition` at ``http://127.0.0.1:PORT/metrics`` from a thread (a run's
     ``runtime.metrics_port``); returns what stops it. An address in use is a ConfigError."""
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client import start_http_server
 
     from ..errors import ConfigError
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
     try:
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=_registry())
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics at 127.0.0.1:{port}: {exc.strerror}") from None
 

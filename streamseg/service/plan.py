@@ -67,8 +67,8 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
                   max_msg_bytes=config.transport.max_msg_bytes, log_level=config.runtime.log_level,
                   nice=config.runtime.nice)
     lasting = {**common, "control": control}
-    ports = ["render", "masks"] + (["publish"] if config.output.publish else []) + \
-        (["brokers"] if brokers(config) else [])
+    feeds = brokers(config)
+    ports = ["render", "masks"] + (["publish"] if config.output.publish else []) + (["brokers"] if feeds else [])
     tracked = config.track.enabled != "false" and info["masks"]
     if config.track.enabled == "true" and not info["masks"]:
         raise ConfigError(f"track.enabled is true, but model {config.model.name} has no mask head")
@@ -109,8 +109,8 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
         specs.append(_spec("publish", "publish", config, dict(model_info=info), lasting, inputs=("results-publish",),
                            publish={"publish": out.publish}, publish_hwm=out.publish_hwm,
                            publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients)))
-    if brokers(config):
-        specs.append(_spec("brokers", "brokers", config, brokers(config), lasting, inputs=("results-brokers",)))
+    if feeds:
+        specs.append(_spec("brokers", "brokers", config, feeds, lasting, inputs=("results-brokers",)))
     specs = _resolve_links(specs, _Endpoints(config.transport, ipc_dir))
     return ServicePlan(config, ipc_dir, specs, events, control, common=common,
                        views=views if config.serve.view_fps else [])
