@@ -10,9 +10,10 @@ from typing import Any, Sequence
 
 from . import __version__
 from .clock import process_started
-from .config import LIVE_POLICIES, REMOTE_STAGES, default, presets
+from .config import LIVE_POLICIES, default, presets
 from .errors import ConfigError, InputError, Interrupted, StreamsegError
 from .service.cli import serve_command, service_parsers, streams_command
+from .worker_cli import worker_command, worker_parser
 
 
 def _add_run(sub: Any) -> None:
@@ -318,35 +319,6 @@ def _recover(args: argparse.Namespace) -> int:
     return command(args.journal, args.output, args.keep)
 
 
-def _add_worker(sub: Any) -> None:
-    p = sub.add_parser("worker", help="run a stage of a pipeline whose supervisor is on another host",
-                       description="Join a `streamseg run` that names stages in transport.remote (with "
-                                   "transport.endpoints: tcp), run one of them here, and exit when the run ends. "
-                                   "If this worker dies or its host vanishes, the run notices within "
-                                   "runtime.heartbeat_timeout_s and waits for another worker to join; what this one "
-                                   "had not finished is sent to the next.")
-    p.add_argument("join", metavar="ENDPOINT", help="the supervisor's join endpoint, e.g. tcp://gpu-host-a:5550")
-    p.add_argument("--stage", action="append", default=[], metavar="NAME",
-                   help=f"only take this stage ({', '.join(REMOTE_STAGES)}; render-N of several render "
-                        "workers); repeatable; default: any")
-    p.add_argument("--wait", type=float, default=60.0, metavar="S",
-                   help="give up when no stage is handed out within S seconds (default 60)")
-    p.add_argument("--curve-key", metavar="NAME.key_secret", help="this worker's CURVE key pair (`streamseg keys`)")
-    p.add_argument("--curve-server-key", metavar="SERVER.key", help="the supervisor host's CURVE public key")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
-
-
-def _worker(args: argparse.Namespace) -> int:
-    from .remote import serve
-    from .security import TransportCurve
-
-    if bool(args.curve_key) != bool(args.curve_server_key):
-        raise ConfigError("CURVE needs both --curve-key and --curve-server-key")
-    logging.getLogger().setLevel({0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG))
-    curve = TransportCurve(args.curve_key, server_file=args.curve_server_key) if args.curve_key else None
-    return serve(args.join, tuple(args.stage), curve, args.wait)
-
-
 def _models(args: argparse.Namespace) -> int:
     from .models import available
 
@@ -367,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_subscribe(sub)
     _add_keys(sub)
-    _add_worker(sub)
+    worker_parser(sub)
     _add_recover(sub)
     service_parsers(sub, pipeline_options)
     sub.add_parser("models", help="list the models streamseg can run")
@@ -383,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.started = started
     logging.basicConfig(level=logging.WARNING, format="streamseg: %(levelname)s %(message)s")
-    handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval,
-                "subscribe": _subscribe, "keys": _keys, "worker": _worker, "recover": _recover, "models": _models,
+    handlers = {"run": _run, "demo": _demo, "synth": _synth, "train": _train, "eval": _eval, "subscribe": _subscribe,
+                "keys": _keys, "worker": worker_command, "recover": _recover, "models": _models,
                 "serve": lambda a: serve_command(a, pipeline_layer(a)), "streams": streams_command}
     try:
         return handlers[args.command](args)

@@ -3,6 +3,7 @@
 ::
 
     other host:  streamseg worker tcp://SUPERVISOR:5550 [--stage infer] [--curve-key K --curve-server-key S]
+                 [--metrics HOST:PORT]
 
 The supervisor (``transport.remote`` names the stages that run elsewhere) binds a ROUTER at
 ``transport.join_port``; a worker's DEALER sends ``JOIN`` with the stages it will take, and gets
@@ -17,16 +18,23 @@ and its upstream sends the newcomer whatever the vanished one had not finished.
 Messages (ZeroMQ multipart, first part the kind, second a UTF-8 JSON body):
 ``JOIN {"v": 2, "stages": [...], "host": name}``, ``SPEC {spec}``, ``WAIT {"why": text}``,
 ``PING {}``, ``STOP {"why": text}``.
+
+Metrics: a stage on another host writes none into the supervisor's folder; with ``--metrics`` the
+worker serves its own at ``http://HOST:PORT/metrics`` (the same names and labels), for Prometheus
+to scrape beside the service's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +42,7 @@ from typing import Any
 import zmq
 
 from .errors import ConfigError, StreamsegError
+from .runtime import metrics
 from .runtime.process import run_spec
 from .runtime.spec import spec_from_json
 from .security import TransportCurve
@@ -119,10 +128,34 @@ class JoinServer:
 
 
 def serve(join: str, stages: tuple[str, ...] = (), curve: TransportCurve | None = None,
-          wait_s: float = 60.0) -> int:
+          wait_s: float = 60.0, metrics_at: tuple[str, int] | None = None) -> int:
     """Run one stage for the supervisor at ``join``; returns the worker's exit code.
 
-    Asks for a stage every second until one is given or ``wait_s`` passes."""
+    Asks for a stage every second until one is given or ``wait_s`` passes. ``metrics_at``: (host,
+    port) to serve this worker's metrics at."""
+    with _metrics(metrics_at):
+        return _serve(join, stages, curve, wait_s)
+
+
+@contextlib.contextmanager
+def _metrics(at: tuple[str, int] | None):
+    """This process's metrics written into a folder of its own and served at ``at`` while it runs."""
+    if at is None:
+        yield
+        return
+    folder = os.environ[metrics.ENV] = tempfile.mkdtemp(prefix="streamseg-metrics-")
+    try:
+        stop = metrics.exporter(at[1], at[0])
+        try:
+            yield
+        finally:
+            stop()
+    finally:
+        os.environ.pop(metrics.ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve(join: str, stages: tuple[str, ...], curve: TransportCurve | None, wait_s: float) -> int:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)  # join: to the supervisor's join ROUTER
     sock.setsockopt(zmq.LINGER, 0)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,14 @@ def test_a_stage_on_another_host_that_vanishes_is_noticed_in_seconds_and_a_new_w
     join = f"tcp://127.0.0.1:{port}"
     run, lines = _remote_run(cli, fault_clip, "infer", port, "--set", "runtime.heartbeat_timeout_s=2")
     first = second = None
+    metrics_port = free_port()
     try:
-        first = _worker(cli, join)
+        first = _worker(cli, join, "--metrics", f"127.0.0.1:{metrics_port}")
         wait_for(lambda: masks_lines(cli.cwd / "m.jsonl") >= 40 or run.poll() is not None, 120, "frames")
         assert run.poll() is None, lines.text()
+        # a stage on another host serves its own metrics, with the names and labels of the service's
+        inferred = _scraped(metrics_port, "streamseg_frames_total", stage="infer")
+        assert inferred >= 40 and _scraped(metrics_port, "streamseg_batch_frames_count") >= 1
         first.send_signal(signal.SIGKILL)  # the host vanishes, without a word
         wait_for(lambda: lines.first("infer: the worker on .* stopped responding") is not None, 30, "the loss noticed")
         second = _worker(cli, join)
@@ -99,6 +104,16 @@ def test_a_stage_on_another_host_that_vanishes_is_noticed_in_seconds_and_a_new_w
     assert_same_outputs(cli.cwd, undisturbed)
     assert "restarted infer 1x: the worker on" in lines.text()
     assert cli.leftovers() == []
+
+
+def _scraped(port: int, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` with ``labels`` at a worker's metrics endpoint, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
 
 
 def _keys(folder: Path, name: str) -> tuple[Path, Path]:

@@ -122,17 +122,18 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(_registry()), CONTENT_TYPE_LATEST
 
 
-def exporter(port: int) -> Callable[[], None]:
-    """Serve :func:`exposition` at ``http://127.0.0.1:PORT/metrics`` from a thread (a run's
-    ``runtime.metrics_port``); returns what stops it. An address in use is a ConfigError."""
+def exporter(port: int, host: str = "127.0.0.1") -> Callable[[], None]:
+    """Serve :func:`exposition` at ``http://HOST:PORT/metrics`` from a thread (a run's
+    ``runtime.metrics_port``, a remote worker's ``--metrics``); returns what stops it. An address
+    that cannot be bound is a ConfigError."""
     from prometheus_client import start_http_server
 
     from ..errors import ConfigError
 
     try:
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=_registry())
+        server, _ = start_http_server(port, addr=host, registry=_registry())
     except OSError as exc:
-        raise ConfigError(f"cannot serve metrics at 127.0.0.1:{port}: {exc.strerror}") from None
+        raise ConfigError(f"cannot serve metrics at {host}:{port}: {exc.strerror or exc}") from None
 
     def stop() -> None:
         server.shutdown()

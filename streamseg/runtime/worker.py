@@ -37,7 +37,7 @@ import zmq
 
 from ..errors import MessageError, OutputError, StreamsegError
 from ..stages import STAGES
-from . import codec
+from . import codec, heap
 from .admission import Admission
 from .control import Listener
 from .ledger import Ledger
@@ -272,9 +272,14 @@ class Runtime:
             return
         log.warning("%s: stream %s ended: its source failed", self.spec.name, stream)
         held = self._held()
-        self.send(self.timed(lambda: self.stage.flush(eos)))
-        self.send([(ALL_PORTS, self.stage.passes_on(eos))] if self.outboxes else [])
+        self._flush(self.stage, eos)
         self.ledger.release(held)
+
+    def _flush(self, stage: Stage, eos: EndOfStream) -> None:
+        """End a stream in the stage and pass its end on; what the stage let go of goes back to the system."""
+        self.send(self.timed(lambda: stage.flush(eos)))
+        self.send([(ALL_PORTS, stage.passes_on(eos))] if self.outboxes else [])
+        heap.trim()
 
     def _hello_state(self) -> dict[str, Any]:
         return self.admission.hello()
@@ -530,8 +535,7 @@ class Runtime:
         if message is not None:
             held = self._held()
             if isinstance(message, EndOfStream):
-                self.send(self.timed(lambda: stage.flush(message)))
-                self.send([(ALL_PORTS, stage.passes_on(message))] if self.outboxes else [])
+                self._flush(stage, message)
             else:
                 self.send(self.timed(lambda: stage.process(message)))
                 self.measure_frames(message)
