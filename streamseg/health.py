@@ -110,6 +110,19 @@ class WorkerState:
         merged["restarts"] = list(self.restarts)
         return merged
 
+    def health(self, now: float) -> dict[str, Any]:
+        """Whether it is healthy now, and the reason when not (a service's ``/healthz``)."""
+        if not self.alive():
+            reason = "not running" + (f" (last restart: {self.restarts[-1]})" if self.restarts else "")
+        elif not self.ready:
+            reason = "starting" if not self.restarts else f"restarting after: {self.restarts[-1]}"
+        elif self.last_beat is not None and now - self.last_beat > 2 * self.spec.heartbeat_s + 1.0:
+            reason = f"no heartbeat for {now - self.last_beat:.1f} s"
+        else:
+            reason = ""
+        return {"healthy": not reason, "reason": reason, "restarts": len(self.restarts),
+                "pid": self.process.pid if self.process is not None else None}
+
 
 @dataclass(frozen=True)
 class Failure:

@@ -41,7 +41,7 @@ from . import codec, heap
 from .admission import Admission
 from .control import Listener
 from .ledger import Ledger
-from .link import Inbox, Outbox, endpoint_role, message_keys
+from .link import END, Inbox, Key, Outbox, endpoint_role, message_keys
 from .messages import Batch, EndOfStream, Frame, FrameResult, StreamStart
 from .metrics import METRICS, meter
 from .reorder import Reorder
@@ -129,6 +129,8 @@ class Runtime:
         """A service's worker: where the supervisor says which inputs to read and when to end."""
         self.opened: dict[Inbox, set[str]] = {}
         """The streams each input has opened and not yet ended."""
+        self.lost: set[str] = set()
+        """Streams this worker ended because their input went away, until their end is done downstream."""
         self.meter = meter()
         self._queues_measured = 0.0
         self.watching: dict[str, set[bytes]] = {}
@@ -215,7 +217,7 @@ class Runtime:
         spec = self.spec
         for port, endpoint in spec.outputs.items():
             local = endpoint_role(endpoint, True)[0].startswith("ipc://")
-            self.outboxes[port] = Outbox(self.ctx, endpoint, port, self.ledger.sent, self.ledger.finished,
+            self.outboxes[port] = Outbox(self.ctx, endpoint, port, self.ledger.sent, self._finished,
                                          self.reject, self.secure, self.pool if local else None,
                                          functools.partial(self._acknowledged, port))
         for port, endpoint in spec.publish.items():
@@ -259,9 +261,12 @@ class Runtime:
         for inbox in [i for i in self.inboxes if i.endpoint not in orders.inputs]:
             self.inboxes.remove(inbox)
             self._pollers.clear()
-            for stream in sorted(self.opened.pop(inbox, ())):
+            ended = sorted(self.opened.pop(inbox, ()))
+            for stream in ended:
                 self._end_lost(stream)
             inbox.close(linger=0)
+            # the supervisor answers a removal once these streams' ends are done downstream
+            self.event("let_go", input=inbox.endpoint, streams=[s for s in ended if s in self.lost])
 
     def _end_lost(self, stream: str) -> None:
         """End ``stream`` here and downstream: its input went away before its end came."""
@@ -274,6 +279,16 @@ class Runtime:
         held = self._held()
         self._flush(self.stage, eos)
         self.ledger.release(held)
+        self.lost.add(stream)
+
+    def _finished(self, keys: tuple[Key, ...]) -> None:
+        """Outputs at ``keys`` are done downstream; the end of a stream ended here is reported once
+        every port has it done (each of its stages has finished that stream's outputs)."""
+        self.ledger.finished(keys)
+        for stream, position in keys:
+            if position == END and stream in self.lost and (stream, END) not in self.ledger.outstanding:
+                self.lost.discard(stream)
+                self.event("ended_downstream", stream=stream)
 
     def _flush(self, stage: Stage, eos: EndOfStream) -> None:
         """End a stream in the stage and pass its end on; what the stage let go of goes back to the system."""

@@ -1,5 +1,5 @@
-"""A service's streams: what a request to add one may say, the checks it must pass, and the state
-file that keeps the list across a restart of the service.
+"""A service's streams: what a request to add one may say, the checks it must pass, the state
+file that keeps the list across a restart of the service, and the ends still being finished.
 
 Every check here is pure (no worker is started): a request that fails one changes nothing. The
 errors carry the HTTP status they answer with (:class:`RequestError`).
@@ -8,6 +8,7 @@ errors carry the HTTP status they answer with (:class:`RequestError`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -20,6 +21,8 @@ from ..config import Config
 from ..errors import ConfigError
 from ..plan import stream_output
 from ..sources import safe_url, source_kind, stream_format
+
+log = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 FIELDS = {"source": str, "id": str, "loop": bool, "output": str, "masks": str}
@@ -188,3 +191,47 @@ def write_state(path: str, requests: list[StreamRequest]) -> None:
         except OSError:
             pass
         raise
+
+
+class Releases:
+    """Streams whose decoder was let go of while they ran (it failed for good, or was removed before
+    it started): the batcher ends downstream what the decoder had sent, and their removal is
+    answered once that is done, so that their outputs are finished when ``DELETE`` answers.
+
+    The batcher says ``let_go`` (the streams it ended at that input) and then ``ended_downstream``
+    for each, once every stage after it has finished it (:meth:`heard`).
+    """
+
+    WAIT_S = 30.0
+    """How long to wait for the batcher's word before answering anyway (:meth:`overdue`)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[Stream, float, set[str] | None]] = {}
+        """Decoder endpoint -> (its stream, until when to wait, the streams the batcher ended there and
+        not yet done downstream: None until it says)."""
+
+    def expect(self, endpoint: str, stream: Stream, now: float) -> None:
+        self.pending[endpoint] = (stream, now + self.WAIT_S, None)
+
+    def waits_for(self, stream: Stream) -> bool:
+        return any(s is stream for s, _, _ in self.pending.values())
+
+    def heard(self, event: dict[str, Any]) -> list[Stream]:
+        """The streams that are settled by the batcher's ``event``."""
+        settled = []
+        for endpoint, (stream, until, waits) in list(self.pending.items()):
+            if event["event"] == "let_go" and event.get("input") == endpoint:
+                waits = set(event.get("streams") or ())
+            elif event["event"] == "ended_downstream" and waits is not None:
+                waits.discard(str(event.get("stream")))
+            self.pending[endpoint] = (stream, until, waits)
+            if waits == set():
+                settled.append(self.pending.pop(endpoint)[0])
+        return settled
+
+    def overdue(self, now: float | None = None) -> list[Stream]:
+        """The streams waited for longer than :attr:`WAIT_S` (every one, without ``now``)."""
+        late = [self.pending.pop(e)[0] for e, (_, until, _) in list(self.pending.items()) if now is None or now > until]
+        for stream in late:
+            log.warning("stream %s: no word that its end is done downstream; its removal is answered", stream.request.id)
+        return late

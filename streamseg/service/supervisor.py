@@ -10,7 +10,8 @@ fail, the service failing when they fail for good), and besides them one decoder
   outputs, and the decoder exits when all of it is done downstream; the request is answered then;
 - **end**: a file that ends, or a live source lost for good, ends its stream the same way;
 - **failure**: a decoder that crashes is replaced as in a run; one that fails for good ends only its
-  own stream (the batcher ends it downstream when told to let go of its input);
+  own stream (the batcher ends it downstream when told to let go of its input, and says when that
+  end is done: its removal is answered then, :class:`~streamseg.service.streams.Releases`);
 - **stop** (SIGTERM, SIGINT): every stream is ended, then the lasting stages are told that no more
   will come, and each finishes and exits.
 
@@ -39,7 +40,7 @@ from ..runtime.spec import DRAIN_SIGNAL, START_SIGNAL
 from ..sources import safe_url
 from ..supervisor import Supervisor
 from .plan import ServicePlan
-from .streams import RequestError, Stream, check_request, write_state
+from .streams import Releases, RequestError, Stream, check_request, write_state
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class ServiceSupervisor(Supervisor):
         self.requests: queue.Queue[tuple[str, Any, concurrent.futures.Future[Answer]]] = queue.Queue()
         self.adding: dict[str, tuple[concurrent.futures.Future[Answer] | None, float]] = {}
         self.removing: dict[str, list[concurrent.futures.Future[Answer]]] = {}
+        self.releases = Releases()
         self.closing = self.started_all = False
         self.numbers = 0
         self.control: Publisher | None = None
@@ -90,7 +92,7 @@ class ServiceSupervisor(Supervisor):
         """Every lasting stage and every stream, healthy or not and why."""
         now = time.monotonic()
         with self.lock:
-            stages = {name: self._stage_health(self.workers[name], now) if name in self.workers else
+            stages = {name: self.workers[name].health(now) if name in self.workers else
                       {"healthy": False, "reason": "not started yet", "restarts": 0, "pid": None}
                       for name in self.lasting}
             streams = {sid: {"healthy": s.state == "running" and not s.detail.startswith(("lost", "reconnecting")),
@@ -102,18 +104,6 @@ class ServiceSupervisor(Supervisor):
         with self.lock:
             return not self.closing and all(n in self.workers and self.workers[n].ready and self.workers[n].alive()
                                             for n in self.lasting)
-
-    def _stage_health(self, w: WorkerState, now: float) -> dict[str, Any]:
-        if not w.alive():
-            reason = "not running" + (f" (last restart: {w.restarts[-1]})" if w.restarts else "")
-        elif not w.ready:
-            reason = "starting" if not w.restarts else f"restarting after: {w.restarts[-1]}"
-        elif w.last_beat is not None and now - w.last_beat > 2 * w.spec.heartbeat_s + 1.0:
-            reason = f"no heartbeat for {now - w.last_beat:.1f} s"
-        else:
-            reason = ""
-        return {"healthy": not reason, "reason": reason, "restarts": len(w.restarts),
-                "pid": w.process.pid if w.process is not None else None}
 
     def _public(self, stream: Stream) -> dict[str, Any]:
         worker = self.workers.get(stream.worker)
@@ -154,6 +144,7 @@ class ServiceSupervisor(Supervisor):
                 now = time.monotonic()
                 self._start_ready(now)
                 self._reap()
+                self._settled(self.releases.overdue(now))
                 if self.stop_requested and stop_deadline is None:
                     log.warning("stopping: every stream ends and its outputs are finished")
                     stop_deadline = now + self.stop_timeout_s
@@ -238,19 +229,12 @@ class ServiceSupervisor(Supervisor):
         if stream is None:
             raise RequestError(404, f"no stream {sid!r}")
         if stream.state in ("ended", "failed"):
-            del self.streams[sid]
-            stream.state = "removed"
-            future.set_result((200, stream.public()))
-            return
-        if stream.state == "starting":
-            self._drop(stream.worker)
-            del self.streams[sid]
-            self._answer_add(sid, (409, {"error": f"stream {sid!r} was removed before its source opened"}))
-            stream.state = "removed"
-            future.set_result((200, stream.public()))
-            self._save()
+            self.removing.setdefault(sid, []).append(future)
+            self._finish_removal(stream)  # at once, unless its outputs are still being finished
             return
         self.removing.setdefault(sid, []).append(future)
+        if stream.state == "starting":  # its decoder has not started: it goes at once (_end)
+            self._answer_add(sid, (409, {"error": f"stream {sid!r} was removed before its source opened"}))
         if stream.state != "stopping":
             stream.state = "stopping"
             self._end(stream.worker)
@@ -312,8 +296,12 @@ class ServiceSupervisor(Supervisor):
             self._save()
 
     def _finish_removal(self, stream: Stream) -> None:
+        """Answer the stream's removal, once the batcher has ended downstream what its decoder had sent."""
+        if self.releases.waits_for(stream):
+            return
         sid = stream.request.id
-        del self.streams[sid]
+        if self.streams.get(sid) is stream:
+            del self.streams[sid]
         stream.state = "removed"
         for future in self.removing.pop(sid, []):
             future.set_result((200, stream.public()))
@@ -323,6 +311,8 @@ class ServiceSupervisor(Supervisor):
         """A lasting stage's failure as in a run; a decoder's is its stream's alone."""
         if failure.stage in self.lasting:
             super()._recover(failure)
+            if failure.stage == self.plan.batch:  # a new batcher has none of the old one's streams
+                self._settled(self.releases.overdue())
             return
         worker = self.workers[failure.stage]
         stream = self._stream_of(failure.stage)
@@ -351,6 +341,8 @@ class ServiceSupervisor(Supervisor):
         if stream is not None:
             self._public(stream)  # its last figures
         worker = self.workers.pop(name)
+        if stream is not None and worker.started and not worker.done:  # the batcher ends what it had opened
+            self.releases.expect(worker.spec.outputs["frames"], stream, time.monotonic())
         if worker.process is not None and worker.process.is_alive():
             worker.process.kill()
         if worker.process is not None:
@@ -370,11 +362,18 @@ class ServiceSupervisor(Supervisor):
             stream = self._stream_of(str(event.get("stage")))
             if stream is not None:  # why its source ended early, or what its decoder repaired
                 stream.detail = str(event.get("message", ""))
+        if event.get("event") in ("let_go", "ended_downstream") and event.get("stage") == self.plan.batch:
+            self._settled(self.releases.heard(event))
         if event.get("event") == "status":
             stream = self._stream_of(str(event.get("stage")))
             if stream is not None:
                 detail = event.get("detail") or ""
                 stream.detail = str(event.get("state")) + (f": {detail}" if detail else "")
+
+    def _settled(self, streams: list[Stream]) -> None:
+        for stream in streams:
+            if stream.request.id in self.removing:
+                self._finish_removal(stream)
 
     def _stream_of(self, worker: str) -> Stream | None:
         return next((s for s in self.streams.values() if s.worker == worker), None)
