@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -242,6 +244,28 @@ def test_a_replacement_mask_writer_cuts_a_torn_line_and_skips_what_the_file_hold
         second.process(_result(i))
     second.close()
     assert [r["frame"] for r in read_jsonl(path)] == list(range(8))
+
+
+def test_a_replacement_mask_writer_appends_to_a_service_stream_s_file_only_if_that_stream_began_before_it(
+        tmp_path: Path) -> None:
+    """A service's stream names its file in its StreamStart: sent again after the mask writer's
+    restart, it continues the file; the same id added again later, with the same file, starts it over."""
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"stream": "s", "frame": i}) + "\n" for i in range(10)))
+    start = StreamStart("s", 6, 4, Fraction(30), TB, 0, "", False, masks=str(path), started=time.time() - 60)
+    replacement = MaskWriterStage("", model_info("tiny-random").to_dict())
+    replacement.restarted = True
+    replacement.setup()
+    replacement.process(start)  # the stream it took over: frames 0-9 are in its file
+    for i in range(8, 12):
+        replacement.process(_result(i))
+    replacement.flush(EndOfStream("s", 12, "end"))
+    assert [r["frame"] for r in read_jsonl(path)] == list(range(12))
+    replacement.process(dataclasses.replace(start, started=time.time() + 1))  # added again, after it began
+    for i in range(3):
+        replacement.process(_result(i))
+    replacement.close()
+    assert [r["frame"] for r in read_jsonl(path)] == [0, 1, 2]
 
 
 def test_masks_reach_the_disk_every_few_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,6 +69,9 @@ class MaskWriterStage(Stage):
         self.last_sync = time.monotonic()
         self.failed = False
         """Whether an error about these files was raised (and so said)."""
+        self.born = time.time()
+        """When this stage began (Unix time): a service's stream that started later is not one its
+        predecessor wrote, though its file may exist (an id added again with the same masks file)."""
 
     def setup(self) -> None:
         if self.segment_s:
@@ -76,8 +79,10 @@ class MaskWriterStage(Stage):
         for stream_id, path in self.paths.items():
             self._open_file(stream_id, path)
 
-    def _open_file(self, stream_id: str, path: str) -> None:
-        resume = self.restarted and os.path.exists(path)
+    def _open_file(self, stream_id: str, path: str, new: bool = False) -> None:
+        """Open ``path`` for ``stream_id``; a replacement appends to what its predecessor wrote, unless
+        the stream is ``new`` (begun after this stage)."""
+        resume = self.restarted and not new and os.path.exists(path)
         try:
             if resume:
                 self.count("frames", self._resume(path))
@@ -115,7 +120,7 @@ class MaskWriterStage(Stage):
             self.paths[message.stream_id] = message.masks
             self.service.add(message.stream_id)
             if not self.segment_s:
-                self._open_file(message.stream_id, message.masks)
+                self._open_file(message.stream_id, message.masks, new=message.started > self.born)
         if isinstance(message, StreamStart):
             self.starts[message.stream_id] = message.started
         if isinstance(message, FrameResult) and self.segment_s and message.stream_id in self.starts:
