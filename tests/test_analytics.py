@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from test_tracking import _detections
 
-from streamseg.config import AnalyticsConfig, LineConfig, TrackConfig, ZoneConfig, load_config
+from streamseg.config import (
+    AnalyticsConfig,
+    LineConfig,
+    TrackConfig,
+    ZoneConfig,
+    load_config,
+)
 from streamseg.errors import ConfigError
 from streamseg.plan import build_specs
 from streamseg.runtime.messages import Detections, MaskRegions

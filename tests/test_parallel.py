@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import (
-    FULL_BATCHES,
+    REPEATABLE,
     TEST_MODEL,
     assert_same_outputs,
     decoded,
@@ -108,7 +108,7 @@ def _stage_frames(stderr: str, stage: str) -> dict[str, int]:
 
 
 def test_three_render_workers_give_the_outputs_of_one(cli, fault_clip: Path, undisturbed: dict[str, Any]) -> None:
-    result = cli.run("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *FULL_BATCHES,
+    result = cli.run("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *REPEATABLE,
                      "--set", "render.workers=3")
     assert result.returncode == 0, result.stderr
     assert_same_outputs(cli.cwd, undisturbed)
@@ -121,7 +121,7 @@ def test_three_render_workers_give_the_outputs_of_one(cli, fault_clip: Path, und
 def test_killed_workers_among_parallel_renderers_change_nothing(cli, fault_clip: Path,
                                                                 undisturbed: dict[str, Any]) -> None:
     # one of two renderers, then the model that feeds them both (a real SIGKILL each, in one run)
-    proc = cli.start("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *FULL_BATCHES,
+    proc = cli.start("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *REPEATABLE,
                      "--set", "render.workers=2")
     try:
         for count, stage in ((40, "render-1"), (90, "infer")):

@@ -19,7 +19,7 @@ import pytest
 from conftest import (
     CLI,
     FAULT_FRAMES,
-    FULL_BATCHES,
+    REPEATABLE,
     TEST_MODEL,
     assert_same_outputs,
     decoded,
@@ -33,7 +33,7 @@ def _run_with_faults(cli, fault_clip: Path, faults: list[tuple[int, str, int]], 
                      timeout: float = 180) -> tuple[int, str, list[float]]:
     """Run the pipeline; for each ``(count, stage, sig)`` of ``faults``, send ``sig`` to ``stage``'s
     worker when the masks file has ``count`` lines. Returns (exit code, stderr, when each fault was sent)."""
-    proc = cli.start("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *FULL_BATCHES,
+    proc = cli.start("run", str(fault_clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *REPEATABLE,
                      *extra)
     sent: list[float] = []
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 from conftest import (
-    FULL_BATCHES,
+    REPEATABLE,
     TEST_MODEL,
     assert_same_outputs,
     decoded,
@@ -64,7 +64,7 @@ def _worker(cli, join: str, *args: str) -> subprocess.Popen[str]:
 
 
 def _remote_run(cli, clip: Path, stage: str, join_port: int, *extra: str) -> tuple[subprocess.Popen[str], _Lines]:
-    run = cli.start("run", str(clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *FULL_BATCHES,
+    run = cli.start("run", str(clip), "-o", "out.mp4", "--masks", "m.jsonl", *TEST_MODEL, *REPEATABLE,
                     "--set", "transport.endpoints=tcp", "--set", f"transport.remote=[{stage}]",
                     "--set", f"transport.join_port={join_port}", *extra)
     lines = _Lines(run.stderr)

@@ -13,7 +13,12 @@ from test_tracking import _detections
 
 from streamseg.config import AnalyticsConfig, LineConfig, TrackConfig, ZoneConfig
 from streamseg.models import model_info
-from streamseg.runtime.messages import EndOfStream, FrameResult, StreamStart, StreamStatus
+from streamseg.runtime.messages import (
+    EndOfStream,
+    FrameResult,
+    StreamStart,
+    StreamStatus,
+)
 from streamseg.stages.track import TrackStage
 from streamseg.tools.synth import STYLES, Scene
 
