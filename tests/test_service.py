@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -35,6 +36,7 @@ from conftest import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamseg.config import load_config
+from streamseg.runtime import metrics
 from streamseg.runtime.admission import Admission
 from streamseg.runtime.control import Listener, Orders, Publisher
 from streamseg.runtime.messages import EndOfStream, Frame, StreamStart
@@ -93,6 +95,39 @@ def test_orders_reach_their_worker_only_and_the_newest_wins(tmp_path: Path) -> N
         ten.close()
         publisher.close()
         ctx.term()
+
+
+def test_a_dead_worker_s_counters_move_into_the_archive_and_every_scrape_reads_the_same_totals(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service starts a decoder per stream for months: each one's files would stay in the folder.
+    Its counters and histograms go into one archive file per kind when it is marked dead."""
+    monkeypatch.setenv(metrics.ENV, str(tmp_path))
+    worker = ("from streamseg.runtime.metrics import meter; m = meter(); "
+              "m.add('frames', 5, stage='decode-a', stream='a'); m.add('latency_seconds', 0.3, stage='masks', "
+              "stream='a'); m.add('queue_messages', 2, worker='decode-a', port='frames')")
+    pids = []
+    for _ in range(3):  # three decoders of stream a, one after another
+        child = subprocess.run([sys.executable, "-c", worker + "; import os; print(os.getpid())"], env=os.environ,
+                               capture_output=True, text=True, check=True)
+        pids.append(int(child.stdout))
+    before = _families(metrics.exposition()[0].decode())
+    for pid in pids:
+        metrics.mark_dead(pid)
+    after = _families(metrics.exposition()[0].decode())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_archive.db", "histogram_archive.db"]
+    frames = ("streamseg_frames_total", (("stage", "decode-a"), ("stream", "a")))
+    assert before[frames] == after[frames] == 15
+    count = ("streamseg_latency_seconds_count", (("stage", "masks"), ("stream", "a")))
+    bucket = ("streamseg_latency_seconds_bucket", (("le", "0.5"), ("stage", "masks"), ("stream", "a")))
+    assert before[count] == after[count] == before[bucket] == after[bucket] == 3
+    assert any(name == "streamseg_queue_messages" for name, _ in before)  # a live gauge, gone with its process
+    assert not any(name == "streamseg_queue_messages" for name, _ in after)
+
+
+def _families(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text read with prometheus_client's own parser: (sample name, sorted labels) -> value."""
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 @pytest.mark.parametrize("body, status, needle", [
@@ -349,13 +384,10 @@ def _scrape(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     with urllib.request.urlopen(service.url + "/metrics", timeout=30) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         text = response.read().decode()
-    samples = {}
     for family in text_string_to_metric_families(text):
         assert family.name.startswith("streamseg_")
         assert family.type != "counter" or all(s.name.endswith(("_total", "_created")) for s in family.samples)
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    return _families(text)
 
 
 @pytest.mark.slow

@@ -4,8 +4,9 @@ multiprocess mode).
 The supervisor sets :data:`ENV` to a fresh folder before any worker starts; each process then writes
 its figures into files of its own there, and the one that serves ``/metrics`` reads them all
 (:func:`exposition`). When a worker exits, the supervisor marks it dead
-(:func:`mark_dead`): its gauges go, its counters stay (a counter never goes down, also across a
-worker's restart). Without :data:`ENV` nothing is measured: :class:`Meter` does nothing.
+(:func:`mark_dead`): its gauges go, its counters and histograms move into one archive file per
+kind (a counter never goes down, also across a worker's restart). Without :data:`ENV` nothing is
+measured: :class:`Meter` does nothing.
 
 Names follow Prometheus's conventions (``_total`` counters, base units) and are listed in
 :data:`METRICS`, with their labels, and in the README.
@@ -14,6 +15,7 @@ Names follow Prometheus's conventions (``_total`` counters, base units) and are 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -97,21 +99,59 @@ def meter() -> Meter:
     return PrometheusMeter() if enabled() else Meter()
 
 
-def mark_dead(pid: int | None) -> None:
-    """A worker process exited: its live gauges no longer count."""
-    if enabled() and pid is not None:
-        from prometheus_client import multiprocess
+ARCHIVED = ("counter", "histogram")
+"""The kinds whose figures outlive their process: a dead worker's are kept in the folder's
+``KIND_archive.db`` (:func:`mark_dead`)."""
 
-        multiprocess.mark_process_dead(pid)
+_moving = threading.Lock()
+"""Held while a dead worker's figures move into the archive, and while the folder is read: a
+scrape sees them in one place or the other, never twice or not at all."""
+
+
+def mark_dead(pid: int | None) -> None:
+    """A worker process exited: its live gauges no longer count, and its counters and histograms
+    join the archive, so that a service that starts decoders for months reads a folder of its
+    live processes' files and one archive per kind, not a file per process it ever had."""
+    if not enabled() or pid is None:
+        return
+    from prometheus_client import multiprocess
+    from prometheus_client.mmap_dict import MmapedDict
+
+    multiprocess.mark_process_dead(pid)
+    folder = os.environ[ENV]
+    with _moving:
+        for kind in ARCHIVED:
+            dead = os.path.join(folder, f"{kind}_{pid}.db")
+            if not os.path.exists(dead):
+                continue
+            archive = MmapedDict(os.path.join(folder, f"{kind}_archive.db"))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                    archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+            finally:
+                archive.close()
+            os.remove(dead)
+
+
+class _Folder:
+    """A collector of every process's files in the :data:`ENV` folder, read under :data:`_moving`."""
+
+    def __init__(self) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.files = MultiProcessCollector(None)
+
+    def collect(self) -> list[Any]:
+        with _moving:
+            return list(self.files.collect())
 
 
 def _registry() -> Any:
     """A registry that reads every process's files in the :data:`ENV` folder."""
     from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    registry.register(_Folder())
     return registry
 
 

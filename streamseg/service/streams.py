@@ -231,7 +231,9 @@ class Releases:
 
     def overdue(self, now: float | None = None) -> list[Stream]:
         """The streams waited for longer than :attr:`WAIT_S` (every one, without ``now``)."""
-        late = [self.pending.pop(e)[0] for e, (_, until, _) in list(self.pending.items()) if now is None or now > until]
+        late = [self.pending.pop(endpoint)[0] for endpoint, (_, until, _) in list(self.pending.items())
+                if now is None or now > until]
         for stream in late:
-            log.warning("stream %s: no word that its end is done downstream; its removal is answered", stream.request.id)
+            log.warning("stream %s: no word that its end is done downstream; its removal is answered",
+                        stream.request.id)
         return late
