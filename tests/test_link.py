@@ -273,7 +273,7 @@ def test_masks_reach_the_disk_every_few_seconds(tmp_path: Path, monkeypatch: pyt
     clock is made up: the policy, not the machine's speed, is what is tested)."""
     synced: list[tuple[float, int]] = []
     clock = [100.0]
-    monkeypatch.setattr(maskwriter, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(maskwriter, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
     monkeypatch.setattr(maskwriter.os, "fsync", lambda fd: synced.append((clock[0], len(read_jsonl(path)))))
     path = tmp_path / "m.jsonl"
     stage = _mask_writer(path)

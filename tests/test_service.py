@@ -27,6 +27,8 @@ import zmq
 from conftest import (
     CLI,
     TEST_MODEL,
+    Collector,
+    free_endpoint,
     free_port,
     make_clip,
     read_jsonl,
@@ -130,6 +132,10 @@ def _families(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
+AREAS = {"source": "{dir}/clip.mp4", "masks": "{dir}/m.jsonl"}
+"""A request that would be good but for its analytics."""
+
+
 @pytest.mark.parametrize("body, status, needle", [
     ([1], 400, "JSON object"),
     ({"source": "x", "colour": "red"}, 400, "unknown fields: colour"),
@@ -148,6 +154,15 @@ def _families(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     ({"source": "{dir}/clip.mp4", "masks": "{dir}"}, 403, "not a regular file"),
     ({"source": "{dir}/clip\u0000.mp4"}, 400, "control character"),
     ({"source": "{dir}/clip.mp4", "masks": ""}, 400, "nothing to write"),
+    ({"source": "{dir}/clip.mp4", "analytics": []}, 400, "analytics must be a JSON object"),
+    ({**AREAS, "analytics": {"zones": [{"name": "z", "points": [[0, 0], [9, 0], [0, 9], [9, 9]]}]}}, 422,
+     r"analytics.zones\[0\] \(z\): the polygon crosses itself"),
+    ({**AREAS, "analytics": {"lines": [{"name": "l", "points": [[5, 5], [5, 5]]}]}}, 422,
+     r"analytics.lines\[0\] \(l\): the line has zero length"),
+    ({**AREAS, "analytics": {"lines": [{"name": "l", "points": [[0, 0], [5, 5]], "stream": "x"}]}}, 422,
+     "name no stream"),
+    ({**AREAS, "analytics": {"zone": []}}, 422, "unknown config key 'analytics.zone'"),
+    ({**AREAS, "analytics": {"anchor": "top"}}, 422, "analytics.anchor must be bottom or center"),
 ])
 def test_a_request_that_breaks_a_rule_is_refused_with_what_is_wrong(tmp_path: Path, body: Any, status: int,
                                                                     needle: str) -> None:
@@ -379,6 +394,34 @@ def test_a_decoder_that_fails_for_good_ends_only_its_own_stream(serve: Any, cli:
     _assert_complete(tmp_path / "y.mp4", tmp_path / "y.jsonl")
 
 
+@pytest.mark.slow
+def test_a_stream_s_own_zones_and_lines_are_counted_and_published(serve: Any, tmp_path: Path) -> None:
+    endpoint = free_endpoint()
+    service = serve("--publish", endpoint)
+    clip = str(tmp_path / "clip.mp4")  # 322x242
+    far = {"zones": [{"name": "far", "points": [[0, 0], [900, 0], [900, 10]]}]}
+    status, answer = service.call("POST", "/streams", {"source": clip, "id": "far", "masks": str(tmp_path / "f.jsonl"),
+                                                       "analytics": far})
+    assert status == 422 and "analytics.zones[0] (far) reaches outside stream far's 322x242 frame" in answer["error"]
+    assert service.call("GET", "/streams")[1] == []  # said when its source opened: nothing left of it
+    analytics = {"zones": [{"name": "top", "points": [[0, 0], [322, 0], [322, 121], [0, 121]]}],
+                 "lines": [{"name": "across", "points": [[161, 0], [161, 242]]}], "counts_every_s": 0.5}
+    collector = Collector(endpoint, topic="z")
+    collector.start()
+    time.sleep(0.5)  # subscribed before the stream starts
+    status, answer = service.call("POST", "/streams", {"source": clip, "id": "z", "masks": str(tmp_path / "z.jsonl"),
+                                                       "output": str(tmp_path / "z.mp4"), "analytics": analytics})
+    assert status == 201 and answer["analytics"]["lines"] == [{"name": "across", "points": [[161.0, 0.0],
+                                                                                            [161.0, 242.0]]}]
+    collector.join(60)
+    assert not collector.is_alive(), "no end of stream"
+    counts = collector.of_type("counts")
+    assert [m["frame"] for m in counts][:2] == [0, 15] and counts[-1]["time"] is None  # every 0.5 s, and its end
+    assert set(counts[-1]["zones"]) == {"top"} and set(counts[-1]["lines"]) == {"across"}
+    assert service.stop() == 0
+    _assert_complete(tmp_path / "z.mp4", tmp_path / "z.jsonl")  # drawn with its zones and lines
+
+
 def _scrape(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """``/metrics`` read with prometheus_client's own parser: (sample name, sorted labels) -> value."""
     with urllib.request.urlopen(service.url + "/metrics", timeout=30) as response:
@@ -453,9 +496,12 @@ def test_a_run_serves_the_same_metrics_with_metrics_port(cli: CLI, tmp_path: Pat
 @pytest.mark.slow
 def test_the_streams_command_adds_lists_and_removes_over_the_api(serve: Any, cli: CLI, tmp_path: Path) -> None:
     service = serve()
+    (tmp_path / "door.yaml").write_text("zones:\n  - {name: step, points: [[0, 200], [100, 200], [100, 240]]}\n")
     added = cli.run("streams", "--url", service.url, "add", str(tmp_path / "clip.mp4"), "--id", "door", "--loop",
-                    "--masks", str(tmp_path / "door.jsonl"))
+                    "--masks", str(tmp_path / "door.jsonl"), "--analytics", str(tmp_path / "door.yaml"))
     assert added.returncode == 0 and json.loads(added.stdout)["state"] == "running", added.stderr
+    assert json.loads(added.stdout)["analytics"]["zones"] == [{"name": "step", "points": [[0, 200], [100, 200],
+                                                                                         [100, 240]]}]
     listed = cli.run("streams", "--url", service.url, "ls")
     assert listed.returncode == 0 and listed.stdout.split()[:2] == ["door", "running"]
     again = cli.run("streams", "--url", service.url, "add", str(tmp_path / "clip.mp4"), "--id", "door")

@@ -154,3 +154,39 @@ def test_a_live_source_s_tracks_survive_a_reconnection_shorter_than_max_age(away
     again = list(stage.process(dataclasses.replace(after, captured=before.captured + away_s)))[1][1]
     shared = set(first.detections.track_ids.tolist()) & set(again.detections.track_ids.tolist())
     assert bool(shared) == same and (not same or len(shared) == len(first.detections))
+
+
+def test_a_service_stream_s_own_zones_count_as_a_run_s_and_a_replacement_takes_them_back() -> None:
+    """In a service the zones and lines come with the stream (its StreamStart): it is counted as a run
+    whose config has them; a replacement takes them back from the checkpoint, before the StreamStart
+    comes again, and counts on as if nothing had happened."""
+    results = _results(408, 40)
+    run = TrackStage(TrackConfig(), ["0"], ["0"], 0.5, model_info("streamseg-small").to_dict(), PORTS,
+                     dataclasses.asdict(ZONES))  # one stream: its ids are 1, 2, 3... as a service's
+    run.setup()
+    expected = [list(run.process(r))[1][1] for r in results]
+    checkpoints: list = []
+
+    def service(previous: dict | None = None) -> TrackStage:
+        stage = TrackStage(TrackConfig(), [], None, 0.5, model_info("streamseg-small").to_dict(), PORTS)
+        stage.bind_events(lambda event, **data: checkpoints.append(json.loads(json.dumps(data))))
+        stage.restarted, stage.previous = previous is not None, previous or {}
+        stage.setup()
+        return stage
+
+    start = dataclasses.replace(_start(), analytics=json.dumps(dataclasses.asdict(ZONES)))
+    first = service()
+    first.process(start)
+    for result, want in zip(results[:25], expected):
+        for port, out in first.process(result):
+            assert out.counts == want.counts and out.report == want.report
+            first.acknowledged(port, out, True)
+    replacement = service({**checkpoints[-1], "cause": "SIGKILL"})  # after frame 19: 20 to 24 come again
+    assert list(replacement.process(start))
+    for result, want in zip(results[20:], expected[20:]):
+        out = list(replacement.process(result))[1][1]
+        assert out.counts == want.counts and out.report == want.report, result.index
+    assert sum(c.entered + c.out for c in expected[-1].counts) > 0  # something was counted
+    ended = replacement.passes_on(EndOfStream("0", 40))
+    assert ended.report == run.passes_on(EndOfStream("0", 40)).report != ""
+    assert replacement.areas == {}  # the stream's zones go with it

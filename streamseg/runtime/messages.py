@@ -63,6 +63,9 @@ class StreamStart:
     """Where this stream's masks file goes, likewise; empty: the mask writer's own paths."""
     started: float = 0.0
     """Unix time the stream started (its decoder's first start): recorded segments are named from it."""
+    analytics: str = ""
+    """This stream's own zones and lines (the ``analytics`` section's JSON form), for a stream added to
+    a service with them; empty: the run's ``analytics`` section, if any."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0 and self.height > 0, f"bad frame size {self.width}x{self.height}")

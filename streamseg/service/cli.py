@@ -53,6 +53,8 @@ def service_parsers(sub: Any, pipeline_options: Callable[[argparse.ArgumentParse
     add.add_argument("--loop", action="store_true", default=None, help="start a file again when it ends")
     add.add_argument("-o", "--output", metavar="FILE|URL", help="its annotated video")
     add.add_argument("--masks", metavar="FILE", help="its masks file (JSON Lines)")
+    add.add_argument("--analytics", metavar="FILE", type=_areas,
+                     help="its zones and lines: a YAML or JSON file of the analytics section's form")
     rm = verbs.add_parser("rm", help="remove a stream; answers once its outputs are finished")
     rm.add_argument("id")
     verbs.add_parser("ls", help="list the streams")
@@ -82,7 +84,8 @@ def streams_command(args: argparse.Namespace) -> int:
     base = args.url.rstrip("/")
     if args.verb == "add":
         body = {k: v for k, v in (("source", args.source), ("id", args.id), ("loop", args.loop),
-                                  ("output", args.output), ("masks", args.masks)) if v is not None}
+                                  ("output", args.output), ("masks", args.masks), ("analytics", args.analytics))
+                if v is not None}
         status, answer = _request("POST", f"{base}/streams", args.token_file, body)
     elif args.verb == "rm":
         status, answer = _request("DELETE", f"{base}/streams/{args.id}", args.token_file)
@@ -97,6 +100,21 @@ def streams_command(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(answer, indent=1))
     return 0
+
+
+def _areas(path: str) -> dict[str, Any]:
+    """A file of zones and lines (``zones:``, ``lines:``..., or those under ``analytics:``)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            areas = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc}") from None
+    areas = areas.get("analytics", areas) if isinstance(areas, dict) else areas
+    if not isinstance(areas, dict):
+        raise argparse.ArgumentTypeError(f"{path}: expected zones and lines (a mapping)")
+    return areas
 
 
 def _request(method: str, url: str, token_file: str | None, body: Any = None) -> tuple[int, Any]:

@@ -11,6 +11,25 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+POINT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2,
+         "description": "[x, y] in the source's pixels"}
+ANALYTICS = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "the stream's zones and lines (as the config's analytics section, without 'stream'): "
+                   "counted in published counts messages and drawn on its video; needs tracking",
+    "properties": {
+        "zones": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["name", "points"],
+            "properties": {"name": {"type": "string"}, "points": {"type": "array", "items": POINT, "minItems": 3}}}},
+        "lines": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["name", "points"],
+            "properties": {"name": {"type": "string"},
+                           "points": {"type": "array", "items": POINT, "minItems": 2, "maxItems": 2}}}},
+        "anchor": {"enum": ["bottom", "center"]},
+        "counts_every_s": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
 STREAM = {
     "type": "object",
     "properties": {
@@ -25,6 +44,7 @@ STREAM = {
         "added": {"type": "number", "description": "when it was added (Unix time)"},
         "frames": {"type": "integer", "description": "frames its decoder has sent"},
         "restarts": {"type": "integer", "description": "times its decoder was replaced after a crash"},
+        "analytics": {"oneOf": [ANALYTICS, {"type": "null"}]},
     },
     "required": ["id", "source", "state"],
 }
@@ -41,6 +61,7 @@ NEW_STREAM = {
                                                     "rtsp:// or rtmp:// URL; default: output.video with {stream}"},
         "masks": {"type": "string", "description": "masks file inside serve --allow-dir; default: output.masks "
                                                    "with {stream}"},
+        "analytics": ANALYTICS,
     },
     "required": ["source"],
 }
@@ -49,7 +70,7 @@ ERRORS = {str(code): _json(ERROR, text) for code, text in (
     (400, "malformed JSON, an unknown field, a bad value"), (401, "no valid token"),
     (403, "a path outside the allowed folders, a URL scheme not allowed"), (404, "no such stream"),
     (409, "the id or an output file is in use"), (413, "the body is too large"),
-    (422, "the source cannot be opened, a folder does not exist"), (429, "serve.max_streams reached"),
+    (422, "the source cannot be opened, a folder does not exist, a zone or line is wrong"), (429, "serve.max_streams reached"),
     (503, "the service is stopping"), (504, "the source did not open in time"))}
 
 

@@ -36,12 +36,14 @@ class ServicePlan:
     """The worker whose inputs are the decoders."""
     opened: int = 0
     """Decoders made so far (each gets an endpoint of its own)."""
+    tracked: bool = True
+    """Whether its streams are tracked (``track.enabled``, a model with masks): zones and lines count tracks."""
     views: list[str] = field(default_factory=list)
     """Where the render workers publish the live view (:func:`~streamseg.stages.render.view_topic`)."""
     common: dict = field(default_factory=dict)
 
-    def decoder(self, stream_id: str, source: str, video: str = "", masks: str = "", loop: bool | None = None
-                ) -> WorkerSpec:
+    def decoder(self, stream_id: str, source: str, video: str = "", masks: str = "", loop: bool | None = None,
+                analytics: str = "") -> WorkerSpec:
         """A decode worker for one stream, bound at an endpoint no earlier decoder used."""
         self.opened += 1
         section = self.config.input if loop is None else dataclasses.replace(self.config.input, loop=loop)
@@ -49,7 +51,8 @@ class ServicePlan:
         endpoint = f"ipc://{os.path.join(self.ipc_dir, f'frames-{self.opened}')}"
         return WorkerSpec(f"decode-{stream_id}", "decode", section,
                           dict(source=source, stream_id=stream_id, live=live,
-                               drop_when_full=self.config.batch.live_policy != "block", video=video, masks=masks),
+                               drop_when_full=self.config.batch.live_policy != "block", video=video, masks=masks,
+                               analytics=analytics),
                           **{**self.common, "streams": 1}, outputs={STAGES["decode"].outputs[0]: endpoint})
 
 
@@ -59,7 +62,8 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
         raise ConfigError("streamseg serve runs every stage on this machine (transport.endpoints: ipc, "
                           "no transport.remote)")
     if config.analytics.zones or config.analytics.lines:
-        raise ConfigError("streamseg serve does not take analytics zones and lines yet (they name a run's streams)")
+        raise ConfigError("in a service each stream's zones and lines come with it: POST /streams with "
+                          "\"analytics\": {\"zones\": [...], \"lines\": [...]}, not the config's analytics section")
     info = model_info(config.model.name).to_dict()
     events = f"ipc://{os.path.join(ipc_dir, 'events')}"
     control = f"ipc://{os.path.join(ipc_dir, 'control')}"
@@ -112,5 +116,5 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
     if feeds:
         specs.append(_spec("brokers", "brokers", config, feeds, lasting, inputs=("results-brokers",)))
     specs = _resolve_links(specs, _Endpoints(config.transport, ipc_dir))
-    return ServicePlan(config, ipc_dir, specs, events, control, common=common,
+    return ServicePlan(config, ipc_dir, specs, events, control, common=common, tracked=bool(tracked),
                        views=views if config.serve.view_fps else [])

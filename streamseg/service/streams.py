@@ -7,6 +7,7 @@ errors carry the HTTP status they answer with (:class:`RequestError`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,16 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import Config
+from ..config import Config, section_from_dict, validate
 from ..errors import ConfigError
 from ..plan import stream_output
 from ..sources import safe_url, source_kind, stream_format
+from ..tracking.analytics import check_analytics
 
 log = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-FIELDS = {"source": str, "id": str, "loop": bool, "output": str, "masks": str}
+FIELDS = {"source": str, "id": str, "loop": bool, "output": str, "masks": str, "analytics": dict}
 """What a request to add a stream may carry, and its type."""
+KINDS = {str: "string", bool: "boolean", dict: "JSON object"}
 
 
 class RequestError(Exception):
@@ -46,13 +49,26 @@ class StreamRequest:
     loop: bool | None = None
     video: str = ""
     masks: str = ""
+    analytics: str = ""
+    """Its zones and lines: the ``analytics`` section's JSON form, or ""."""
 
     def saved(self) -> dict[str, Any]:
         """Its form in the state file (and in a request that adds it again)."""
         out: dict[str, Any] = {"id": self.id, "source": self.source, "output": self.video, "masks": self.masks}
         if self.loop is not None:
             out["loop"] = self.loop
+        if self.analytics:
+            out["analytics"] = self.areas()
         return out
+
+    def areas(self) -> dict[str, Any] | None:
+        """Its zones and lines as the API shows them (the request's, with the defaults filled in)."""
+        if not self.analytics:
+            return None
+        section = json.loads(self.analytics)
+        for item in (*section["zones"], *section["lines"]):
+            del item["stream"]
+        return section
 
 
 @dataclass
@@ -75,7 +91,8 @@ class Stream:
         r = self.request
         return {"id": r.id, "source": safe_url(r.source), "kind": source_kind(r.source), "state": self.state,
                 "detail": self.detail, "loop": r.loop, "output": safe_url(r.video) or None, "masks": r.masks or None,
-                "added": round(self.added, 3), "frames": self.frames, "restarts": self.restarts}
+                "added": round(self.added, 3), "frames": self.frames, "restarts": self.restarts,
+                "analytics": r.areas()}
 
 
 def _inside(path: str, folders: tuple[str, ...]) -> bool:
@@ -84,11 +101,12 @@ def _inside(path: str, folders: tuple[str, ...]) -> bool:
 
 
 def check_request(body: Any, config: Config, taken: set[str], files: set[str], number: int,
-                  trusted: bool = False) -> StreamRequest:
+                  trusted: bool = False, tracked: bool = True) -> StreamRequest:
     """A request's body checked against the service's rules; ``taken``: the ids in use, ``files``:
     the files in use (every stream's source and outputs, the state and token files, as real paths),
     ``number``: for an id made up when none is given; ``trusted``: a stream of the command line or
-    the state file, which need not lie in the allowed folders."""
+    the state file, which need not lie in the allowed folders; ``tracked``: whether the service tracks
+    its streams (zones and lines count tracks)."""
     if not isinstance(body, dict):
         raise RequestError(400, "the body must be a JSON object")
     unknown = sorted(set(body) - set(FIELDS))
@@ -96,7 +114,7 @@ def check_request(body: Any, config: Config, taken: set[str], files: set[str], n
         raise RequestError(400, f"unknown fields: {', '.join(unknown)} (a stream takes {', '.join(FIELDS)})")
     for name, kind in FIELDS.items():
         if name in body and body[name] is not None and not isinstance(body[name], kind):
-            raise RequestError(400, f"{name} must be a {'boolean' if kind is bool else 'string'}")
+            raise RequestError(400, f"{name} must be a {KINDS[kind]}")
         if isinstance(body.get(name), str) and not body[name].isprintable():
             raise RequestError(400, f"{name} holds a control character")
     source = body.get("source")
@@ -135,7 +153,28 @@ def check_request(body: Any, config: Config, taken: set[str], files: set[str], n
             raise RequestError(409, f"{what} {path} is in use (another stream's, or the service's own)")
         if os.path.exists(path) and not os.path.isfile(path):
             raise RequestError(403, f"{what} {path} is not a regular file")
-    return StreamRequest(sid, source, body.get("loop"), video, masks)
+    return StreamRequest(sid, source, body.get("loop"), video, masks, _areas(body.get("analytics"), config, source,
+                                                                          tracked))
+
+
+def _areas(value: dict[str, Any] | None, config: Config, source: str, tracked: bool) -> str:
+    """A stream's own zones and lines, checked as the config's ``analytics`` section is (anchor and
+    counts_every_s default to the service's), in their JSON form; "" for none. Whether they lie
+    inside the frame is checked when the source opens (its decoder knows the size)."""
+    if not value:
+        return ""
+    if not tracked or source_kind(source) == "images":
+        raise RequestError(422, "analytics count tracks, and this stream would not be tracked (track.enabled, "
+                                "a model without masks, or an image folder)")
+    try:
+        section = section_from_dict("analytics", {**dataclasses.asdict(config.analytics), **value})
+        if any(item.stream for item in (*section.zones, *section.lines)):
+            raise ConfigError("analytics: a stream's own zones and lines name no stream (they are its own)")
+        check_analytics(section, [])
+        validate(dataclasses.replace(config, analytics=section))
+    except ConfigError as exc:
+        raise RequestError(422, str(exc)) from None
+    return json.dumps(dataclasses.asdict(section), separators=(",", ":"))
 
 
 def _check_source(source: str, config: Config, trusted: bool) -> None:

@@ -201,12 +201,14 @@ class ServiceSupervisor(Supervisor):
         number = self.numbers + 1
         while f"stream-{number}" in self.streams:
             number += 1
-        request = check_request(body, self.config, set(self.streams), self._files(), number, trusted)
+        request = check_request(body, self.config, set(self.streams), self._files(), number, trusted,
+                                self.plan.tracked)
         active = sum(s.state in ("starting", "running", "stopping") for s in self.streams.values())
         if active >= self.config.serve.max_streams:
             raise RequestError(429, f"the service has {active} streams, its most (serve.max_streams)")
         self.numbers = number if request.id == f"stream-{number}" else self.numbers
-        spec = self.plan.decoder(request.id, request.source, request.video, request.masks, request.loop)
+        spec = self.plan.decoder(request.id, request.source, request.video, request.masks, request.loop,
+                                 request.analytics)
         stream = self.streams[request.id] = Stream(request, spec.name)
         self.workers[spec.name] = WorkerState(spec, None)
         try:

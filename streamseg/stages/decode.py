@@ -24,18 +24,17 @@ from typing import Any, Generator, Iterator
 
 from ..config import InputConfig
 from ..errors import InputError
-from ..runtime.messages import EndOfStream, Frame, StreamStart, StreamStatus
+from ..runtime.messages import EndOfStream, Frame, StreamStart
 from ..runtime.stage import ALL_PORTS, Emit, Source
 from ..sources import describe_input, safe_url, source_kind
+from ..tracking.analytics import check_frame
 from .readers import ImageSequence, VideoReader, shown_size, upright_rgb
+from .reconnect import Reconnecting
 from .timing import CaptureClock, Pacer, Timeline
 
 log = logging.getLogger(__name__)
 
-WAIT_STEP_S = 0.1
-"""A backoff wait checks for a stop request this often."""
-
-class DecodeStage(Source):
+class DecodeStage(Reconnecting, Source):
     """Reads one source; emits StreamStart, every frame (and StreamStatus changes), then EndOfStream.
 
     A file that breaks off early ends with ``EndOfStream(reason="truncated")`` after every frame
@@ -43,13 +42,14 @@ class DecodeStage(Source):
     """
 
     def __init__(self, config: InputConfig, source: str, stream_id: str, live: bool = False,
-                 drop_when_full: bool = False, video: str = "", masks: str = "") -> None:
+                 drop_when_full: bool = False, **outputs: str) -> None:
         """``config``: the ``input`` section; ``source``: this stream's URL or path (one of the
         section's sources); ``live``: whether it is read as live; ``drop_when_full``: a live frame the
-        batcher has no room for is dropped (every ``batch.live_policy`` but ``block``); ``video`` and
-        ``masks``: the stream's own outputs, for a stream added to a service (its StreamStart says them)."""
+        batcher has no room for is dropped (every ``batch.live_policy`` but ``block``); ``outputs``: a
+        service's stream's own ``video``, ``masks`` and ``analytics`` (its zones and lines, checked
+        against its frame size when it opens), which its StreamStart carries."""
         super().__init__()
-        self.outputs = {"video": video, "masks": masks}
+        self.outputs = {key: outputs.get(key, "") for key in ("video", "masks", "analytics")}
         self.config = config
         self.path = source
         self.shown = safe_url(source)
@@ -106,6 +106,9 @@ class DecodeStage(Source):
             log.info("stream %s: %s is a recording: read as a file", self.stream_id, self.shown)
         elif self.live and (source_kind(self.path) == "file" or self.reader.recorded()):
             self.pacer = Pacer()  # read as live on purpose: as fast as a live source sends, not as the disk
+        if self.outputs["analytics"]:  # a zone must lie inside the frame: said before the stream starts
+            start = self.reader.stream_start(self.stream_id, self.live)
+            check_frame(self.outputs["analytics"], self.stream_id, start.width, start.height)
 
     def _open(self) -> None:
         waited = self._waited if self.live else None  # a live source's reads wait for it to send
@@ -338,58 +341,6 @@ class DecodeStage(Source):
         if self.images is None:
             self._close_container()
             self._open()
-
-    def _reconnect(self, why: str) -> Generator[Emit | None, None, bool]:
-        """Reopen a lost live source with exponential backoff; False when it gave up or was stopped."""
-        self._close_container()
-        lost_at = time.monotonic()
-        self.count("lost")
-        log.warning("stream %s: source %s lost: %s", self.stream_id, self.shown, why)
-        yield self._status("lost", why, 0)
-        delay = self.config.reconnect_initial_s
-        attempt = 0
-        while self.config.reconnect_attempts <= 0 or attempt < self.config.reconnect_attempts:
-            attempt += 1
-            limit = f" of {self.config.reconnect_attempts}" if self.config.reconnect_attempts > 0 else ""
-            log.warning("stream %s: reconnecting in %.1f s (attempt %d%s)", self.stream_id, delay, attempt, limit)
-            if (yield from self._wait(delay)):
-                return False
-            yield self._status("reconnecting", why, attempt)
-            try:
-                self._open()
-            except InputError as exc:
-                why = str(exc)
-                delay = min(delay * 2, self.config.reconnect_max_s)
-                continue
-            self.count("reconnects")
-            self.measure("reconnects", stream=self.stream_id)
-            self.clock.new_session()
-            self._continue_after(time.monotonic() - lost_at)
-            log.warning("stream %s: reconnected to %s after %.1f s", self.stream_id, self.shown,
-                        time.monotonic() - lost_at)
-            yield self._status("reconnected", "", attempt)
-            return True
-        log.error("stream %s: gave up on %s after %d attempts: %s", self.stream_id, self.shown, attempt, why)
-        self.count("gave_up")
-        yield self._status("gave_up", why, attempt)
-        return False
-
-    def _wait(self, seconds: float) -> Generator[None, None, bool]:
-        """Sleep, yielding to the runtime (signals) every step; True when a stop was requested."""
-        end = time.monotonic() + seconds
-        while not self.stop_requested and time.monotonic() < end:
-            step = min(WAIT_STEP_S, max(0.0, end - time.monotonic()))
-            time.sleep(step)
-            self._waited(step)
-            yield None
-        return self.stop_requested
-
-    def _waited(self, seconds: float) -> None:
-        self.waited_s += seconds
-
-    def _status(self, state: str, detail: str, attempt: int) -> Emit:
-        self.notify("status", stream_id=self.stream_id, state=state, detail=detail, attempt=attempt)
-        return ALL_PORTS, StreamStatus(self.stream_id, state, detail, attempt, time.time())
 
     def _close_container(self) -> None:
         if self.reader is not None:

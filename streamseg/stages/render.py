@@ -221,6 +221,8 @@ class RenderStage(Stage):
         self.silent: set[str] = set()
         self.info = ModelInfo.from_dict(model_info)
         self.analytics = section_from_dict("analytics", analytics) if analytics else None
+        self.areas: dict[str, AnalyticsConfig] = {}
+        """A service's streams' own zones and lines (from their StreamStart)."""
         self.trails: dict[str, dict[int, tuple[int, deque[tuple[float, float]]]]] = {}
         """Stream -> track id -> (the frame it was last seen in, its box's last centres)."""
 
@@ -230,6 +232,8 @@ class RenderStage(Stage):
                 self.silent.add(message.stream_id)  # a service's stream without a video: nothing to draw
             else:
                 self.silent.discard(message.stream_id)
+            if message.analytics:
+                self.areas[message.stream_id] = section_from_dict("analytics", json.loads(message.analytics))
             if self.spread > 1:
                 self.routes[message.stream_id] = f"frames-{zlib.crc32(message.stream_id.encode()) % self.spread}"
             return [(ALL_PORTS, message)]
@@ -243,8 +247,9 @@ class RenderStage(Stage):
             self.allocate(message.image.shape, np.uint8)
         image = draw(message.image, message.detections, self.info, self.config, out=out,
                      trails=self._trails(message))
-        if self.analytics is not None and message.detections.track_ids is not None:  # a tracked stream's
-            draw_areas(image, self.analytics, sid, message.counts)
+        areas = self.areas.get(sid, self.analytics)
+        if areas is not None and message.detections.track_ids is not None:  # a tracked stream's
+            draw_areas(image, areas, sid, message.counts)
         emits: list[Emit] = [("view", self._view(message, image))] if view else []
         if sid not in self.silent:
             self.count("frames")
@@ -294,6 +299,7 @@ class RenderStage(Stage):
     def flush(self, eos: EndOfStream) -> Iterable[Emit]:
         self.trails.pop(eos.stream_id, None)
         self.viewed.pop(eos.stream_id, None)
+        self.areas.pop(eos.stream_id, None)
         return ()
 
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..config import TrackConfig, section_from_dict
+from ..config import AnalyticsConfig, TrackConfig, section_from_dict
 from ..formats.records import frame_record
 from ..models.registry import ModelInfo
 from ..runtime.messages import (
@@ -70,6 +70,8 @@ class _Stream:
     tracker: StreamTracker
     analytics: StreamAnalytics | None
     size: tuple[int, int]
+    section: AnalyticsConfig | None = None
+    """The zones and lines it is counted in (a service's stream's own, or the run's)."""
     """Its frames' width and height."""
     live: bool = False
     loop: int = 0
@@ -88,6 +90,7 @@ class _Stream:
     def state(self) -> dict[str, Any]:
         return {"tracker": self.tracker.state(), "size": list(self.size), "live": self.live, "loop": self.loop,
                 "analytics": None if self.analytics is None else self.analytics.state(),
+                "areas": None if self.section is None else dataclasses.asdict(self.section),
                 "next_report": None if self.next_report == -np.inf else self.next_report,
                 "sent": {str(k): v.state() for k, v in self.sent.items()}, "report": self.report,
                 "ended": None if self.ended is None else [dataclasses.asdict(e) for e in self.ended]}
@@ -124,6 +127,8 @@ class TrackStage(Stage):
         self.info = ModelInfo.from_dict(model_info)
         self.ports = tuple(ports)
         self.analytics = section_from_dict("analytics", analytics) if analytics else None
+        self.areas: dict[str, AnalyticsConfig] = {}
+        """A service's streams' own zones and lines (from their StreamStart)."""
         self.given_paths = dict(given or {})
         self.given: dict[str, Any] = {}
         self.live: dict[str, bool] = {}
@@ -150,6 +155,8 @@ class TrackStage(Stage):
                     del self.streams[message.stream_id]
                 if source_kind(message.source) != "images":
                     self.tracked.add(message.stream_id)
+                if message.analytics:
+                    self.areas[message.stream_id] = section_from_dict("analytics", json.loads(message.analytics))
             return [(ALL_PORTS, message)]
         if isinstance(message, StreamStatus):
             return [(ALL_PORTS, message)]
@@ -175,7 +182,8 @@ class TrackStage(Stage):
             sent.counts = self._count(stream, detections, ids, events, time_s)
             if time_s >= stream.next_report:
                 sent.report = json.dumps(stream.analytics.report(drain=True), separators=(",", ":"))
-                stream.next_report = time_s + self.analytics.counts_every_s
+                assert stream.section is not None
+                stream.next_report = time_s + stream.section.counts_every_s
         self.count("frames")
         self.count("tracks", sum(e.kind == "start" for e in events))
         self.count("tracks_ended", sum(e.kind == "end" for e in events))
@@ -189,11 +197,14 @@ class TrackStage(Stage):
         """The stream's state, made at its first frame (of ``size``), or from its checkpoint."""
         stream = self.streams.get(sid)
         if stream is None:
-            areas = StreamAnalytics(self.analytics, sid, *size) if self.analytics else None
+            if saved is not None and saved.get("areas"):
+                self.areas[sid] = section_from_dict("analytics", saved["areas"])
+            section = self.areas.get(sid, self.analytics)
+            areas = StreamAnalytics(section, sid, *size) if section else None
             ordinal, streams = (self.ordinals[sid], len(self.ordinals)) if sid in self.ordinals else (0, 1)
             stream = self.streams[sid] = _Stream(StreamTracker(self.config, ordinal, streams),
                                                  areas if areas and (areas.zones or areas.lines) else None,
-                                                 size, self.live.get(sid, False))
+                                                 size, section, self.live.get(sid, False))
             if saved is not None:
                 stream.restore(saved, self.ports)
         return stream
@@ -259,6 +270,7 @@ class TrackStage(Stage):
             del self.streams[sid]
             self.tracked.discard(sid)
             self.live.pop(sid, None)
+            self.areas.pop(sid, None)
         return dataclasses.replace(eos, events=stream.ended, report=stream.report)
 
     def report(self) -> dict[str, Any]:

@@ -18,12 +18,13 @@ tracker's, so that a replaced tracker worker goes on with the same counts.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
 import numpy as np
 
-from ..config import AnalyticsConfig, LineConfig, ZoneConfig
+from ..config import AnalyticsConfig, LineConfig, ZoneConfig, section_from_dict
 from ..errors import ConfigError
 from ..runtime.messages import AreaCount, Detections
 
@@ -102,6 +103,12 @@ def check_analytics(config: AnalyticsConfig, streams: list[str]) -> None:
             if any(other.name == item.name and (other.stream == item.stream or "" in (other.stream, item.stream))
                    for other in items[:i]):
                 raise ConfigError(f"{key}: the name {item.name!r} is used twice for one stream")
+
+
+def check_frame(analytics: str, stream: str, width: int, height: int) -> None:
+    """A ConfigError naming the zone of a stream's own zones and lines (``analytics``, the section's
+    JSON form) that reaches outside its ``width`` x ``height`` frame."""
+    StreamAnalytics(section_from_dict("analytics", json.loads(analytics)), stream, width, height)
 
 
 def anchors(detections: Detections, anchor: str) -> np.ndarray:
