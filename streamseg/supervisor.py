@@ -321,7 +321,7 @@ class Supervisor:
             if worker.process.is_alive():
                 worker.process.kill()  # SIGKILL also ends a stopped process
             worker.process.join(5.0)
-            mark_dead(worker.process.pid)
+            mark_dead(worker.process)
             self.remove_slots_later(worker)
         worker.past.append(worker.stats)
         worker.stats = {}

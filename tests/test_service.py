@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -113,8 +114,10 @@ def test_a_dead_worker_s_counters_move_into_the_archive_and_every_scrape_reads_t
                                capture_output=True, text=True, check=True)
         pids.append(int(child.stdout))
     before = _families(metrics.exposition()[0].decode())
+    metrics.mark_dead(SimpleNamespace(pid=pids[0], exitcode=None))  # not seen to exit: its files stay
+    assert len(list(tmp_path.glob(f"*_{pids[0]}.db"))) == 3
     for pid in pids:
-        metrics.mark_dead(pid)
+        metrics.mark_dead(SimpleNamespace(pid=pid, exitcode=0))
     after = _families(metrics.exposition()[0].decode())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_archive.db", "histogram_archive.db"]
     frames = ("streamseg_frames_total", (("stage", "decode-a"), ("stream", "a")))
@@ -385,8 +388,11 @@ def test_a_decoder_that_fails_for_good_ends_only_its_own_stream(serve: Any, cli:
     x = service.wait_state("x", "failed")
     assert "died" in x["detail"]
     assert service.call("GET", "/healthz")[0] == 503  # x is not healthy, and says why
-    # removed at once: DELETE answers when the batcher's end of it is done downstream, its outputs finished
+    # removed at once: DELETE answers when the batcher says its end of it is done downstream (not after
+    # Releases.WAIT_S without a word), its outputs finished
+    asked = time.monotonic()
     assert service.call("DELETE", "/streams/x")[0] == 200
+    assert time.monotonic() - asked < 10 and "no word that its end is done downstream" not in service.log
     _assert_complete(tmp_path / "x.mp4", tmp_path / "x.jsonl")
     assert service.call("GET", "/healthz")[0] == 200
     service.wait_frames("y", service.frames("y") + 20)

@@ -190,3 +190,17 @@ def test_a_service_stream_s_own_zones_count_as_a_run_s_and_a_replacement_takes_t
     ended = replacement.passes_on(EndOfStream("0", 40))
     assert ended.report == run.passes_on(EndOfStream("0", 40)).report != ""
     assert replacement.areas == {}  # the stream's zones go with it
+
+
+def test_a_service_stream_added_again_under_its_id_has_only_its_own_zones() -> None:
+    """Its first coming ended before any frame reached the tracker (removed at once): the zones it had
+    do not stay for the next stream of that id, which has none (nor a frame size they must fit)."""
+    stage = TrackStage(TrackConfig(), [], None, 0.5, model_info("streamseg-small").to_dict(), PORTS)
+    stage.setup()
+    stage.process(dataclasses.replace(_start(), analytics=json.dumps(dataclasses.asdict(ZONES))))
+    assert stage.passes_on(EndOfStream("0", 0)).frames == 0
+    assert stage.areas == {}
+    stage.process(_start())
+    small = _results(408, 1, width=100, height=80)[0]  # the zones would reach outside this frame
+    out = list(stage.process(small))[1][1]
+    assert out.counts == () and stage.streams["0"].analytics is None

@@ -14,9 +14,12 @@ Names follow Prometheus's conventions (``_total`` counters, base units) and are 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -108,15 +111,17 @@ _moving = threading.Lock()
 scrape sees them in one place or the other, never twice or not at all."""
 
 
-def mark_dead(pid: int | None) -> None:
-    """A worker process exited: its live gauges no longer count, and its counters and histograms
+def mark_dead(process: Any) -> None:
+    """A worker ``process`` exited: its live gauges no longer count, and its counters and histograms
     join the archive, so that a service that starts decoders for months reads a folder of its
-    live processes' files and one archive per kind, not a file per process it ever had."""
-    if not enabled() or pid is None:
+    live processes' files and one archive per kind, not a file per process it ever had. (One
+    still running, or a failure to move its figures, leaves its files where they are.)"""
+    if not enabled() or process.pid is None or process.exitcode is None:
         return
     from prometheus_client import multiprocess
     from prometheus_client.mmap_dict import MmapedDict
 
+    pid = process.pid
     multiprocess.mark_process_dead(pid)
     folder = os.environ[ENV]
     with _moving:
@@ -124,13 +129,19 @@ def mark_dead(pid: int | None) -> None:
             dead = os.path.join(folder, f"{kind}_{pid}.db")
             if not os.path.exists(dead):
                 continue
-            archive = MmapedDict(os.path.join(folder, f"{kind}_archive.db"))
             try:
-                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
-                    archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
-            finally:
-                archive.close()
-            os.remove(dead)
+                archive = MmapedDict(os.path.join(folder, f"{kind}_archive.db"))
+                try:
+                    moved = list(MmapedDict.read_all_values_from_file(dead))
+                    for key, *_ in moved:  # room for every key first: a failure here adds nothing
+                        archive.read_value(key)
+                    for key, value, timestamp, _ in moved:
+                        archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+                finally:
+                    archive.close()
+                os.remove(dead)
+            except (OSError, ValueError) as exc:  # (a full disk): its file stays, and is read as before
+                log.warning("cannot move the metrics of process %d into the archive: %s", pid, exc)
 
 
 class _Folder:

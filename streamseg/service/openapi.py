@@ -61,7 +61,7 @@ NEW_STREAM = {
                                                     "rtsp:// or rtmp:// URL; default: output.video with {stream}"},
         "masks": {"type": "string", "description": "masks file inside serve --allow-dir; default: output.masks "
                                                    "with {stream}"},
-        "analytics": ANALYTICS,
+        "analytics": {"oneOf": [ANALYTICS, {"type": "null"}]},
     },
     "required": ["source"],
 }

@@ -343,32 +343,29 @@ class ServiceSupervisor(Supervisor):
         if stream is not None:
             self._public(stream)  # its last figures
         worker = self.workers.pop(name)
-        if stream is not None and worker.started and not worker.done:  # the batcher ends what it had opened
+        if stream is not None and stream.state != "starting" and not worker.done:  # the batcher ends what it had
             self.releases.expect(worker.spec.outputs["frames"], stream, time.monotonic())
         if worker.process is not None and worker.process.is_alive():
             worker.process.kill()
         if worker.process is not None:
             worker.process.join(5.0)
-            mark_dead(worker.process.pid)
+            mark_dead(worker.process)
         self.remove_slots_later(worker)  # (a decoder that finished removed its own)
         self._orders()
 
     def _handle(self, event: dict[str, Any]) -> None:
         with self.lock:
-            self._handle_locked(event)
-
-    def _handle_locked(self, event: dict[str, Any]) -> None:
-        super()._handle(event)
-        del self.warnings[:-100]  # a service runs for months: the newest only
-        if event.get("event") == "warning" and str(event.get("stage")) not in self.lasting:
-            stream = self._stream_of(str(event.get("stage")))
-            if stream is not None:  # why its source ended early, or what its decoder repaired
+            super()._handle(event)
+            del self.warnings[:-100]  # a service runs for months: the newest only
+            kind, worker = event.get("event"), self.workers.get(str(event.get("stage")))
+            if worker is None or event.get("instance") != worker.instance:
+                return  # a late word from a process that was replaced, or let go of
+            stream = self._stream_of(worker.spec.name)
+            if kind == "warning" and stream is not None:  # why its source ended early, or what it repaired
                 stream.detail = str(event.get("message", ""))
-        if event.get("event") in ("let_go", "ended_downstream") and event.get("stage") == self.plan.batch:
-            self._settled(self.releases.heard(event))
-        if event.get("event") == "status":
-            stream = self._stream_of(str(event.get("stage")))
-            if stream is not None:
+            if kind in ("let_go", "ended_downstream") and worker.spec.name == self.plan.batch:
+                self._settled(self.releases.heard(event))
+            if kind == "status" and stream is not None:
                 detail = event.get("detail") or ""
                 stream.detail = str(event.get("state")) + (f": {detail}" if detail else "")
 

@@ -49,7 +49,9 @@ class DecodeStage(Reconnecting, Source):
         service's stream's own ``video``, ``masks`` and ``analytics`` (its zones and lines, checked
         against its frame size when it opens), which its StreamStart carries."""
         super().__init__()
-        self.outputs = {key: outputs.get(key, "") for key in ("video", "masks", "analytics")}
+        self.outputs = {key: outputs.pop(key, "") for key in ("video", "masks", "analytics")}
+        if outputs:
+            raise TypeError(f"DecodeStage got unexpected parameters {sorted(outputs)}")
         self.config = config
         self.path = source
         self.shown = safe_url(source)

@@ -234,6 +234,8 @@ class RenderStage(Stage):
                 self.silent.discard(message.stream_id)
             if message.analytics:
                 self.areas[message.stream_id] = section_from_dict("analytics", json.loads(message.analytics))
+            else:
+                self.areas.pop(message.stream_id, None)
             if self.spread > 1:
                 self.routes[message.stream_id] = f"frames-{zlib.crc32(message.stream_id.encode()) % self.spread}"
             return [(ALL_PORTS, message)]

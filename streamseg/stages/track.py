@@ -70,9 +70,9 @@ class _Stream:
     tracker: StreamTracker
     analytics: StreamAnalytics | None
     size: tuple[int, int]
+    """Its frames' width and height."""
     section: AnalyticsConfig | None = None
     """The zones and lines it is counted in (a service's stream's own, or the run's)."""
-    """Its frames' width and height."""
     live: bool = False
     loop: int = 0
     """:attr:`FrameResult.loop` of its last frame."""
@@ -155,8 +155,10 @@ class TrackStage(Stage):
                     del self.streams[message.stream_id]
                 if source_kind(message.source) != "images":
                     self.tracked.add(message.stream_id)
-                if message.analytics:
+                if message.analytics:  # its own zones and lines: a stream added again under its id has its own
                     self.areas[message.stream_id] = section_from_dict("analytics", json.loads(message.analytics))
+                else:
+                    self.areas.pop(message.stream_id, None)
             return [(ALL_PORTS, message)]
         if isinstance(message, StreamStatus):
             return [(ALL_PORTS, message)]
@@ -255,6 +257,10 @@ class TrackStage(Stage):
     def passes_on(self, eos: EndOfStream) -> EndOfStream:
         sid = eos.stream_id
         stream = self.streams.get(sid)
+        if self.service:  # what the service knew of it goes with its end (its id may come again)
+            self.tracked.discard(sid)
+            self.live.pop(sid, None)
+            self.areas.pop(sid, None)
         if stream is None:  # not tracked, or no frame of it came
             return eos
         if stream.ended is None:
@@ -268,9 +274,6 @@ class TrackStage(Stage):
             self.given.pop(sid).close()
         if self.service:
             del self.streams[sid]
-            self.tracked.discard(sid)
-            self.live.pop(sid, None)
-            self.areas.pop(sid, None)
         return dataclasses.replace(eos, events=stream.ended, report=stream.report)
 
     def report(self) -> dict[str, Any]:
