@@ -25,9 +25,10 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     result = run_suite(Path(args.clips), args.frames, args.model, args.weights,
-                       progress=lambda line: print(line, file=sys.stderr, flush=True))
+                       progress=lambda line: print(line, file=sys.stderr, flush=True), model__input=args.input)
     wall = time.monotonic() - started
-    print(f"# accuracy suite, {args.model}{' ' + args.weights if args.weights else ''}, {len(SCENES)} held-out "
+    print(f"# accuracy suite, {args.model}{' ' + args.weights if args.weights else ''}"
+          f"{', model.input ' + args.input if args.input else ''}, {len(SCENES)} held-out "
           f"scenes x {args.frames} frames, {machine()}, {wall:.0f} s")
     print("| scene | mask AP | mask AP50 | mask AP75 | box AP | keypoint AP | mask AP small | mask AP medium |")
     print("|---|---|---|---|---|---|---|---|")

@@ -64,6 +64,8 @@ def suite_parser(doc: str) -> Any:
     parser.add_argument("--weights", default="", help="a weights file for the model (default: its own)")
     parser.add_argument("--frames", type=int, default=100, help="frames a scene")
     parser.add_argument("--clips", default=str(Path(tempfile.gettempdir()) / "streamseg-suite"))
+    parser.add_argument("--input", default="", metavar="WxH",
+                        help="model.input: the largest frame the model sees at its own size (default: its own)")
     return parser
 
 

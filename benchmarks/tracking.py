@@ -228,7 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     folder, started = Path(args.clips), time.monotonic()
     suite = run_suite(folder, args.frames, args.model, args.weights,
-                      progress=lambda line: print(line, file=sys.stderr),
+                      progress=lambda line: print(line, file=sys.stderr), model__input=args.input,
                       track__detections_file=str(folder / "{stream}.given.jsonl"),
                       analytics__zones=lambda scenes: suite_areas(scenes)["zones"],
                       analytics__lines=lambda scenes: suite_areas(scenes)["lines"])
@@ -243,7 +243,8 @@ def main() -> None:
             _row("ByteTrack, first ids back-filled (not online)",
                  [(bytetrack_records(g, FPS, high, backfill=True), gt) for g, gt in zip(given, gts)], names)]
     wall = time.monotonic() - started
-    print(f"# tracking, {args.model}{' ' + args.weights if args.weights else ''}, {len(SCENES)} held-out scenes x "
+    print(f"# tracking, {args.model}{' ' + args.weights if args.weights else ''}"
+          f"{', model.input ' + args.input if args.input else ''}, {len(SCENES)} held-out scenes x "
           f"{args.frames} frames, {machine()}, {wall:.0f} s")
     _print("Through the pipeline (the same detections on every row, pooled over the scenes):", rows)
     whole = [not hidden_whole(gt) for gt in gts]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,11 @@ class ModelConfig:
     channels_last: bool = True
     """Lay the images and the model's weights out channels-last, which oneDNN and cuDNN convolve fastest
     (the same outputs); false: torch's default layout."""
+    input: str = ""
+    """The largest frame the model sees at its own size, ``WxH`` (e.g. ``640x360``): a larger frame is
+    scaled down to fit, a smaller one is not enlarged (torchvision's COCO models enlarge it to the
+    short side). Empty: the model's own (the weights' record; streamseg-small: ``320x240``). A larger
+    input finds more of the small objects in large frames, and costs time in proportion to pixels."""
 
     def worker_threads(self, cores: int) -> int:
         """The torch threads of an inference worker on ``cores`` cores: ``torch_threads``, 0 resolved."""
@@ -655,6 +661,8 @@ def validate(config: Config) -> None:
         (config.batch.live_queue >= 1, "batch.live_queue must be at least 1"),
         (config.batch.live_max_wait_ms > 0, "batch.live_max_wait_ms must be positive"),
         (config.model.max_fps >= 0, "model.max_fps must be >= 0 (0: no limit)"),
+        (not config.model.input or bool(re.fullmatch(r"[1-9][0-9]{1,4}x[1-9][0-9]{1,4}", config.model.input)),
+         f"model.input must be WxH (e.g. 640x360) or empty, got {config.model.input!r}"),
         (config.model.detections_per_img >= 0, "model.detections_per_img must be >= 0 (0: the model's own limit)"),
         (config.batch.max_batch >= 1, "batch.max_batch must be at least 1"),
         (config.batch.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0"),

@@ -53,6 +53,9 @@ class Predictor:
         self.config = config
         self.device = torch.device(resolve_device(config.device))
         self.model, self.info = load_model(config.name, config.weights, config.seed)
+        if config.input:  # the largest frame it sees at its own size, in place of its own
+            width, height = (int(side) for side in config.input.split("x"))
+            self.model.transform.min_size, self.model.transform.max_size = (min(width, height),), max(width, height)
         self.model.roi_heads.score_thresh = config.score_thresh
         if config.detections_per_img:
             self.model.roi_heads.detections_per_img = config.detections_per_img

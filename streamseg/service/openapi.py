@@ -70,7 +70,8 @@ ERRORS = {str(code): _json(ERROR, text) for code, text in (
     (400, "malformed JSON, an unknown field, a bad value"), (401, "no valid token"),
     (403, "a path outside the allowed folders, a URL scheme not allowed"), (404, "no such stream"),
     (409, "the id or an output file is in use"), (413, "the body is too large"),
-    (422, "the source cannot be opened, a folder does not exist, a zone or line is wrong"), (429, "serve.max_streams reached"),
+    (422, "the source cannot be opened, a folder does not exist, a zone or line is wrong"),
+    (429, "serve.max_streams reached"),
     (503, "the service is stopping"), (504, "the source did not open in time"))}
 
 
