@@ -62,6 +62,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     ("track.checkpoint_frames=0", "track.checkpoint_frames"),
     ("track.low_score=2", "track.low_score"),
     ("render.trail_frames=-1", "render.trail_frames"),
+    ("model.input=640", "model.input must be WxH"),
 ])
 def test_bad_values(override: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):

@@ -34,3 +34,17 @@ def test_the_predictor_gives_torchvisions_detections() -> None:
         full = mine.masks.full()
         for a, b in zip(full, masks):  # a probability at 0.5 within rounding may flip a border pixel
             assert (a != b).sum() <= max(2, b.sum() // 500)
+
+
+def test_model_input_is_the_largest_frame_the_model_sees_at_its_own_size() -> None:
+    """``model.input``: a 640x360 frame goes in whole (the shipped model's own input halves it), a
+    1280x720 one halved, and a 320x240 one is never enlarged."""
+    own = Predictor(ModelConfig(name="streamseg-small"))
+    larger = Predictor(ModelConfig(name="streamseg-small", input="640x360"))
+
+    def seen(predictor: Predictor, width: int, height: int) -> tuple[int, int]:
+        images, _ = predictor.model.transform([torch.zeros(3, height, width)])
+        return tuple(images.image_sizes[0])[::-1]
+
+    assert seen(own, 640, 360) == (320, 180) and seen(larger, 640, 360) == (640, 360)
+    assert seen(larger, 1280, 720) == (640, 360) and seen(larger, 320, 240) == (320, 240)
