@@ -164,6 +164,41 @@ class Plan:
     """Where workers on other hosts join and report, when ``transport.remote`` names stages."""
 
 
+def model_specs(config: Config, info: dict[str, Any], common: dict[str, Any], ports: list[str], images: bool,
+                hwm_frames: int, track: dict[str, Any] | None) -> list[WorkerSpec]:
+    """The inference worker, and the track stage after it when ``track`` gives its streams (its other
+    parameters): the writers' ``ports`` are fed by the track stage then, else by inference; ``images``:
+    the frames' pictures go on (to be drawn). The model's input holds ``hwm_frames`` batches."""
+    infer_ports = ["track"] if track is not None else ports
+    # the model runs at normal priority, and its idle OpenMP threads sleep instead of spinning, so
+    # that the cores it leaves free go to the other stages
+    specs = [_spec("infer", "infer", config,
+                   dict(ports=infer_ports, image_ports=["track" if track is not None else "render"] if images else [],
+                        keep_from=config.track.low_score if track is not None else None),
+                   common, inputs=("batches",), outputs={p: f"results-{p}" for p in infer_ports},
+                   hwm_frames=hwm_frames, nice=0, env={"OMP_WAIT_POLICY": "PASSIVE"})]
+    if track is not None:
+        specs.append(_spec("track", "track", config, dict(high_score=config.model.score_thresh, model_info=info,
+                                                          ports=ports, **track),
+                           common, inputs=("results-track",), outputs={p: f"results-{p}" for p in ports}))
+    return specs
+
+
+def publisher_specs(config: Config, info: dict[str, Any], common: dict[str, Any], feeds: dict[str, Any],
+                    progress_stage: str = "") -> list[WorkerSpec]:
+    """The ZeroMQ publisher and the broker stage (``feeds``: :func:`brokers`), those the outputs ask for."""
+    out, specs = config.output, []
+    if out.publish:
+        specs.append(_spec("publish", "publish", config, dict(model_info=info), common, inputs=("results-publish",),
+                           publish={"publish": out.publish}, publish_hwm=out.publish_hwm,
+                           publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients),
+                           progress=progress_stage == "publish"))
+    if feeds:
+        specs.append(_spec("brokers", "brokers", config, feeds, common, inputs=("results-brokers",),
+                           progress=progress_stage == "brokers"))
+    return specs
+
+
 def worker_names(stage: str, count: int) -> list[str]:
     """Names of a stage's parallel workers: the stage's own name for one, ``stage-I`` for several."""
     return [stage] if count == 1 else [f"{stage}-{i}" for i in range(count)]
@@ -220,7 +255,6 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
     wanted = {"render": out.video, "masks": out.masks, "publish": out.publish, "brokers": feeds}
     ports = [port for port in STAGES["track"].outputs if wanted[port]]
     tracked = tracked_streams(config, info["masks"])
-    infer_ports = ["track"] if tracked else ports  # with tracking, the track stage feeds the writers
     check_analytics(config.analytics, [sid for sid, _ in streams])
     if _areas(config) and not tracked:
         raise ConfigError("analytics zones and lines count tracks: this run tracks no stream (track.enabled, "
@@ -236,35 +270,18 @@ def build_specs(config: Config, ipc_dir: str) -> Plan:
         _spec("batch", "batch", config, {}, common,
               inputs=tuple(d.outputs[STAGES["decode"].outputs[0]] for d in decoders),
               outputs={STAGES["batch"].outputs[0]: "batches"}),
-        # the model runs at normal priority, and its idle OpenMP threads sleep instead of spinning, so
-        # that the cores it leaves free go to the other stages
-        _spec("infer", "infer", config, dict(ports=infer_ports,
-                                             image_ports=["track" if tracked else "render"] if out.video else [],
-                                             keep_from=config.track.low_score if tracked else None),
-              common, inputs=("batches",), outputs={p: f"results-{p}" for p in infer_ports},
-              hwm_frames=1 if any(live) else batches, nice=0, env={"OMP_WAIT_POLICY": "PASSIVE"}),
     ]
-    if tracked:
-        given = stream_outputs(config, config.track.detections_file)
-        specs.append(_spec("track", "track", config, dict(streams=[sid for sid, _ in streams], tracked=tracked,
-                                                          high_score=config.model.score_thresh, model_info=info,
-                                                          ports=ports, **({"given": given} if given else {}),
-                                                          **_areas(config)),
-                           common, inputs=("results-track",), outputs={p: f"results-{p}" for p in ports}))
+    given = stream_outputs(config, config.track.detections_file)
+    specs += model_specs(config, info, common, ports, bool(out.video), 1 if any(live) else batches,
+                         dict(streams=[sid for sid, _ in streams], tracked=tracked,
+                              **({"given": given} if given else {}), **_areas(config)) if tracked else None)
     if out.video:
         specs += _video_specs(config, info, common, progress_stage == "encode")
     if out.masks:
         specs.append(_spec("masks", "masks", config, dict(path="", paths=stream_outputs(config, out.masks),
                                                           model_info=info, **_segments(config)),
                            common, inputs=("results-masks",), progress=progress_stage == "masks"))
-    if out.publish:
-        specs.append(_spec("publish", "publish", config, dict(model_info=info), common, inputs=("results-publish",),
-                           publish={"publish": out.publish}, publish_hwm=out.publish_hwm,
-                           publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients),
-                           progress=progress_stage == "publish"))
-    if feeds:
-        specs.append(_spec("brokers", "brokers", config, feeds, common, inputs=("results-brokers",),
-                           progress=progress_stage == "brokers"))
+    specs += publisher_specs(config, info, common, feeds, progress_stage)
     missing = set(config.transport.remote) - {spec.name for spec in specs}
     if missing:
         raise ConfigError(f"transport.remote names {', '.join(sorted(missing))}, which this run does not have")

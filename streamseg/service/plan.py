@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..config import Config
 from ..errors import ConfigError
 from ..models import model_info
-from ..plan import _areas, _Endpoints, _resolve_links, _segments, _spec, brokers, worker_names
+from ..plan import _Endpoints, _resolve_links, _segments, _spec, brokers, model_specs, publisher_specs, worker_names
 from ..runtime.spec import WorkerSpec
 from ..sources import is_live
 from ..stages import STAGES
@@ -76,19 +76,10 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
     tracked = config.track.enabled != "false" and info["masks"]
     if config.track.enabled == "true" and not info["masks"]:
         raise ConfigError(f"track.enabled is true, but model {config.model.name} has no mask head")
-    infer_ports = ["track"] if tracked else ports
-    specs = [
-        _spec("batch", "batch", config, {}, lasting, outputs={STAGES["batch"].outputs[0]: "batches"}),
-        # a service is live: one batch waits at the model, the batcher holds the rest (see build_specs)
-        _spec("infer", "infer", config, dict(ports=infer_ports, image_ports=["track" if tracked else "render"],
-                                             keep_from=config.track.low_score if tracked else None),
-              lasting, inputs=("batches",), outputs={p: f"results-{p}" for p in infer_ports},
-              hwm_frames=1, nice=0, env={"OMP_WAIT_POLICY": "PASSIVE"}),
-    ]
-    if tracked:
-        specs.append(_spec("track", "track", config, dict(streams=[], tracked=None, model_info=info, ports=ports,
-                                                          high_score=config.model.score_thresh, **_areas(config)),
-                           lasting, inputs=("results-track",), outputs={p: f"results-{p}" for p in ports}))
+    specs = [_spec("batch", "batch", config, {}, lasting, outputs={STAGES["batch"].outputs[0]: "batches"})]
+    # a service is live: one batch waits at the model, the batcher holds the rest (see build_specs); its
+    # track stage learns each stream from its StreamStart
+    specs += model_specs(config, info, lasting, ports, True, 1, dict(streams=[], tracked=None) if tracked else None)
     encoders = worker_names("encode", config.encode.workers)
     port = STAGES["render"].outputs[0]
     render_ports = [port] if len(encoders) == 1 else [f"{port}-{j}" for j in range(len(encoders))]
@@ -106,15 +97,7 @@ def build_service(config: Config, ipc_dir: str) -> ServicePlan:
               for j, name in enumerate(encoders)]
     specs.append(_spec("masks", "masks", config, dict(path="", model_info=info, **_segments(config)), lasting,
                        inputs=("results-masks",)))
-    if config.output.publish:
-        from ..security import server_from_config
-
-        out = config.output
-        specs.append(_spec("publish", "publish", config, dict(model_info=info), lasting, inputs=("results-publish",),
-                           publish={"publish": out.publish}, publish_hwm=out.publish_hwm,
-                           publish_curve=server_from_config(out.publish_curve_secret, out.publish_curve_clients)))
-    if feeds:
-        specs.append(_spec("brokers", "brokers", config, feeds, lasting, inputs=("results-brokers",)))
+    specs += publisher_specs(config, info, lasting, feeds)
     specs = _resolve_links(specs, _Endpoints(config.transport, ipc_dir))
     return ServicePlan(config, ipc_dir, specs, events, control, common=common, tracked=bool(tracked),
                        views=views if config.serve.view_fps else [])
