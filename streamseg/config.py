@@ -156,10 +156,11 @@ class ModelConfig:
     """Lay the images and the model's weights out channels-last, which oneDNN and cuDNN convolve fastest
     (the same outputs); false: torch's default layout."""
     input: str = ""
-    """The largest frame the model sees at its own size, ``WxH`` (e.g. ``640x360``): a larger frame is
-    scaled down to fit, a smaller one is not enlarged (torchvision's COCO models enlarge it to the
-    short side). Empty: the model's own (the weights' record; streamseg-small: ``320x240``). A larger
-    input finds more of the small objects in large frames, and costs time in proportion to pixels."""
+    """The largest frame the model sees at its own size, ``WxH`` (long side by short side, e.g.
+    ``640x360``): a larger frame is scaled down to fit, a smaller one is not enlarged (torchvision's
+    COCO models enlarge it to the short side). Empty: the model's own (the weights' record;
+    streamseg-small: ``320x240``). A larger input finds more of the small objects in large frames
+    and costs time (2.3 times for 4 times the pixels, benchmarks/RESULTS.md)."""
 
     def worker_threads(self, cores: int) -> int:
         """The torch threads of an inference worker on ``cores`` cores: ``torch_threads``, 0 resolved."""

@@ -428,6 +428,24 @@ def test_a_stream_s_own_zones_and_lines_are_counted_and_published(serve: Any, tm
     _assert_complete(tmp_path / "z.mp4", tmp_path / "z.jsonl")  # drawn with its zones and lines
 
 
+@pytest.mark.slow
+def test_a_stream_removed_while_its_source_opens_is_gone_at_once(serve: Any, tmp_path: Path) -> None:
+    service = serve()
+    answers: list[tuple[int, Any]] = []
+    body = {"source": str(tmp_path / "clip.mp4"), "id": "soon", "masks": str(tmp_path / "soon.jsonl")}
+    adding = threading.Thread(target=lambda: answers.append(service.call("POST", "/streams", body)))
+    adding.start()
+    while service.call("GET", "/streams")[1] == []:
+        time.sleep(0.01)
+    asked = time.monotonic()
+    assert service.call("DELETE", "/streams/soon")[0] == 200  # while its decoder is still starting
+    adding.join(30)
+    assert time.monotonic() - asked < 5 and "no word that its end is done downstream" not in service.log
+    assert answers[0][0] == 409 and "removed before its source opened" in answers[0][1]["error"]
+    assert service.call("GET", "/streams")[1] == []
+    assert service.stop() == 0
+
+
 def _scrape(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """``/metrics`` read with prometheus_client's own parser: (sample name, sorted labels) -> value."""
     with urllib.request.urlopen(service.url + "/metrics", timeout=30) as response:

@@ -343,7 +343,8 @@ class ServiceSupervisor(Supervisor):
         if stream is not None:
             self._public(stream)  # its last figures
         worker = self.workers.pop(name)
-        if stream is not None and stream.state != "starting" and not worker.done:  # the batcher ends what it had
+        if stream is not None and (worker.started or worker.restarts) and not worker.done:
+            # a process of this decoder ran (only one that started is replaced): the batcher ends its stream
             self.releases.expect(worker.spec.outputs["frames"], stream, time.monotonic())
         if worker.process is not None and worker.process.is_alive():
             worker.process.kill()
