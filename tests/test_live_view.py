@@ -56,17 +56,23 @@ def test_the_page_of_a_stream_plays_its_video_and_lists_its_detections(cli: CLI,
     service = Service(cli, "--allow-dir", str(tmp_path), "--model", "streamseg-small")
     try:
         service.wait_ready()
+        areas = {"zones": [{"name": "all", "points": [[0, 0], [320, 0], [320, 240], [0, 240]]}],
+                 "lines": [{"name": "middle", "points": [[160, 0], [160, 240]]}]}
         assert service.call("POST", "/streams", {"source": str(tmp_path / "scene.mp4"), "id": "cam", "loop": True,
-                                                 "masks": str(tmp_path / "cam.jsonl")})[0] == 201
+                                                 "masks": str(tmp_path / "cam.jsonl"), "analytics": areas})[0] == 201
         browser.get(service.url + "/")
         browser.find_element(By.LINK_TEXT, "cam").click()  # from the list of streams to the stream's page
         deadline = time.monotonic() + 60
         listed = ("return [document.getElementById('frame').textContent, [...document.querySelectorAll("
-                  "'#detections li.detection')].map((e) => e.textContent)]")
+                  "'#detections li.detection')].map((e) => e.textContent), [...document.querySelectorAll("
+                  "'#counts li.count')].map((e) => e.textContent)]")
         while not (shown := browser.execute_script(listed))[1]:  # read at once: the list is redrawn every frame
             assert time.monotonic() < deadline, "no detection was listed"
             time.sleep(0.2)
-        frame, items = int(shown[0]), shown[1]
+        frame, items, counts = int(shown[0]), shown[1], shown[2]
+        # the stream's zones and lines, counted over that frame's tracks: all of them inside the frame
+        assert counts[0] == f"zone all: {len(items)} inside, " + counts[0].split(", ")[1], counts
+        assert counts[1].startswith("line middle: ") and counts[1].endswith(" out"), counts
         deadline = time.monotonic() + 30
         while not (written := [r for r in read_jsonl(tmp_path / "cam.jsonl") if r["frame"] == frame]):
             assert time.monotonic() < deadline

@@ -1,6 +1,7 @@
 """The live view in a browser: a page per stream with its annotated video playing (MJPEG over HTTP,
-which every browser plays in an ``<img>``) and, beside it, the current detections (server-sent
-events). No plug-in and no script library: the page's own dozen lines of script.
+which every browser plays in an ``<img>``) and, beside it, the current detections and the counts of
+its zones and lines (server-sent events). No plug-in and no script library: the page's own lines
+of script.
 
 The render workers draw a stream's frames for the view only while someone watches it (their
 publish port ``view`` is an XPUB: it knows its subscribers), at most ``serve.view_fps`` a second,
@@ -30,7 +31,8 @@ PAGE = """<!doctype html>
 body {{ font-family: sans-serif; margin: 1em; background: #111; color: #eee; }}
 a {{ color: #8cf; }} #wrap {{ display: flex; gap: 1em; align-items: flex-start; }}
 #video {{ max-width: 75vw; background: #000; }} #detections {{ list-style: none; padding: 0; min-width: 14em; }}
-#detections li {{ padding: 0.2em 0.4em; border-bottom: 1px solid #333; font-family: monospace; }}
+#detections li, #counts li {{ padding: 0.2em 0.4em; border-bottom: 1px solid #333; font-family: monospace; }}
+#counts {{ list-style: none; padding: 0; }}
 </style></head>
 <body><h1>{title}</h1>{body}</body></html>
 """
@@ -38,7 +40,7 @@ a {{ color: #8cf; }} #wrap {{ display: flex; gap: 1em; align-items: flex-start; 
 STREAM = """<p><a href="/{query}">all streams</a> · frame <span id="frame">-</span> ·
 <span id="count">0</span> detections</p>
 <div id="wrap"><img id="video" alt="{sid}, live" src="/streams/{quoted}/video.mjpeg{query}">
-<ul id="detections"></ul></div>
+<div><ul id="detections"></ul><ul id="counts"></ul></div></div>
 <script>
 const source = new EventSource("/streams/{quoted}/events{query}");
 source.onmessage = (event) => {{
@@ -49,6 +51,13 @@ source.onmessage = (event) => {{
     const item = document.createElement("li");
     item.className = "detection";
     item.textContent = d["class"] + " " + d.score.toFixed(2) + (d.track_id === null ? "" : " #" + d.track_id);
+    return item;
+  }}));
+  document.getElementById("counts").replaceChildren(...(data.counts || []).map((c) => {{
+    const item = document.createElement("li");
+    item.className = "count";
+    item.textContent = c.kind === "zone" ? "zone " + c.name + ": " + c.inside + " inside, " + c.entered + " entered"
+                                         : "line " + c.name + ": " + c.entered + " in, " + c.out + " out";
     return item;
   }}));
 }};

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import json
 import time
 import zlib
@@ -277,7 +278,8 @@ class RenderStage(Stage):
         found = [{"class": self.info.category(int(label)), "score": round(float(score), 3), "track_id": tid}
                  for label, score, tid in zip(det.labels.tolist(), det.scores.tolist(), ids)]
         body = {"stream": result.stream_id, "frame": result.index, "time": round(result.time_s, 3),
-                "captured": result.captured, "detections": found}
+                "captured": result.captured, "detections": found,
+                "counts": [dataclasses.asdict(count) for count in result.counts]}
         return Published((view_topic(result.stream_id), jpeg.tobytes(), json.dumps(body).encode()))
 
     def _trails(self, result: FrameResult) -> dict[int, deque[tuple[float, float]]] | None:
