@@ -233,9 +233,10 @@ def write_state(path: str, requests: list[StreamRequest]) -> None:
 
 
 class Releases:
-    """Streams whose decoder was let go of while they ran (it failed for good, or was removed before
-    it started): the batcher ends downstream what the decoder had sent, and their removal is
-    answered once that is done, so that their outputs are finished when ``DELETE`` answers.
+    """Streams whose decoder was let go of after a process of it ran (it failed for good, or its
+    replacement was ended before it started): the batcher ends downstream what the decoder had sent,
+    and their removal is answered once that is done, so that their outputs are finished when
+    ``DELETE`` answers.
 
     The batcher says ``let_go`` (the streams it ended at that input) and then ``ended_downstream``
     for each, once every stage after it has finished it (:meth:`heard`).
