@@ -112,7 +112,7 @@ SHIPPED = {p.stem: p for folder in ("configs", "pipelines") for p in sorted((ROO
 def test_repository_folders_are_the_packaged_presets() -> None:
     assert (ROOT / "configs").resolve() == PRESETS_DIR / "configs"
     assert (ROOT / "pipelines").resolve() == PRESETS_DIR / "pipelines"
-    assert sorted(presets()) == sorted(SHIPPED) and len(SHIPPED) == 7
+    assert sorted(presets()) == sorted(SHIPPED) and len(SHIPPED) == 8
     assert all(path.is_file() and path.parent.parent == PRESETS_DIR for path in presets().values())
 
 

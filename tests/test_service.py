@@ -446,6 +446,21 @@ def test_a_stream_removed_while_its_source_opens_is_gone_at_once(serve: Any, tmp
     assert service.stop() == 0
 
 
+@pytest.mark.slow
+def test_the_cameras_service_preset_records_a_stream_added_without_outputs(serve: Any, tmp_path: Path) -> None:
+    (tmp_path / "recordings").mkdir()
+    service = serve("--config", "cameras_service")  # the service's folder is tmp_path
+    status, answer = service.call("POST", "/streams", {"source": str(tmp_path / "clip.mp4"), "id": "cam1",
+                                                       "loop": True})
+    assert status == 201 and answer["output"] == "recordings/cam1.mp4", answer
+    service.wait_frames("cam1", 40)
+    assert service.call("DELETE", "/streams/cam1")[0] == 200
+    (video,), (masks,) = (tmp_path / "recordings").glob("cam1-*.mp4"), (tmp_path / "recordings").glob("cam1-*.jsonl")
+    assert video.stem == masks.stem  # one segment so far, named by when the stream started
+    _assert_complete(video, masks)
+    assert service.stop() == 0
+
+
 def _scrape(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """``/metrics`` read with prometheus_client's own parser: (sample name, sorted labels) -> value."""
     with urllib.request.urlopen(service.url + "/metrics", timeout=30) as response:
