@@ -196,6 +196,16 @@ class Supervisor:
             except OSError:
                 pass  # it has exited already: its exit code tells
 
+    def end_process(self, worker: WorkerState) -> None:
+        """A local worker let go of: its process killed if it still runs (SIGKILL also ends a stopped
+        one) and marked dead for the metrics; its shared-memory slots go later."""
+        if worker.process is not None:
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join(5.0)
+            mark_dead(worker.process)
+        self.remove_slots_later(worker)
+
     def remove_slots_later(self, worker: WorkerState) -> None:
         """A dead worker's shared-memory slots go in :data:`SLOTS_KEPT_S`: a message it sent just before
         it died may still be on its way to a worker that has not mapped the slot yet."""
@@ -318,11 +328,7 @@ class Supervisor:
                 self.former[worker.instance] = worker.holder
                 self.join.send(worker.holder, STOP, {"why": cause})
         else:
-            if worker.process.is_alive():
-                worker.process.kill()  # SIGKILL also ends a stopped process
-            worker.process.join(5.0)
-            mark_dead(worker.process)
-            self.remove_slots_later(worker)
+            self.end_process(worker)
         worker.past.append(worker.stats)
         worker.stats = {}
         worker.restarts.append(cause)

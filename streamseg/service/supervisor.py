@@ -35,7 +35,6 @@ import zmq
 from ..config import Config
 from ..health import RestartPolicy, WorkerState
 from ..runtime.control import Orders, Publisher
-from ..runtime.metrics import mark_dead
 from ..runtime.spec import DRAIN_SIGNAL, START_SIGNAL
 from ..sources import safe_url
 from ..supervisor import Supervisor
@@ -346,12 +345,7 @@ class ServiceSupervisor(Supervisor):
         if stream is not None and (worker.started or worker.restarts) and not worker.done:
             # a process of this decoder ran (only one that started is replaced): the batcher ends its stream
             self.releases.expect(worker.spec.outputs["frames"], stream, time.monotonic())
-        if worker.process is not None and worker.process.is_alive():
-            worker.process.kill()
-        if worker.process is not None:
-            worker.process.join(5.0)
-            mark_dead(worker.process)
-        self.remove_slots_later(worker)  # (a decoder that finished removed its own)
+        self.end_process(worker)  # (a decoder that finished removed its slots itself)
         self._orders()
 
     def _handle(self, event: dict[str, Any]) -> None:

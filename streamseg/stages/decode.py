@@ -34,6 +34,7 @@ from .timing import CaptureClock, Pacer, Timeline
 
 log = logging.getLogger(__name__)
 
+
 class DecodeStage(Reconnecting, Source):
     """Reads one source; emits StreamStart, every frame (and StreamStatus changes), then EndOfStream.
 

@@ -25,6 +25,7 @@ from ..runtime.messages import (
     StreamStart,
 )
 from ..runtime.stage import ALL_PORTS, Emit, Published, Stage
+from ..tracking.analytics import own_areas
 
 
 def palette(n: int = 64) -> np.ndarray:
@@ -222,8 +223,8 @@ class RenderStage(Stage):
         self.silent: set[str] = set()
         self.info = ModelInfo.from_dict(model_info)
         self.analytics = section_from_dict("analytics", analytics) if analytics else None
-        self.areas: dict[str, AnalyticsConfig] = {}
-        """A service's streams' own zones and lines (from their StreamStart)."""
+        self.areas: dict[str, AnalyticsConfig | None] = {}
+        """A service's streams' own zones and lines (from their StreamStart; None: none of their own)."""
         self.trails: dict[str, dict[int, tuple[int, deque[tuple[float, float]]]]] = {}
         """Stream -> track id -> (the frame it was last seen in, its box's last centres)."""
 
@@ -233,10 +234,7 @@ class RenderStage(Stage):
                 self.silent.add(message.stream_id)  # a service's stream without a video: nothing to draw
             else:
                 self.silent.discard(message.stream_id)
-            if message.analytics:
-                self.areas[message.stream_id] = section_from_dict("analytics", json.loads(message.analytics))
-            else:
-                self.areas.pop(message.stream_id, None)
+            self.areas[message.stream_id] = own_areas(message.analytics)
             if self.spread > 1:
                 self.routes[message.stream_id] = f"frames-{zlib.crc32(message.stream_id.encode()) % self.spread}"
             return [(ALL_PORTS, message)]
@@ -250,7 +248,7 @@ class RenderStage(Stage):
             self.allocate(message.image.shape, np.uint8)
         image = draw(message.image, message.detections, self.info, self.config, out=out,
                      trails=self._trails(message))
-        areas = self.areas.get(sid, self.analytics)
+        areas = self.areas.get(sid) or self.analytics
         if areas is not None and message.detections.track_ids is not None:  # a tracked stream's
             draw_areas(image, areas, sid, message.counts)
         emits: list[Emit] = [("view", self._view(message, image))] if view else []

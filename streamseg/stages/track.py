@@ -38,7 +38,7 @@ from ..runtime.messages import (
 )
 from ..runtime.stage import ALL_PORTS, Emit, Stage
 from ..sources import source_kind
-from ..tracking.analytics import StreamAnalytics
+from ..tracking.analytics import StreamAnalytics, own_areas
 from ..tracking.tracker import StreamTracker
 
 
@@ -127,8 +127,8 @@ class TrackStage(Stage):
         self.info = ModelInfo.from_dict(model_info)
         self.ports = tuple(ports)
         self.analytics = section_from_dict("analytics", analytics) if analytics else None
-        self.areas: dict[str, AnalyticsConfig] = {}
-        """A service's streams' own zones and lines (from their StreamStart)."""
+        self.areas: dict[str, AnalyticsConfig | None] = {}
+        """A service's streams' own zones and lines (from their StreamStart; None: none of their own)."""
         self.given_paths = dict(given or {})
         self.given: dict[str, Any] = {}
         self.live: dict[str, bool] = {}
@@ -155,10 +155,8 @@ class TrackStage(Stage):
                     del self.streams[message.stream_id]
                 if source_kind(message.source) != "images":
                     self.tracked.add(message.stream_id)
-                if message.analytics:  # its own zones and lines: a stream added again under its id has its own
-                    self.areas[message.stream_id] = section_from_dict("analytics", json.loads(message.analytics))
-                else:
-                    self.areas.pop(message.stream_id, None)
+                # its own zones and lines: a stream added again under its id has its own, or none
+                self.areas[message.stream_id] = own_areas(message.analytics)
             return [(ALL_PORTS, message)]
         if isinstance(message, StreamStatus):
             return [(ALL_PORTS, message)]
@@ -201,7 +199,7 @@ class TrackStage(Stage):
         if stream is None:
             if saved is not None and saved.get("areas"):
                 self.areas[sid] = section_from_dict("analytics", saved["areas"])
-            section = self.areas.get(sid, self.analytics)
+            section = self.areas.get(sid) or self.analytics
             areas = StreamAnalytics(section, sid, *size) if section else None
             ordinal, streams = (self.ordinals[sid], len(self.ordinals)) if sid in self.ordinals else (0, 1)
             stream = self.streams[sid] = _Stream(StreamTracker(self.config, ordinal, streams),

@@ -105,10 +105,18 @@ def check_analytics(config: AnalyticsConfig, streams: list[str]) -> None:
                 raise ConfigError(f"{key}: the name {item.name!r} is used twice for one stream")
 
 
+def own_areas(analytics: str) -> AnalyticsConfig | None:
+    """A service's stream's own zones and lines, from the JSON form its StreamStart carries (None for
+    none: the run's ``analytics`` section, if any, is the stream's)."""
+    return section_from_dict("analytics", json.loads(analytics)) if analytics else None
+
+
 def check_frame(analytics: str, stream: str, width: int, height: int) -> None:
     """A ConfigError naming the zone of a stream's own zones and lines (``analytics``, the section's
     JSON form) that reaches outside its ``width`` x ``height`` frame."""
-    StreamAnalytics(section_from_dict("analytics", json.loads(analytics)), stream, width, height)
+    areas = own_areas(analytics)
+    if areas is not None:
+        StreamAnalytics(areas, stream, width, height)
 
 
 def anchors(detections: Detections, anchor: str) -> np.ndarray:
